@@ -1,0 +1,3 @@
+"""flowgpt: declarative prompt workflows."""
+
+__all__: list[str] = []

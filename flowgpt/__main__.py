@@ -1,0 +1,3 @@
+from flowgpt.cli import main
+
+main()

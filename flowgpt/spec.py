@@ -1,0 +1,304 @@
+"""Pydantic models of the workflow file (format version 1). No I/O happens here.
+
+Every model forbids unknown keys, so a typo such as ``max_token`` is an error with a
+did-you-mean instead of a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "CHECK_KINDS",
+    "BudgetSpec",
+    "CheckSpec",
+    "DefaultsSpec",
+    "InputSpec",
+    "MessageSpec",
+    "ModelSettings",
+    "OutputSpec",
+    "PriceSpec",
+    "ProviderSpec",
+    "StepSpec",
+    "WorkflowSpec",
+]
+
+IDENT = r"^[a-z_][a-z0-9_]*$"
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+InputType = Literal["string", "integer", "number", "boolean", "array", "object"]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        frozen=True,
+        validate_default=False,
+    )
+
+
+class ModelSettings(_Spec):
+    """Request settings that may appear in ``defaults`` and on any step."""
+
+    model: str | None = Field(None, min_length=1, description="Model name, e.g. gpt-4o-mini.")
+    temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature, 0-2.")
+    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling, 0-1.")
+    max_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Output limit sent to the API; also the bound used by estimates and budgets.",
+    )
+    seed: int | None = Field(None, description="Seed for best-effort deterministic sampling.")
+    stop: str | list[str] | None = Field(
+        None, description="Up to 4 sequences where the model stops generating."
+    )
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_limit(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(v, list) and not 1 <= len(v) <= 4:
+            raise ValueError("stop takes 1 to 4 sequences")
+        return v
+
+
+MODEL_SETTING_NAMES: tuple[str, ...] = tuple(ModelSettings.model_fields)
+
+
+class DefaultsSpec(ModelSettings):
+    """Settings inherited by every step; a step may override any of them."""
+
+    cache: bool | None = Field(
+        None, description="Answer identical requests from the response cache."
+    )
+
+
+class ProviderSpec(_Spec):
+    """Where requests go: any OpenAI-compatible Chat Completions endpoint."""
+
+    base_url: str | None = Field(
+        None, description="API base URL; default: the SDK's default or OPENAI_BASE_URL."
+    )
+    api_key_env: str = Field(
+        "OPENAI_API_KEY",
+        pattern=ENV_NAME,
+        description="The NAME of the environment variable holding the key, never a key.",
+    )
+    timeout_s: float = Field(60, gt=0, le=3600, description="Per-request timeout in seconds.")
+    max_retries: int = Field(
+        3, ge=0, le=20, description="Transport retries (429, 5xx, connection errors)."
+    )
+    concurrency: int = Field(8, ge=1, le=1000, description="Most requests in flight at once.")
+
+
+class InputSpec(_Spec):
+    """A declared input; validated before anything runs."""
+
+    type: InputType = "string"
+    description: str | None = None
+    default: Any = None
+    enum: list[Any] | None = Field(None, min_length=1)
+    minimum: float | None = None
+    maximum: float | None = None
+
+    @property
+    def required(self) -> bool:
+        return "default" not in self.model_fields_set
+
+
+class BudgetSpec(_Spec):
+    """Per-run limits; the run stops before a call that could break one."""
+
+    max_cost_usd: Decimal | None = Field(None, ge=0, description="Most dollars one run may spend.")
+    max_tokens: int | None = Field(None, ge=1, description="Most tokens (in + out) one run may use.")
+
+
+class PriceSpec(_Spec):
+    """A per-model price override, in USD per million tokens."""
+
+    input: Decimal = Field(ge=0, description="USD per million prompt tokens.")
+    output: Decimal = Field(ge=0, description="USD per million completion tokens.")
+    cached_input: Decimal | None = Field(
+        None, ge=0, description="USD per million cached prompt tokens (default: input price)."
+    )
+    context_window: int | None = Field(
+        None, ge=1, description="The model's context window in tokens, if flowgpt does not know it."
+    )
+
+
+class MessageSpec(_Spec):
+    """An explicit chat message, e.g. a few-shot example."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
+
+
+CHECK_KINDS: tuple[str, ...] = (
+    "min_words",
+    "max_words",
+    "max_chars",
+    "contains",
+    "not_contains",
+    "regex",
+    "one_of",
+)
+
+
+class CheckSpec(_Spec):
+    """One check on the reply text; written as a single-key mapping, e.g. ``max_words: 700``."""
+
+    min_words: int | None = Field(None, ge=0)
+    max_words: int | None = Field(None, ge=0)
+    max_chars: int | None = Field(None, ge=0)
+    contains: str | None = None
+    not_contains: str | None = None
+    regex: str | None = None
+    one_of: list[str] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> CheckSpec:
+        if len(self.model_fields_set) != 1:
+            raise ValueError(
+                "each check is one mapping with one key, e.g. `- max_words: 700`; "
+                f"kinds: {', '.join(CHECK_KINDS)}"
+            )
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(iter(self.model_fields_set))
+
+    @property
+    def value(self) -> Any:
+        return getattr(self, self.kind)
+
+
+class OutputSpec(_Spec):
+    """How a step's reply is parsed and validated."""
+
+    format: Literal["text", "json"] | None = Field(
+        None, description="text (default) or json; a schema implies json."
+    )
+    schema_: dict[str, Any] | None = Field(
+        None, alias="schema", description="JSON Schema (Draft 2020-12) the parsed reply must match."
+    )
+    checks: list[CheckSpec] = Field(default_factory=list)
+    retries: int = Field(0, ge=0, le=10, description="Re-ask with the validation error this often.")
+
+    @property
+    def is_json(self) -> bool:
+        return self.format == "json" or (self.format is None and self.schema_ is not None)
+
+    @model_validator(mode="after")
+    def _schema_needs_json(self) -> OutputSpec:
+        if self.format == "text" and self.schema_ is not None:
+            raise ValueError("a schema needs `format: json` (or leave format out)")
+        return self
+
+
+class StepSpec(ModelSettings):
+    """One LLM call (or one per item with ``for_each``)."""
+
+    id: str = Field(pattern=IDENT, description="Unique step id, [a-z_][a-z0-9_]*.")
+    description: str | None = None
+    system: str | None = Field(None, description="System prompt (a template).")
+    system_file: str | None = Field(
+        None, description="System prompt file, relative to the workflow file."
+    )
+    prompt: str | None = Field(None, description="User prompt (a template).")
+    prompt_file: str | None = Field(None, description="User prompt file, relative to the workflow.")
+    messages: list[MessageSpec] | None = Field(
+        None, description="Explicit messages (few-shot); contents are templates."
+    )
+    history: str | None = Field(
+        None, pattern=IDENT, description="Continue this step's conversation."
+    )
+    needs: list[Annotated[str, Field(pattern=IDENT)]] = Field(
+        default_factory=list, description="Extra ordering: steps that must finish first."
+    )
+    when: str | None = Field(None, description="A Jinja expression; false skips the step.")
+    for_each: str | None = Field(
+        None, description="A Jinja expression giving a list; the step runs once per item."
+    )
+    as_: str | None = Field(
+        None, alias="as", pattern=IDENT, description="The item variable inside for_each."
+    )
+    output: OutputSpec | None = None
+    cache: bool | None = Field(None, description="Use the response cache for this step.")
+
+    @field_validator("needs", mode="before")
+    @classmethod
+    def _needs_str(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _shape(self) -> StepSpec:
+        if self.system is not None and self.system_file is not None:
+            raise ValueError("give either `system` or `system_file`, not both")
+        if self.prompt is not None and self.prompt_file is not None:
+            raise ValueError("give either `prompt` or `prompt_file`, not both")
+        if self.prompt is None and self.prompt_file is None and not self.messages:
+            raise ValueError("a step needs a `prompt`, a `prompt_file` or `messages`")
+        if self.for_each is not None and self.as_ is None:
+            raise ValueError("`for_each` needs `as:` to name the item, e.g. `as: section`")
+        if self.as_ is not None and self.for_each is None:
+            raise ValueError("`as` only makes sense with `for_each`")
+        return self
+
+    def setting(self, name: str, defaults: DefaultsSpec) -> Any:
+        """A model setting with the workflow's defaults applied."""
+        value = getattr(self, name)
+        return getattr(defaults, name) if value is None else value
+
+
+class WorkflowSpec(_Spec):
+    """A whole workflow file."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        frozen=True,
+        json_schema_extra={"$schema": "https://json-schema.org/draft/2020-12/schema"},
+    )
+
+    version: Literal[1] = Field(description="Format version; only 1 exists.")
+    name: str = Field(min_length=1)
+    description: str | None = None
+    defaults: DefaultsSpec = Field(default_factory=DefaultsSpec)
+    provider: ProviderSpec = Field(default_factory=ProviderSpec)
+    inputs: dict[Annotated[str, Field(pattern=IDENT)], InputSpec] = Field(default_factory=dict)
+    budget: BudgetSpec | None = None
+    pricing: dict[str, PriceSpec] = Field(default_factory=dict)
+    steps: list[StepSpec] = Field(min_length=1)
+    outputs: dict[str, str] = Field(
+        default_factory=dict, description="Named results, as templates over inputs and steps."
+    )
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> WorkflowSpec:
+        seen: set[str] = set()
+        for step in self.steps:
+            if step.id in seen:
+                raise ValueError(f"duplicate step id `{step.id}`; step ids must be unique")
+            seen.add(step.id)
+        return self
+
+    def step(self, step_id: str) -> StepSpec:
+        for s in self.steps:
+            if s.id == step_id:
+                return s
+        raise KeyError(step_id)
+
+    @property
+    def step_ids(self) -> list[str]:
+        return [s.id for s in self.steps]
+
+    def dump(self) -> dict[str, Any]:
+        """The spec as plain data, with only the keys that were given (round-trips)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
