@@ -103,6 +103,8 @@ class FlowgptError(Exception):
     """Base class of every flowgpt error."""
 
     exit_code: int = 1
+    # The partial RunResult, when the error ended a run (set by the engine).
+    result: Any = None
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         self.message = redact(message)

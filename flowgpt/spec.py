@@ -24,6 +24,7 @@ __all__ = [
     "ProviderSpec",
     "StepSpec",
     "WorkflowSpec",
+    "workflow_json_schema",
 ]
 
 IDENT = r"^[a-z_][a-z0-9_]*$"
@@ -302,3 +303,11 @@ class WorkflowSpec(_Spec):
     def dump(self) -> dict[str, Any]:
         """The spec as plain data, with only the keys that were given (round-trips)."""
         return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
+
+def workflow_json_schema() -> dict[str, Any]:
+    """The JSON Schema of the workflow format, as shipped in schemas/workflow.schema.json."""
+    schema = WorkflowSpec.model_json_schema(by_alias=True, mode="validation")
+    schema["$id"] = "https://flowgpt.dev/schemas/workflow.schema.json"
+    schema["title"] = "flowgpt workflow (format version 1)"
+    return schema

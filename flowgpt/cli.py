@@ -1,0 +1,115 @@
+"""The ``flowgpt`` command: a thin layer over the library. The only module importing click.
+
+Heavy modules (the engine, the openai SDK, rich) are imported inside the commands that need
+them, so ``flowgpt --help``, ``validate``, ``schema`` and ``estimate`` start fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from flowgpt.errors import FlowgptError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _fail(error: FlowgptError) -> NoReturn:
+    click.echo(error.format(), err=True)
+    sys.exit(error.exit_code)
+
+
+def _handle_errors(func: F) -> F:
+    """Turn flowgpt errors into one clear message and the right exit code; never a
+    traceback unless --debug."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        debug = bool(ctx.find_root().params.get("debug"))
+        try:
+            return func(*args, **kwargs)
+        except FlowgptError as exc:
+            if debug:
+                raise
+            _fail(exc)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as exc:
+            if debug:
+                raise
+            click.echo(
+                f"internal error: {type(exc).__name__}: {exc}\n"
+                "  this is a bug in flowgpt; run again with --debug and report the traceback",
+                err=True,
+            )
+            sys.exit(EXIT_RUN_FAILED)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="flowgpt", message="flowgpt %(version)s")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+def main(debug: bool) -> None:
+    """Run declarative prompt workflows: YAML steps, exact tokens, per-step cost.
+
+    \b
+    Start with:
+      flowgpt validate workflows/article.yaml
+      flowgpt run workflows/article.yaml -i topic=tea --mock
+    """
+
+
+@main.command()
+@click.argument("workflows", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+@click.option("--strict", is_flag=True, help="Treat warnings (e.g. unpriced models) as errors.")
+@_handle_errors
+def validate(workflows: tuple[str, ...], as_json: bool, strict: bool) -> None:
+    """Check workflows without calling a model. Exit 0 when clean, 2 on errors."""
+    from flowgpt.analysis import check_file
+
+    reports = []
+    failed = False
+    for path in workflows:
+        diagnostics = check_file(path)
+        errors = [d for d in diagnostics if d.severity == "error" or strict]
+        failed = failed or bool(errors)
+        reports.append((path, diagnostics, not errors))
+    if as_json:
+        payload = [
+            {"file": path, "ok": ok, "diagnostics": [d.to_dict() for d in diags]}
+            for path, diags, ok in reports
+        ]
+        click.echo(json.dumps(payload, indent=2, ensure_ascii=False))
+    else:
+        for path, diags, ok in reports:
+            for d in diags:
+                click.echo(d.format(), err=True)
+            n_err = sum(1 for d in diags if d.severity == "error" or strict)
+            n_warn = len(diags) - n_err
+            if ok:
+                extra = f" ({n_warn} warning{'s' * (n_warn != 1)})" if n_warn else ""
+                click.echo(f"{path}: ok{extra}", err=True)
+            else:
+                click.echo(f"{path}: {n_err} error{'s' * (n_err != 1)}", err=True)
+    sys.exit(EXIT_USAGE if failed else EXIT_OK)
+
+
+@main.command()
+def schema() -> None:
+    """Print the workflow JSON Schema (for editors and CI)."""
+    from flowgpt.spec import workflow_json_schema
+
+    click.echo(json.dumps(workflow_json_schema(), indent=2, ensure_ascii=False))

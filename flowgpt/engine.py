@@ -1,0 +1,387 @@
+"""The engine: schedules a workflow's steps, renders their prompts, calls the provider,
+validates and repairs replies, and accounts for every token and dollar.
+
+There is one async core (``Engine.run``); ``Engine.run_sync`` wraps it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+from flowgpt import templating
+from flowgpt.errors import (
+    ContextWindowError,
+    FlowgptError,
+    OutputValidationError,
+    SpecError,
+)
+from flowgpt.graph import step_dependencies
+from flowgpt.inputs import resolve_inputs
+from flowgpt.providers.base import ChatRequest, ChatResponse, Message, Provider
+from flowgpt.results import AttemptResult, RunResult, StepResult
+from flowgpt.spec import MODEL_SETTING_NAMES, StepSpec, WorkflowSpec
+from flowgpt.validation import repair_message, response_format_for, validate_reply
+from flowgpt.workflow import Workflow
+
+__all__ = ["Engine", "EngineEvent"]
+
+EventKind = Literal[
+    "run_started",
+    "step_started",
+    "step_finished",
+    "step_skipped",
+    "step_failed",
+    "attempt_rejected",
+    "warning",
+    "run_finished",
+]
+
+
+@dataclass(frozen=True)
+class EngineEvent:
+    """Progress of a run, for displays and logs."""
+
+    kind: EventKind
+    step: str | None = None
+    result: StepResult | None = None
+    message: str | None = None
+
+
+def _new_run_id() -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+class _Run:
+    """The state of one run of one workflow."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        workflow: Workflow,
+        inputs: dict[str, Any],
+        provider: Provider,
+        run_id: str,
+    ) -> None:
+        self.engine = engine
+        self.workflow = workflow
+        self.spec = workflow.spec
+        self.inputs = inputs
+        self.provider = provider
+        self.semaphore = asyncio.Semaphore(self.spec.provider.concurrency)
+        self.deps = step_dependencies(workflow)
+        self.results: dict[str, StepResult] = {
+            s.id: StepResult(id=s.id, model=self._model(s)) for s in self.spec.steps
+        }
+        self.done: dict[str, asyncio.Event] = {s.id: asyncio.Event() for s in self.spec.steps}
+        self.failure: FlowgptError | None = None
+        self.result = RunResult(
+            workflow=self.spec.name, inputs=inputs, steps=self.results, run_id=run_id
+        )
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def emit(self, kind: EventKind, step: str | None = None, **kw: Any) -> None:
+        if self.engine.on_event is not None:
+            self.engine.on_event(EngineEvent(kind, step, **kw))
+
+    def _model(self, step: StepSpec) -> str | None:
+        model: str | None = self.engine.model or step.setting("model", self.spec.defaults)
+        return model
+
+    def context(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        steps = {
+            sid: r.template_view()
+            for sid, r in self.results.items()
+            if self.done[sid].is_set()
+        }
+        ctx: dict[str, Any] = {"inputs": self.inputs, "steps": steps}
+        if extra:
+            ctx.update(extra)
+        return ctx
+
+    def render(self, step: StepSpec, source: str, ctx: dict[str, Any]) -> str:
+        return templating.render(source, ctx, step=step.id)
+
+    def build_messages(self, step: StepSpec, ctx: dict[str, Any]) -> list[Message]:
+        messages: list[Message] = []
+        if step.history is not None:
+            earlier = self.results[step.history]
+            messages = [Message(**m) for m in earlier.messages]  # type: ignore[typeddict-item]
+            messages.append(Message(role="assistant", content=earlier.text or ""))
+        system = self.workflow.template(step, "system")
+        if system is not None:
+            message = Message(role="system", content=self.render(step, system.text, ctx))
+            if messages and messages[0]["role"] == "system":
+                messages[0] = message  # the step's own system prompt replaces the inherited one
+            else:
+                messages.insert(0, message)
+        for m in step.messages or []:
+            entry = Message(role=m.role, content=self.render(step, m.content, ctx))
+            if m.name:
+                entry["name"] = m.name
+            messages.append(entry)
+        prompt = self.workflow.template(step, "prompt")
+        if prompt is not None:
+            messages.append(Message(role="user", content=self.render(step, prompt.text, ctx)))
+        return messages
+
+    def request_for(self, step: StepSpec, messages: list[Message]) -> ChatRequest:
+        model = self._model(step)
+        if model is None:
+            raise SpecError(
+                f"step `{step.id}` has no model",
+                hint="set `defaults.model` or the step's `model`, or pass --model",
+            )
+        settings = {
+            name: step.setting(name, self.spec.defaults)
+            for name in MODEL_SETTING_NAMES
+            if name != "model"
+        }
+        return ChatRequest(
+            model=model,
+            messages=messages,
+            response_format=response_format_for(step.id, step.output),
+            **settings,
+        )
+
+    def preflight(self, step: StepSpec, request: ChatRequest) -> None:
+        """Refuse a call that cannot fit the model's context window, before paying."""
+        from flowgpt.tokens import context_window, count_tokens
+
+        override = self.spec.pricing.get(request.model)
+        window = context_window(request.model, override.context_window if override else None)
+        if window is None:
+            return
+        prompt_tokens = count_tokens(request.messages, request.model)
+        needed = prompt_tokens + (request.max_tokens or 0)
+        if needed > window:
+            raise ContextWindowError(
+                f"step `{step.id}`: {prompt_tokens:,} prompt tokens + max_tokens "
+                f"{request.max_tokens or 0:,} = {needed:,} do not fit {request.model}'s "
+                f"context window of {window:,} tokens",
+                hint="shorten the prompt or the inputs, lower max_tokens, "
+                "or use a model with a larger window",
+                step=step.id,
+            )
+
+    def cost(self, request: ChatRequest, response: ChatResponse) -> Decimal | None:
+        from flowgpt.pricing import cost_of
+
+        return cost_of(
+            response.usage,
+            request.model,
+            base_url=self.spec.provider.base_url,
+            overrides=self.spec.pricing,
+        )
+
+    # -- one step ----------------------------------------------------------------------
+
+    async def call(self, request: ChatRequest) -> tuple[ChatResponse, float]:
+        async with self.semaphore:
+            started = time.perf_counter()
+            response = await self.provider.complete(request)
+            return response, time.perf_counter() - started
+
+    async def attempt_loop(
+        self, step: StepSpec, messages: list[Message], result: StepResult
+    ) -> None:
+        spec = step.output
+        retries = spec.retries if spec is not None else 0
+        conversation = list(messages)
+        failures: list[str] = []
+        for _ in range(retries + 1):
+            request = self.request_for(step, conversation)
+            self.preflight(step, request)
+            response, latency = await self.call(request)
+            verdict = validate_reply(response.text, spec, response.finish_reason)
+            result.attempts.append(
+                AttemptResult(
+                    text=response.text,
+                    usage=response.usage,
+                    cost_usd=self.cost(request, response),
+                    latency_s=latency,
+                    finish_reason=response.finish_reason,
+                    retries=response.retries,
+                    failures=verdict.failures,
+                )
+            )
+            result.text = response.text
+            if verdict.ok:
+                result.output = verdict.output
+                if response.finish_reason == "length":
+                    self.emit(
+                        "warning",
+                        step.id,
+                        message=f"step `{step.id}`: the reply was cut off at max_tokens "
+                        f"({request.max_tokens}); raise max_tokens for a complete answer",
+                    )
+                return
+            failures = verdict.failures
+            self.emit("attempt_rejected", step.id, message="; ".join(failures))
+            conversation = [
+                *conversation,
+                Message(role="assistant", content=response.text),
+                Message(role="user", content=repair_message(failures, spec)),
+            ]
+        attempts = len(result.attempts)
+        from flowgpt.pricing import format_usd
+
+        raise OutputValidationError(
+            f"step `{step.id}`: the reply failed validation on all {attempts} attempt"
+            f"{'s' * (attempts != 1)} (cost {format_usd(result.cost_usd)}): "
+            + "; ".join(failures),
+            step=step.id,
+            failures=failures,
+            last_output=result.text or "",
+            attempts=attempts,
+            usage=result.usage,
+            cost_usd=result.cost_usd,
+            hint="loosen the schema or checks, raise `output.retries`, "
+            "or make the prompt say exactly what shape is wanted",
+        )
+
+    async def run_step(self, step: StepSpec) -> None:
+        result = self.results[step.id]
+        try:
+            for dep in self.deps[step.id]:
+                await self.done[dep].wait()
+            if self.failure is not None:
+                return  # an earlier step failed: nothing new is started
+            ctx = self.context()
+            if step.when is not None and not templating.evaluate(step.when, ctx, step=step.id):
+                result.status = "skipped"
+                self.emit("step_skipped", step.id, result=result)
+                return
+            self.emit("step_started", step.id)
+            started = time.perf_counter()
+            messages = self.build_messages(step, ctx)
+            result.messages = [dict(m) for m in messages]
+            try:
+                await self.attempt_loop(step, messages, result)
+            finally:
+                result.latency_s = time.perf_counter() - started
+            result.status = "ok"
+            self.emit("step_finished", step.id, result=result)
+        except FlowgptError as exc:
+            result.status = "failed"
+            result.error = exc.message
+            if self.failure is None:
+                self.failure = exc
+            self.emit("step_failed", step.id, result=result, message=exc.message)
+        finally:
+            self.done[step.id].set()
+
+    def compute_outputs(self) -> dict[str, Any]:
+        ctx = self.context()
+        outputs: dict[str, Any] = {}
+        for name, source in self.spec.outputs.items():
+            expression = templating.single_expression(source)
+            if expression is not None:
+                # `{{ steps.x.output.n }}` keeps its type (a number stays a number).
+                outputs[name] = templating.evaluate(expression, ctx, step=f"outputs.{name}")
+            else:
+                outputs[name] = templating.render(source, ctx, step=f"outputs.{name}")
+        return outputs
+
+    async def execute(self) -> RunResult:
+        started = time.perf_counter()
+        self.emit("run_started")
+        await asyncio.gather(*(self.run_step(step) for step in self.spec.steps))
+        if self.failure is None:
+            try:
+                self.result.outputs = self.compute_outputs()
+            except FlowgptError as exc:
+                self.failure = exc
+        self.result.latency_s = time.perf_counter() - started
+        if self.failure is not None:
+            self.result.status = "failed"
+            self.result.error = self.failure.message
+        else:
+            self.result.status = "ok"
+        self.emit("run_finished", message=self.result.status)
+        return self.result
+
+
+class Engine:
+    """Runs workflows.
+
+    ``Engine()`` sends requests to OpenAI (or the workflow's ``provider.base_url``) with the
+    key from the environment; ``Engine(provider=MockProvider())`` runs offline. When a run
+    fails, the error raised carries the partial result as ``error.result``.
+    """
+
+    def __init__(
+        self,
+        provider: Provider | None = None,
+        *,
+        model: str | None = None,
+        on_event: Callable[[EngineEvent], None] | None = None,
+    ) -> None:
+        self.provider = provider
+        self.model = model  # overrides every step's model
+        self.on_event = on_event
+
+    def _provider_for(self, spec: WorkflowSpec) -> tuple[Provider, bool]:
+        if self.provider is not None:
+            return self.provider, False
+        from flowgpt.providers.openai import OpenAIProvider
+
+        p = spec.provider
+        provider = OpenAIProvider(
+            base_url=p.base_url,
+            api_key_env=p.api_key_env,
+            timeout_s=p.timeout_s,
+            max_retries=p.max_retries,
+        )
+        return provider, True
+
+    async def run(
+        self,
+        workflow: Workflow | WorkflowSpec | str | Path,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        inputs_from_cli: bool = False,
+        run_id: str | None = None,
+    ) -> RunResult:
+        """Run a workflow and return its result; raises a FlowgptError when it fails."""
+        wf = _as_workflow(workflow)
+        resolved = resolve_inputs(wf.spec, inputs or {}, from_cli=inputs_from_cli)
+        provider, owned = self._provider_for(wf.spec)
+        state = _Run(self, wf, resolved, provider, run_id or _new_run_id())
+        try:
+            result = await state.execute()
+        finally:
+            if owned:
+                await provider.aclose()
+        if state.failure is not None:
+            state.failure.result = result
+            raise state.failure
+        return result
+
+    def run_sync(
+        self,
+        workflow: Workflow | WorkflowSpec | str | Path,
+        inputs: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> RunResult:
+        """``run`` for code that is not async."""
+        return asyncio.run(self.run(workflow, inputs, **kwargs))
+
+
+def _as_workflow(workflow: Workflow | WorkflowSpec | str | Path) -> Workflow:
+    if isinstance(workflow, Workflow):
+        return workflow
+    if isinstance(workflow, WorkflowSpec):
+        return Workflow(spec=workflow)
+    from flowgpt.loader import load_workflow
+
+    return load_workflow(workflow)
