@@ -113,3 +113,93 @@ def schema() -> None:
     from flowgpt.spec import workflow_json_schema
 
     click.echo(json.dumps(workflow_json_schema(), indent=2, ensure_ascii=False))
+
+
+def _read_inputs_file(path: str) -> dict[str, Any]:
+    from flowgpt.errors import InputError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise InputError(f"--inputs-file {path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(
+            f"--inputs-file {path} is not valid JSON: {exc}",
+            hint='write the inputs as one JSON object, e.g. {"topic": "tea"}',
+        ) from None
+    if not isinstance(data, dict):
+        raise InputError(f"--inputs-file {path} must hold a JSON object of inputs")
+    return data
+
+
+def _print_outputs(outputs: dict[str, Any]) -> None:
+    if len(outputs) == 1:
+        (value,) = outputs.values()
+        click.echo(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+        return
+    for name, value in outputs.items():
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        click.echo(f"== {name} ==\n{text}\n")
+
+
+@main.command()
+@click.argument("workflow", type=click.Path(dir_okay=False))
+@click.option("-i", "--input", "pairs", multiple=True, metavar="KEY=VALUE", help="An input.")
+@click.option("--inputs-file", type=click.Path(dir_okay=False), help="Inputs as a JSON object.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
+@click.option(
+    "-o",
+    "--output",
+    "out_file",
+    type=click.Path(dir_okay=False),
+    help="Also write the result (JSON) to FILE.",
+)
+@click.option("--model", help="Use this model for every step.")
+@click.option(
+    "--mock", is_flag=True, help="Answer with the offline mock provider (no API key, $0)."
+)
+@_handle_errors
+def run(
+    workflow: str,
+    pairs: tuple[str, ...],
+    inputs_file: str | None,
+    as_json: bool,
+    out_file: str | None,
+    model: str | None,
+    mock: bool,
+) -> None:
+    """Run a workflow: progress on stderr, outputs on stdout, then the cost table."""
+    from flowgpt.engine import Engine
+    from flowgpt.inputs import parse_assignments
+    from flowgpt.loader import load_workflow
+    from flowgpt.progress import Progress
+
+    wf = load_workflow(workflow)
+    given: dict[str, Any] = _read_inputs_file(inputs_file) if inputs_file else {}
+    given.update(parse_assignments(list(pairs)))
+    provider = None
+    if mock:
+        from flowgpt.providers.mock import MockProvider
+
+        provider = MockProvider()
+    progress = Progress(wf.spec)
+    engine = Engine(provider=provider, model=model, on_event=progress.on_event)
+    error: FlowgptError | None = None
+    with progress:
+        try:
+            result = engine.run_sync(wf, given, inputs_from_cli=True)
+        except FlowgptError as exc:
+            if exc.result is None:
+                raise
+            error, result = exc, exc.result
+    if out_file:
+        with open(out_file, "w", encoding="utf-8") as f:
+            json.dump(result.to_dict(), f, indent=2, ensure_ascii=False)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+    elif error is None:
+        _print_outputs(result.outputs)
+    progress.print_table(result)
+    if error is not None:
+        _fail(error)

@@ -78,6 +78,12 @@ class _Run:
         self.provider = provider
         self.semaphore = asyncio.Semaphore(self.spec.provider.concurrency)
         self.deps = step_dependencies(workflow)
+        # Prices follow where requests really go: OPENAI_BASE_URL pointing at a local
+        # server makes "gpt-4o" unpriced, not billed at OpenAI's rate.
+        resolver = getattr(provider, "resolved_base_url", None)
+        self.price_base_url: str | None = (
+            resolver() if callable(resolver) else self.spec.provider.base_url
+        )
         self.results: dict[str, StepResult] = {
             s.id: StepResult(id=s.id, model=self._model(s)) for s in self.spec.steps
         }
@@ -99,9 +105,7 @@ class _Run:
 
     def context(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         steps = {
-            sid: r.template_view()
-            for sid, r in self.results.items()
-            if self.done[sid].is_set()
+            sid: r.template_view() for sid, r in self.results.items() if self.done[sid].is_set()
         }
         ctx: dict[str, Any] = {"inputs": self.inputs, "steps": steps}
         if extra:
@@ -179,7 +183,7 @@ class _Run:
         return cost_of(
             response.usage,
             request.model,
-            base_url=self.spec.provider.base_url,
+            base_url=self.price_base_url,
             overrides=self.spec.pricing,
         )
 
@@ -237,8 +241,7 @@ class _Run:
 
         raise OutputValidationError(
             f"step `{step.id}`: the reply failed validation on all {attempts} attempt"
-            f"{'s' * (attempts != 1)} (cost {format_usd(result.cost_usd)}): "
-            + "; ".join(failures),
+            f"{'s' * (attempts != 1)} (cost {format_usd(result.cost_usd)}): " + "; ".join(failures),
             step=step.id,
             failures=failures,
             last_output=result.text or "",

@@ -35,7 +35,7 @@ def cost_table(result: RunResult) -> Any:
         ("latency", "right"),
         ("attempts", "right"),
     ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     any_approx = False
     for step in result.steps.values():
         usage = step.usage

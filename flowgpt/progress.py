@@ -1,0 +1,115 @@
+"""The live per-step display a run shows on stderr (rich), and the final cost table."""
+
+from __future__ import annotations
+
+import time
+from types import TracebackType
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from flowgpt.engine import EngineEvent
+from flowgpt.pricing import format_usd
+from flowgpt.report import cost_table
+from flowgpt.results import RunResult
+from flowgpt.spec import WorkflowSpec
+
+__all__ = ["Progress"]
+
+_ICONS = {
+    "waiting": "·",
+    "running": "…",
+    "ok": "✓",
+    "failed": "✗",
+    "skipped": "-",
+    "retrying": "↻",
+}
+
+
+class Progress:
+    """Shows each step's state as events arrive: a live table on a terminal, one line per
+    event otherwise (logs, CI, pipes)."""
+
+    def __init__(self, spec: WorkflowSpec, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True, highlight=False)
+        if not self.console.is_terminal:
+            # Logs and pipes get the whole table rather than rich's 80-column default.
+            self.console.width = max(self.console.width, 120)
+        self.states: dict[str, str] = {s.id: "waiting" for s in spec.steps}
+        self.notes: dict[str, str] = {s.id: "" for s in spec.steps}
+        self.started: dict[str, float] = {}
+        self.live: Live | None = None
+
+    def __enter__(self) -> Progress:
+        if self.console.is_terminal:
+            self.live = Live(self._table(), console=self.console, transient=True)
+            self.live.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.live is not None:
+            self.live.__exit__(exc_type, exc, tb)
+            self.live = None
+
+    def _table(self) -> Table:
+        table = Table(show_header=False, box=None, pad_edge=False)
+        for step, state in self.states.items():
+            elapsed = ""
+            if state == "running" and step in self.started:
+                elapsed = f"{time.perf_counter() - self.started[step]:.1f}s"
+            table.add_row(_ICONS[state], step, elapsed or self.notes[step])
+        return table
+
+    def _line(self, text: str) -> None:
+        if self.live is not None:
+            self.live.console.print(text, markup=False)
+        else:
+            self.console.print(text, markup=False)
+
+    def on_event(self, event: EngineEvent) -> None:
+        step = event.step
+        if event.kind == "warning" and event.message:
+            self._line(f"warning: {event.message}")
+        if step is None or step not in self.states:
+            return
+        result = event.result
+        if event.kind == "step_started":
+            self.states[step] = "running"
+            self.started[step] = time.perf_counter()
+            if self.live is None:
+                self._line(f"… {step} started")
+        elif event.kind == "attempt_rejected":
+            self.states[step] = "retrying"
+            self.notes[step] = "reply rejected, asking again"
+            self._line(f"↻ {step}: reply rejected: {event.message}")
+        elif event.kind == "step_finished" and result is not None:
+            self.states[step] = "ok"
+            usage = result.usage
+            self.notes[step] = (
+                f"{result.latency_s:.1f}s  {usage.prompt_tokens:,}→{usage.completion_tokens:,}"
+                f" tokens  {format_usd(result.cost_usd)}"
+            )
+            if self.live is None:
+                self._line(f"✓ {step}  {self.notes[step]}")
+        elif event.kind == "step_skipped":
+            self.states[step] = "skipped"
+            self.notes[step] = "skipped (when: false)"
+            if self.live is None:
+                self._line(f"- {step} skipped")
+        elif event.kind == "step_failed":
+            self.states[step] = "failed"
+            self.notes[step] = "failed"
+            if self.live is None:
+                self._line(f"✗ {step} failed")
+        if self.live is not None:
+            self.live.update(self._table())
+
+    def print_table(self, result: RunResult, **kwargs: Any) -> None:
+        self.console.print(cost_table(result), **kwargs)

@@ -1,0 +1,611 @@
+"""The OpenAI Chat Completions provider: the only module that imports the openai SDK.
+
+Any OpenAI-compatible endpoint works through ``base_url``. Decisions, in one place:
+
+* Transport retries are the SDK's own (``max_retries``; 408/409/429/5xx, timeouts and
+  connection errors; ``retry-after-ms`` / ``Retry-After`` honoured up to two minutes, else
+  exponential backoff 0.5 s doubling up to 8 s). Two adjustments, both through documented
+  SDK behaviour rather than a copy of its loop:
+
+  - a 429 whose error code/type is ``insufficient_quota`` is marked ``x-should-retry:
+    false`` by an httpx response hook, so the SDK gives up at once (retrying cannot help);
+  - every HTTP attempt is counted by an httpx request hook into a per-call context
+    variable, so ``ChatResponse.retries`` / ``ProviderError.retries`` are exact even with
+    many calls in flight on one client.
+
+  ``max_backoff_s`` caps the SDK's computed backoff (not a server-directed wait); tests
+  use it for tiny backoffs.
+* A reply that cannot be read (bad JSON, no choices, a stream that broke or ended without
+  a finish_reason) is retried once more, within the same ``max_retries`` budget; a broken
+  stream only if no text was handed to ``on_text`` yet, so callers never see text twice.
+* ``max_tokens`` is sent as ``max_completion_tokens`` for the o-series and gpt-5 families
+  (which reject ``max_tokens``) and as ``max_tokens`` for every other model, the spelling
+  that OpenAI-compatible servers (Ollama, vLLM, llama.cpp, ...) understand.
+* Every SDK exception becomes one ``flowgpt.errors.ProviderError`` subclass here, with a
+  message that says what to do next. The API key is never stored on the provider, never
+  put in a message (the literal key and anything key-shaped are scrubbed) and exceptions
+  are raised ``from None`` so a traceback cannot show the SDK's own text either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hashlib
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx2
+import openai
+from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
+from typing_extensions import override
+
+from flowgpt.errors import (
+    AuthenticationError,
+    BadRequestError,
+    ConnectionError,
+    MalformedResponseError,
+    ModelNotFoundError,
+    ProviderError,
+    QuotaExceededError,
+    RateLimitError,
+    ServerError,
+    redact,
+)
+from flowgpt.providers.base import ChatRequest, ChatResponse, OnText
+from flowgpt.usage import Usage
+
+if TYPE_CHECKING:
+    from openai._models import FinalRequestOptions
+
+__all__ = ["DEFAULT_BASE_URL", "OpenAIProvider", "uses_max_completion_tokens"]
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+# o1, o3-mini, o4-mini, gpt-5, gpt-5-mini, ... (optionally "ft:" fine-tunes of them).
+_MAX_COMPLETION_TOKENS_RE = re.compile(r"^(?:ft:)?(?:o\d+(?:$|[-:_.])|gpt-5)")
+# Masked keys the API echoes back ("sk-proj-****abcd") escape errors.redact's pattern.
+_KEYISH_RE = re.compile(r"\bsk-[^\s'\"`,;)]*")
+
+
+def uses_max_completion_tokens(model: str) -> bool:
+    """True for the model families that want ``max_completion_tokens``."""
+    return bool(_MAX_COMPLETION_TOKENS_RE.match(model.rsplit("/", 1)[-1].lower()))
+
+
+@dataclass
+class _Call:
+    """Per-complete() state, reached by the httpx hooks through a context variable."""
+
+    max_backoff_s: float | None = None
+    earlier: int = 0  # HTTP attempts of the create() calls already finished
+    current: int = 0  # HTTP attempts of the create() call in progress
+
+    @property
+    def retries(self) -> int:
+        return max(self.earlier + self.current - 1, 0)
+
+    def next_create(self) -> None:
+        self.earlier, self.current = self.earlier + self.current, 0
+
+
+_CALL: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
+    "flowgpt_openai_call", default=None
+)
+
+
+async def _count_attempt(request: httpx2.Request) -> None:
+    call = _CALL.get()
+    if call is None:
+        return
+    # The SDK numbers its attempts in this header; unlike counting requests, it does not
+    # mistake a followed redirect for a retry.
+    try:
+        call.current = max(call.current, int(request.headers["x-stainless-retry-count"]) + 1)
+    except (KeyError, ValueError):
+        call.current += 1
+
+
+async def _mark_quota_not_retryable(response: httpx2.Response) -> None:
+    if response.status_code != 429:
+        return
+    await response.aread()  # streamed requests have not read the body yet
+    try:
+        error = json.loads(response.content).get("error") or {}
+    except (ValueError, AttributeError):
+        return
+    if isinstance(error, dict) and "insufficient_quota" in (error.get("code"), error.get("type")):
+        # The SDK obeys this header before its status-code rules.
+        response.headers["x-should-retry"] = "false"
+
+
+class _Client(openai.AsyncOpenAI):
+    """AsyncOpenAI whose computed backoff can be capped per call (tests use tiny ones)."""
+
+    @override
+    def _calculate_retry_timeout(
+        self,
+        remaining_retries: int,
+        options: FinalRequestOptions,
+        response_headers: httpx2.Headers | None = None,
+    ) -> float:
+        delay = super()._calculate_retry_timeout(remaining_retries, options, response_headers)
+        call = _CALL.get()
+        server_directed = response_headers is not None and (
+            "retry-after" in response_headers or "retry-after-ms" in response_headers
+        )
+        if call is None or call.max_backoff_s is None or server_directed:
+            return delay
+        return min(delay, call.max_backoff_s)
+
+
+class _Unreadable(Exception):
+    """The reply could not be read; ``emitted`` tells whether on_text already saw text."""
+
+    def __init__(self, detail: str, *, emitted: bool = False, broken: bool = False) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.emitted = emitted
+        self.broken = broken  # the connection broke (vs. a reply that made no sense)
+
+
+class OpenAIProvider:
+    """Chat Completions through the official SDK, against OpenAI or a compatible API.
+
+    The key is read from the environment variable named ``api_key_env`` (never passed in);
+    ``base_url`` defaults to ``OPENAI_BASE_URL``, then the SDK's default. One SDK client per
+    (base_url, key) is created on first use and reused by every call on the same event loop.
+    """
+
+    name = "openai"
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout_s: float = 60,
+        max_retries: int = 3,
+        *,
+        environ: Mapping[str, str] | None = None,
+        max_backoff_s: float | None = None,
+    ) -> None:
+        if max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        if timeout_s <= 0:
+            raise ValueError("timeout_s must be > 0")
+        self.base_url = base_url
+        self.api_key_env = api_key_env
+        self.timeout_s = float(timeout_s)
+        self.max_retries = max_retries
+        self.max_backoff_s = max_backoff_s
+        self._environ = environ
+        # (base_url, sha256 of the key) -> (client, the loop its connections belong to)
+        self._clients: dict[tuple[str, str], tuple[_Client, asyncio.AbstractEventLoop]] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"OpenAIProvider(base_url={self.base_url!r}, api_key_env={self.api_key_env!r}, "
+            f"timeout_s={self.timeout_s:g}, max_retries={self.max_retries})"
+        )
+
+    # -- configuration ---------------------------------------------------------------------
+    @property
+    def _env(self) -> Mapping[str, str]:
+        return os.environ if self._environ is None else self._environ
+
+    def resolved_base_url(self) -> str:
+        return self.base_url or self._env.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+
+    def _endpoint(self) -> str:
+        """The base URL for messages: no user:password, no query."""
+        parts = urlsplit(self.resolved_base_url())
+        host = parts.hostname or ""
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        return urlunsplit((parts.scheme, netloc, parts.path, "", "")) or "the API"
+
+    def _read_key(self) -> str:
+        key = (self._env.get(self.api_key_env) or "").strip()
+        if not key:
+            raise AuthenticationError(
+                f"No API key: the environment variable {self.api_key_env} is not set.",
+                hint=f"Set {self.api_key_env} to your API key (the workflow names the variable, "
+                "never the key), or run with --mock to try the workflow without an API.",
+            )
+        return key
+
+    def client(self) -> openai.AsyncOpenAI:
+        """The SDK client for the current key and base URL (created on first use)."""
+        return self._client_for(self._read_key())
+
+    def _client_for(self, key: str) -> _Client:
+        base_url = self.resolved_base_url()
+        cache_key = (base_url, hashlib.sha256(key.encode()).hexdigest())
+        loop = asyncio.get_running_loop()
+        cached = self._clients.get(cache_key)
+        if cached is not None and cached[1] is loop:
+            return cached[0]
+        # A client made under another (now finished) event loop cannot be reused: its
+        # pooled connections belong to that loop. Drop it; its loop cannot close it now.
+        timeout = httpx2.Timeout(self.timeout_s, connect=min(self.timeout_s, 10.0))
+        http_client = openai.DefaultAsyncHttpxClient(
+            timeout=timeout,
+            event_hooks={"request": [_count_attempt], "response": [_mark_quota_not_retryable]},
+        )
+        client = _Client(
+            api_key=key,
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=self.max_retries,
+            http_client=http_client,
+        )
+        self._clients[cache_key] = (client, loop)
+        return client
+
+    async def aclose(self) -> None:
+        clients, self._clients = self._clients, {}
+        loop = asyncio.get_running_loop()
+        for client, client_loop in clients.values():
+            if client_loop is loop:
+                await client.close()
+
+    # -- the call ----------------------------------------------------------------------------
+    def _params(self, request: ChatRequest) -> dict[str, Any]:
+        params = request.params()
+        if "max_tokens" in params and uses_max_completion_tokens(request.model):
+            params["max_completion_tokens"] = params.pop("max_tokens")
+        return params
+
+    async def complete(
+        self, request: ChatRequest, *, on_text: OnText | None = None
+    ) -> ChatResponse:
+        key = self._read_key()  # before any request: no key, no call
+        client = self._client_for(key)
+        call = _Call(max_backoff_s=self.max_backoff_s)
+        token = _CALL.set(call)
+        try:
+            return await self._complete(client, key, call, request, on_text)
+        finally:
+            _CALL.reset(token)
+
+    async def _complete(
+        self,
+        client: _Client,
+        key: str,
+        call: _Call,
+        request: ChatRequest,
+        on_text: OnText | None,
+    ) -> ChatResponse:
+        sdk: openai.AsyncOpenAI = client
+        reread = False
+        while True:
+            try:
+                if on_text is None:
+                    response = await self._create(sdk, request)
+                else:
+                    response = await self._stream(sdk, request, on_text)
+            except _Unreadable as exc:
+                remaining = self.max_retries - call.retries
+                if reread or remaining <= 0 or exc.emitted:
+                    raise self._unreadable_error(exc, call) from None
+                # One more try, inside the same retry budget as the SDK's own retries.
+                reread = True
+                call.next_create()
+                backoff = 0.5 if self.max_backoff_s is None else min(0.5, self.max_backoff_s)
+                await asyncio.sleep(backoff)
+                sdk = client.with_options(max_retries=remaining - 1)
+                continue
+            except openai.OpenAIError as exc:
+                raise self._translate(exc, key, request.model, call) from None
+            return ChatResponse(
+                text=response.text,
+                usage=response.usage,
+                finish_reason=response.finish_reason,
+                model=response.model,
+                retries=call.retries,
+                extra=response.extra,
+            )
+
+    async def _create(self, sdk: openai.AsyncOpenAI, request: ChatRequest) -> _Reply:
+        try:
+            completion: Any = await sdk.chat.completions.create(
+                model=request.model,
+                messages=_messages(request),
+                **self._params(request),
+            )
+        except (json.JSONDecodeError, openai.APIResponseValidationError) as exc:
+            raise _Unreadable(f"the body is not valid JSON ({exc})") from None
+        if not isinstance(completion, ChatCompletion):
+            raise _Unreadable(f"expected a JSON chat completion, got {type(completion).__name__}")
+        choices = getattr(completion, "choices", None)
+        if not isinstance(choices, list) or not choices:
+            raise _Unreadable("the reply has no choices")
+        choice = choices[0]
+        message = getattr(choice, "message", None)
+        content = getattr(message, "content", None)
+        if message is None or not isinstance(content, (str, type(None))):
+            raise _Unreadable("the first choice has no message")
+        usage = getattr(completion, "usage", None)
+        extra: dict[str, Any] = {"id": getattr(completion, "id", None)}
+        refusal = getattr(message, "refusal", None)
+        if refusal:
+            extra["refusal"] = refusal
+        if usage is None:
+            extra["usage_missing"] = True
+        return _Reply(
+            text=content or "",
+            usage=_usage(usage),
+            finish_reason=_str_or_none(getattr(choice, "finish_reason", None)),
+            model=_str_or_none(getattr(completion, "model", None)),
+            extra=extra,
+        )
+
+    async def _stream(
+        self, sdk: openai.AsyncOpenAI, request: ChatRequest, on_text: OnText
+    ) -> _Reply:
+        parts: list[str] = []
+        usage: Any = None
+        finish_reason: str | None = None
+        model: str | None = None
+        completion_id: str | None = None
+        refusal: list[str] = []
+        stream = await sdk.chat.completions.create(
+            model=request.model,
+            messages=_messages(request),
+            stream=True,
+            stream_options={"include_usage": True},
+            **self._params(request),
+        )
+        try:
+            async with stream:
+                async for chunk in stream:
+                    model = _str_or_none(getattr(chunk, "model", None)) or model
+                    completion_id = _str_or_none(getattr(chunk, "id", None)) or completion_id
+                    if getattr(chunk, "usage", None) is not None:
+                        usage = chunk.usage
+                    choices = getattr(chunk, "choices", None) or []
+                    for choice in choices:
+                        if getattr(choice, "index", 0) != 0:
+                            continue  # n > 1 is not supported; keep the first choice
+                        delta = getattr(choice, "delta", None)
+                        piece = getattr(delta, "content", None)
+                        if isinstance(piece, str) and piece:
+                            parts.append(piece)
+                            on_text(piece)
+                        if getattr(delta, "refusal", None):
+                            refusal.append(str(delta.refusal))  # type: ignore[union-attr]
+                        finish = _str_or_none(getattr(choice, "finish_reason", None))
+                        finish_reason = finish or finish_reason
+        except json.JSONDecodeError as exc:
+            raise _Unreadable(
+                f"a stream event is not valid JSON ({exc})", emitted=bool(parts)
+            ) from None
+        except (openai.APITimeoutError, openai.APIConnectionError) as exc:
+            # The SDK does not retry a stream that breaks after its headers arrived.
+            detail = _cause(exc) or "connection lost"
+            raise _Unreadable(
+                f"the stream broke after {len(''.join(parts))} characters ({detail})",
+                emitted=bool(parts),
+                broken=True,
+            ) from None
+        if finish_reason is None:
+            raise _Unreadable("the stream ended before the reply was complete", emitted=bool(parts))
+        extra: dict[str, Any] = {"id": completion_id}
+        if refusal:
+            extra["refusal"] = "".join(refusal)
+        if usage is None:
+            extra["usage_missing"] = True
+        return _Reply("".join(parts), _usage(usage), finish_reason, model, extra)
+
+    # -- errors ------------------------------------------------------------------------------
+    def _scrub(self, text: str, key: str | None) -> str:
+        if key:
+            text = text.replace(key, "[redacted key]")
+        return redact(_KEYISH_RE.sub("[redacted key]", text))
+
+    def _unreadable_error(self, exc: _Unreadable, call: _Call) -> ProviderError:
+        after = _after(call.retries)
+        if exc.broken:
+            return ConnectionError(
+                f"The connection to {self._endpoint()} broke mid-reply{after}: {exc.detail}.",
+                hint="Check your network or the endpoint; --resume re-runs only what failed.",
+                retries=call.retries,
+            )
+        return MalformedResponseError(
+            f"{self._endpoint()} sent a reply that is not a valid Chat Completions "
+            f"response{after}: {exc.detail}.",
+            hint="Check that base_url points at an OpenAI-compatible API (it usually ends "
+            "in /v1) and that the model supports chat completions.",
+            retries=call.retries,
+        )
+
+    def _translate(
+        self, exc: openai.OpenAIError, key: str, model: str, call: _Call
+    ) -> ProviderError:
+        env, endpoint, retries = self.api_key_env, self._endpoint(), call.retries
+        after = _after(retries)
+
+        def said(err: openai.APIError) -> str:
+            message = _api_message(err)
+            return f" The API said: {self._scrub(message, key)}" if message else ""
+
+        if isinstance(exc, openai.APIStatusError):
+            status = exc.status_code
+            if status == 401:
+                return AuthenticationError(
+                    f"Authentication failed (401): {endpoint} rejected the API key read from "
+                    f"the environment variable {env}.{said(exc)}",
+                    hint=f"Check that {env} holds a valid key for {endpoint}, or run with "
+                    "--mock to try the workflow without an API.",
+                    status=status,
+                    retries=retries,
+                )
+            if status == 403:
+                return AuthenticationError(
+                    f"Permission denied (403): the key in {env} may not use model '{model}' "
+                    f"at {endpoint}.{said(exc)}",
+                    hint=f"Check the project and organization of the key in {env}, or choose a "
+                    "model it can use.",
+                    status=status,
+                    retries=retries,
+                )
+            if status == 404:
+                return ModelNotFoundError(
+                    f"Model '{model}' was not found at {endpoint} (404).{said(exc)}",
+                    hint="Check the model name and that your key can use it; if every model "
+                    "fails, check base_url (it usually ends in /v1).",
+                    status=status,
+                    retries=retries,
+                )
+            if status == 429 and _is_quota(exc):
+                return QuotaExceededError(
+                    f"The account of the key in {env} is out of quota (429 insufficient_quota)."
+                    f"{said(exc)}",
+                    hint="Add credit or raise the usage limit in your billing settings, or use "
+                    "another key; retrying cannot help.",
+                    status=status,
+                    retries=retries,
+                )
+            if status == 429:
+                return RateLimitError(
+                    f"Rate limited by {endpoint} (429){after}.{_wait_asked(exc)}{said(exc)}",
+                    hint="Lower provider.concurrency, raise provider.max_retries, or try again "
+                    "later.",
+                    status=status,
+                    retries=retries,
+                )
+            if status >= 500 or status == 409:
+                return ServerError(
+                    f"{endpoint} failed with status {status}{after}.{said(exc)}",
+                    hint="The API had a problem on its side; try again later (--resume re-runs "
+                    "only what failed).",
+                    status=status,
+                    retries=retries,
+                )
+            if status == 408:
+                return ConnectionError(
+                    f"{endpoint} timed out the request (408){after}.{said(exc)}",
+                    hint="Try again later, or raise provider.timeout_s.",
+                    status=status,
+                    retries=retries,
+                )
+            return BadRequestError(
+                f"The API refused the request for model '{model}' ({status}).{said(exc)}",
+                hint="Fix the step setting the message names (e.g. max_tokens, temperature, "
+                "stop, response_format) and run again.",
+                status=status,
+                retries=retries,
+            )
+        if isinstance(exc, openai.APITimeoutError):
+            return ConnectionError(
+                f"No answer from {endpoint} within {self.timeout_s:g} s{after}.",
+                hint="Raise provider.timeout_s for long replies, or check that the endpoint is up.",
+                retries=retries,
+            )
+        if isinstance(exc, openai.APIConnectionError):
+            cause = _cause(exc)
+            return ConnectionError(
+                f"Could not reach {endpoint}{after}"
+                + (f": {self._scrub(cause, key)}." if cause else "."),
+                hint="Check base_url / OPENAI_BASE_URL, your network and any proxy settings.",
+                retries=retries,
+            )
+        if isinstance(exc, openai.APIError):  # e.g. an error event inside a stream
+            return ServerError(
+                f"{endpoint} reported an error{after}:{said(exc) or ' (no message)'}",
+                hint="Try again later (--resume re-runs only what failed).",
+                retries=retries,
+            )
+        return ProviderError(
+            f"The OpenAI client failed: {self._scrub(str(exc), key)}",
+            hint="Run with --debug for details.",
+            retries=retries,
+        )
+
+
+@dataclass
+class _Reply:
+    text: str
+    usage: Usage
+    finish_reason: str | None
+    model: str | None
+    extra: dict[str, Any]
+
+
+def _messages(request: ChatRequest) -> list[ChatCompletionMessageParam]:
+    # flowgpt's Message (role, content, name) is a subset of the SDK's message params.
+    return cast("list[ChatCompletionMessageParam]", request.messages)
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _usage(usage: Any) -> Usage:
+    if usage is None:
+        return Usage()
+    prompt_details = getattr(usage, "prompt_tokens_details", None)
+    completion_details = getattr(usage, "completion_tokens_details", None)
+    return Usage(
+        prompt_tokens=_int(getattr(usage, "prompt_tokens", 0)),
+        completion_tokens=_int(getattr(usage, "completion_tokens", 0)),
+        cached_tokens=_int(getattr(prompt_details, "cached_tokens", 0)),
+        reasoning_tokens=_int(getattr(completion_details, "reasoning_tokens", 0)),
+    )
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _after(retries: int) -> str:
+    if retries == 0:
+        return ""
+    return f" after {retries} {'retry' if retries == 1 else 'retries'}"
+
+
+def _api_message(exc: openai.APIError) -> str:
+    """The API's own error message (not the SDK's 'Error code: ...' wrapper)."""
+    body = exc.body
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        message = error.get("message") if isinstance(error, dict) else None
+        if isinstance(message, str):
+            return message.strip()
+    if isinstance(body, str):
+        return body.strip()[:300]
+    if isinstance(exc, openai.APIStatusError):
+        return ""
+    return exc.message
+
+
+def _wait_asked(exc: openai.APIStatusError) -> str:
+    headers = exc.response.headers
+    if "retry-after-ms" in headers:
+        return f" The server asked to wait {headers['retry-after-ms']} ms."
+    if "retry-after" in headers:
+        return f" The server asked to wait {headers['retry-after']} s."
+    return ""
+
+
+def _is_quota(exc: openai.APIStatusError) -> bool:
+    if exc.code == "insufficient_quota" or exc.type == "insufficient_quota":
+        return True
+    body = exc.body
+    error = body.get("error", body) if isinstance(body, dict) else None
+    return isinstance(error, dict) and "insufficient_quota" in (
+        error.get("code"),
+        error.get("type"),
+    )
+
+
+def _cause(exc: BaseException) -> str:
+    cause = exc.__cause__
+    if cause is None:
+        return ""
+    text = str(cause).strip()
+    return f"{type(cause).__name__}: {text}" if text else type(cause).__name__

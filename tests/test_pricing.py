@@ -1,0 +1,448 @@
+"""Prices: overrides, genai-prices figures, the disk cache, formatting."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import genai_prices
+import pytest
+from genai_prices import types as gp
+
+from flowgpt import pricing
+from flowgpt.pricing import (
+    ModelPrice,
+    cost_of,
+    format_usd,
+    is_openai_url,
+    resolve_price,
+    user_cache_dir,
+    worst_case_cost,
+)
+from flowgpt.spec import PriceSpec
+from flowgpt.usage import Usage
+
+D = Decimal
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Every test gets its own cache folder and a process with nothing remembered."""
+    path = tmp_path / "flowgpt-cache"
+    monkeypatch.setenv("FLOWGPT_CACHE_DIR", str(path))
+    pricing._caches.clear()
+    yield path
+    pricing._caches.clear()
+
+
+def _genai_model_price(model: str) -> Any:
+    snapshot = genai_prices.data_snapshot.get_snapshot()
+    _, info = snapshot.find_provider_model(model, None, "openai", None)
+    return info.get_prices(dt.datetime.now(dt.timezone.utc))
+
+
+def _cache_files(path: Path) -> list[Path]:
+    return sorted(path.glob("genai-prices-*.json"))
+
+
+# ---------------------------------------------------------------- resolve_price
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "gpt-4o", "gpt-4o-2024-08-06", "o3", "gpt-4.1"])
+def test_genai_prices_figures(model: str) -> None:
+    price = resolve_price(model)
+    expected = _genai_model_price(model)
+    assert price == ModelPrice(
+        input=expected.input_mtok,
+        cached_input=expected.cache_read_mtok,
+        output=expected.output_mtok,
+        source="genai-prices",
+    )
+
+
+def test_known_figures_for_gpt_4o_mini() -> None:
+    assert resolve_price("gpt-4o-mini") == ModelPrice(
+        D("0.15"), D("0.075"), D("0.6"), source="genai-prices"
+    )
+
+
+def test_no_cached_rate_means_the_input_rate() -> None:
+    # genai-prices has no cached rate for this snapshot and bills cached tokens as input
+    price = resolve_price("gpt-4o-2024-05-13")
+    assert price is not None
+    assert price.cached_input == price.input
+
+
+def test_override_wins() -> None:
+    overrides = {
+        "gpt-4o-mini": PriceSpec(input=D("1"), output=D("2")),
+        "my-finetune": PriceSpec(input=D("0.30"), output=D("1.20"), cached_input=D("0.15")),
+    }
+    assert resolve_price("gpt-4o-mini", overrides=overrides) == ModelPrice(
+        D("1"), D("1"), D("2"), source="workflow"
+    )
+    assert resolve_price("my-finetune", overrides=overrides) == ModelPrice(
+        D("0.30"), D("0.15"), D("1.20"), source="workflow"
+    )
+    # an override also prices a model behind another server
+    assert resolve_price(
+        "my-finetune", base_url="http://localhost:11434/v1", overrides=overrides
+    ) == ModelPrice(D("0.30"), D("0.15"), D("1.20"), source="workflow")
+
+
+def test_unknown_model_is_unpriced_never_zero() -> None:
+    assert resolve_price("no-such-model-xyz") is None
+    assert resolve_price("gpt-nonexistent-9") is None
+    assert cost_of(Usage(100, 50), "no-such-model-xyz") is None
+    assert worst_case_cost(100, 50, None) is None
+    assert format_usd(None) == "unpriced"
+
+
+def test_models_not_priced_per_token_are_unpriced() -> None:
+    assert resolve_price("whisper-1") is None
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        "http://localhost:11434/v1",
+        "http://127.0.0.1:8000/v1",
+        "https://api.together.xyz/v1",
+        "https://eu.api.openai.com/v1",
+        "https://api.openai.com.evil.example/v1",
+        "not a url",
+    ],
+)
+def test_other_servers_are_unpriced(base_url: str) -> None:
+    assert not is_openai_url(base_url)
+    assert resolve_price("gpt-4o", base_url=base_url) is None
+    assert cost_of(Usage(100, 50), "gpt-4o", base_url=base_url) is None
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    [None, "https://api.openai.com/v1", "https://api.openai.com/v1/", " https://API.openai.com "],
+)
+def test_openai_urls_are_priced(base_url: str | None) -> None:
+    assert is_openai_url(base_url)
+    assert resolve_price("gpt-4o-mini", base_url=base_url) is not None
+
+
+# ---------------------------------------------------------------- cost_of
+
+
+# A usage as the API reports it: prompt_tokens include the cached ones, completion_tokens
+# include the reasoning ones.
+USAGE = Usage(
+    prompt_tokens=12_345, completion_tokens=2_500, cached_tokens=4_096, reasoning_tokens=1_024
+)
+
+
+def _raw_response(model: str, usage: Usage) -> dict[str, Any]:
+    return {
+        "model": model,
+        "usage": {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens,
+            "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+            "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+        },
+    }
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "gpt-4o", "o3", "o4-mini"])
+def test_cost_of_equals_genai_prices(model: str) -> None:
+    cost = cost_of(USAGE, model)
+    assert cost is not None and cost > 0
+
+    by_calc_price = genai_prices.calc_price(
+        genai_prices.Usage(
+            input_tokens=USAGE.prompt_tokens,
+            cache_read_tokens=USAGE.cached_tokens,
+            output_tokens=USAGE.completion_tokens,
+        ),
+        model,
+        provider_id="openai",
+    ).total_price
+    assert cost == by_calc_price
+
+    # genai-prices reading the raw Chat Completions reply itself agrees
+    extracted = genai_prices.extract_usage(
+        _raw_response(model, USAGE), provider_id="openai", api_flavor="chat"
+    )
+    assert cost == extracted.calc_price().total_price
+
+    # and reasoning tokens are billed once, as output (no double count)
+    price = resolve_price(model)
+    assert price is not None
+    by_hand = (
+        (USAGE.prompt_tokens - USAGE.cached_tokens) * price.input
+        + USAGE.cached_tokens * price.cached_input
+        + USAGE.completion_tokens * price.output
+    ) / 1_000_000
+    assert cost == by_hand
+
+
+def test_cost_of_gpt_4o_mini_figure() -> None:
+    usage = Usage(
+        prompt_tokens=1000, completion_tokens=500, cached_tokens=400, reasoning_tokens=200
+    )
+    # 600 * 0.15 + 400 * 0.075 + 500 * 0.6 = 420 micro-dollars
+    assert cost_of(usage, "gpt-4o-mini") == D("0.00042")
+
+
+def test_cost_of_uses_overrides() -> None:
+    overrides = {"gpt-4o": PriceSpec(input=D("1"), output=D("4"), cached_input=D("0.5"))}
+    expected = ((12_345 - 4_096) * D(1) + 4_096 * D("0.5") + 2_500 * D(4)) / 1_000_000
+    assert cost_of(USAGE, "gpt-4o", overrides=overrides) == expected
+    assert cost_of(USAGE, "gpt-4o", base_url="http://localhost:1/v1", overrides=overrides) == (
+        expected
+    )
+    # cached_input defaults to the input price
+    plain = {"local": PriceSpec(input=D("2"), output=D("3"))}
+    assert cost_of(Usage(1_000, 1_000, cached_tokens=500), "local", overrides=plain) == D("0.005")
+    # a model declared free really costs $0
+    free = {"llama3": PriceSpec(input=D(0), output=D(0))}
+    zero = cost_of(USAGE, "llama3", base_url="http://localhost:11434/v1", overrides=free)
+    assert zero == 0
+    assert format_usd(zero) == "$0"
+
+
+# ---------------------------------------------------------------- worst case
+
+
+def test_worst_case_cost() -> None:
+    price = ModelPrice(D("0.15"), D("0.075"), D("0.6"), source="genai-prices")
+    # the prompt at the uncached rate, every allowed output token used
+    assert worst_case_cost(1_000, 800, price) == (1_000 * D("0.15") + 800 * D("0.6")) / 1_000_000
+    assert worst_case_cost(0, 0, price) == 0
+
+
+def test_worst_case_counts_dearer_cache_writes() -> None:
+    price = ModelPrice(D("1"), D("0.1"), D("6"), source="genai-prices", cache_write=D("1.25"))
+    assert worst_case_cost(1_000, 100, price) == (1_000 * D("1.25") + 100 * D(6)) / 1_000_000
+
+
+def _info(prices: Any) -> Any:
+    return gp.ModelInfo(id="m", match=gp.ClauseEquals(equals="m"), prices=prices)
+
+
+NOW = dt.datetime(2026, 1, 15, 12, 0, tzinfo=dt.timezone.utc)
+
+
+def test_tiered_prices_use_the_highest_tier() -> None:
+    entry = pricing._flatten(
+        _info(
+            gp.ModelPrice(
+                input_mtok=gp.TieredPrices(base=D(1), tiers=[gp.Tier(start=272_000, price=D(2))]),
+                cache_read_mtok=gp.TieredPrices(
+                    base=D("0.1"), tiers=[gp.Tier(start=272_000, price=D("0.2"))]
+                ),
+                output_mtok=gp.TieredPrices(base=D(6), tiers=[gp.Tier(start=272_000, price=D(9))]),
+            )
+        ),
+        NOW,
+    )
+    assert entry == {
+        "input": "2",
+        "cached_input": "0.2",
+        "output": "9",
+        "cache_write": None,
+        "valid_until": None,
+    }
+
+
+def test_conditional_prices_follow_the_date_and_expire() -> None:
+    info = _info(
+        [
+            gp.ConditionalPrice(prices=gp.ModelPrice(input_mtok=D(5), output_mtok=D(15))),
+            gp.ConditionalPrice(
+                constraint=gp.StartDateConstraint(start_date=dt.date(2025, 6, 1)),
+                prices=gp.ModelPrice(input_mtok=D(4), output_mtok=D(12)),
+            ),
+            gp.ConditionalPrice(
+                constraint=gp.StartDateConstraint(start_date=dt.date(2026, 3, 1)),
+                prices=gp.ModelPrice(input_mtok=D(3), output_mtok=D(9)),
+            ),
+        ]
+    )
+    entry = pricing._flatten(info, NOW)
+    assert entry is not None
+    assert (entry["input"], entry["output"], entry["valid_until"]) == ("4", "12", "2026-03-01")
+    later = pricing._flatten(info, dt.datetime(2026, 3, 2, tzinfo=dt.timezone.utc))
+    assert later is not None
+    assert (later["input"], later["valid_until"]) == ("3", None)
+
+
+def test_time_of_day_prices_take_the_highest() -> None:
+    info = _info(
+        [
+            gp.ConditionalPrice(prices=gp.ModelPrice(input_mtok=D(2), output_mtok=D(8))),
+            gp.ConditionalPrice(
+                constraint=gp.TimeOfDateConstraint(
+                    start_time=dt.time(16, 30), end_time=dt.time(0, 30)
+                ),
+                prices=gp.ModelPrice(input_mtok=D(1), output_mtok=D(4)),
+            ),
+        ]
+    )
+    for hour in (3, 17):
+        entry = pricing._flatten(info, NOW.replace(hour=hour))
+        assert entry is not None
+        assert (entry["input"], entry["output"]) == ("2", "8")
+
+
+# ---------------------------------------------------------------- the disk cache
+
+
+def _run(code: str, cache: Path) -> str:
+    env = {**os.environ, "FLOWGPT_CACHE_DIR": str(cache)}
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    ).stdout.strip()
+
+
+WARM_CHECK = """
+import sys
+from flowgpt.pricing import resolve_price
+price = resolve_price("gpt-4o-mini")
+other = resolve_price("gpt-4.1-mini-2025-04-14")
+print(price.input, price.cached_input, price.output, other is not None,
+      "genai_prices" in sys.modules)
+"""
+
+
+def test_warm_cache_does_not_import_genai_prices(cache_dir: Path) -> None:
+    assert not _cache_files(cache_dir)
+    cold = _run(WARM_CHECK, cache_dir)
+    assert cold == "0.15 0.075 0.6 True True"  # the first process needed genai-prices
+    assert len(_cache_files(cache_dir)) == 1
+    warm = _run(WARM_CHECK, cache_dir)
+    assert warm == "0.15 0.075 0.6 True False"
+
+
+def test_importing_pricing_does_not_import_genai_prices(cache_dir: Path) -> None:
+    assert _run("import sys, flowgpt.pricing; print('genai_prices' in sys.modules)", cache_dir) == (
+        "False"
+    )
+
+
+def _poison(cache_dir: Path, *, signature: str | None, valid_until: str | None = None) -> Path:
+    """Leave a cache file claiming gpt-4o-mini costs $99."""
+    resolve_price("gpt-4o-mini")
+    (path,) = _cache_files(cache_dir)
+    data = json.loads(path.read_text())
+    if signature is not None:
+        data["signature"] = signature
+    data["models"]["gpt-4o-mini"] = {
+        "input": "99",
+        "cached_input": "99",
+        "output": "99",
+        "cache_write": None,
+        "valid_until": valid_until,
+    }
+    path.write_text(json.dumps(data))
+    pricing._caches.clear()
+    return path
+
+
+def test_the_cache_is_what_answers(cache_dir: Path) -> None:
+    _poison(cache_dir, signature=None)
+    price = resolve_price("gpt-4o-mini")
+    assert price is not None and price.input == 99
+
+
+def test_a_stale_signature_invalidates_the_cache(cache_dir: Path) -> None:
+    path = _poison(cache_dir, signature="v1:0:0")
+    price = resolve_price("gpt-4o-mini")
+    assert price is not None and price.input == D("0.15")
+    data = json.loads(path.read_text())  # rewritten for the installed data
+    assert data["signature"] != "v1:0:0"
+    assert data["models"]["gpt-4o-mini"]["input"] == "0.15"
+
+
+def test_a_new_genai_prices_install_invalidates_the_cache(
+    cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _poison(cache_dir, signature=None)
+    real = pricing._signature
+    monkeypatch.setattr(pricing, "_signature", lambda d: f"{real(d)}-upgraded")
+    price = resolve_price("gpt-4o-mini")
+    assert price is not None and price.input == D("0.15")
+
+
+def test_an_expired_entry_is_recomputed(cache_dir: Path) -> None:
+    _poison(cache_dir, signature=None, valid_until="2000-01-01")
+    price = resolve_price("gpt-4o-mini")
+    assert price is not None and price.input == D("0.15")
+
+
+def test_a_damaged_cache_file_is_ignored(cache_dir: Path) -> None:
+    resolve_price("gpt-4o-mini")
+    (path,) = _cache_files(cache_dir)
+    path.write_text("{not json")
+    pricing._caches.clear()
+    assert resolve_price("gpt-4o-mini") == ModelPrice(
+        D("0.15"), D("0.075"), D("0.6"), source="genai-prices"
+    )
+
+
+def test_an_unwritable_cache_dir_is_tolerated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("FLOWGPT_CACHE_DIR", str(blocker / "cache"))
+    pricing._caches.clear()
+    assert resolve_price("gpt-4o-mini") is not None
+    assert resolve_price("no-such-model-xyz") is None
+
+
+def test_user_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("FLOWGPT_CACHE_DIR", str(tmp_path / "explicit"))
+    assert user_cache_dir() == str(tmp_path / "explicit")
+    monkeypatch.delenv("FLOWGPT_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert user_cache_dir() == str(tmp_path / "xdg" / "flowgpt")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert user_cache_dir() == str(tmp_path / "home" / ".cache" / "flowgpt")
+
+
+# ---------------------------------------------------------------- formatting
+
+
+@pytest.mark.parametrize(
+    ("amount", "text"),
+    [
+        (None, "unpriced"),
+        (D(0), "$0"),
+        (D("0.000"), "$0"),
+        (D("0.000435"), "$0.000435"),
+        (D("0.00043512"), "$0.000435"),
+        (D("0.00042"), "$0.00042"),
+        (D("0.0000001"), "$0.0000001"),
+        (D("0.0125"), "$0.0125"),
+        (D("0.123456"), "$0.123"),
+        (D("0.5"), "$0.50"),
+        (D("0.999999"), "$1.00"),
+        (D("1"), "$1.00"),
+        (D("12.345"), "$12.35"),
+        (D("1234.5"), "$1234.50"),
+    ],
+)
+def test_format_usd(amount: Decimal | None, text: str) -> None:
+    assert format_usd(amount) == text
+
+
+def test_model_price_round_trips() -> None:
+    price = ModelPrice(D("1.25"), D("0.125"), D("10"), source="genai-prices", cache_write=D("2"))
+    assert ModelPrice.from_dict(json.loads(json.dumps(price.to_dict()))) == price
