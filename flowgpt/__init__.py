@@ -9,6 +9,7 @@ print(result.report())
 """
 
 from __future__ import annotations
+
 import importlib
 from typing import TYPE_CHECKING, Any
 

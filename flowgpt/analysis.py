@@ -4,6 +4,7 @@ calling a model. Each finding is a Diagnostic pointing at the file, line and col
 from __future__ import annotations
 
 import difflib
+import itertools
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -147,8 +148,7 @@ class _Checker:
                 if need not in ids:
                     self.add(
                         self.at("steps", index, "needs", n),
-                        f"step `{step.id}`: `needs` names unknown step `{need}`"
-                        f"{_close(need, ids)}",
+                        f"step `{step.id}`: `needs` names unknown step `{need}`{_close(need, ids)}",
                         f"steps in this workflow: {', '.join(ids)}",
                         code="reference",
                     )
@@ -214,7 +214,7 @@ class _Checker:
         if len(cycle) == 2:
             message = f"step `{first}` depends on its own output"
         else:
-            chain = ", ".join(f"`{a}` needs `{b}`" for a, b in zip(cycle, cycle[1:]))
+            chain = ", ".join(f"`{a}` needs `{b}`" for a, b in itertools.pairwise(cycle))
             message = f"the steps form a cycle: {chain}"
         self.add(
             self.at("steps", self.wf.step_index(first)),
@@ -252,7 +252,7 @@ class _Checker:
                 path = ("steps", index, "model") if step.model else ("defaults", "model")
                 self.add(
                     self.at(*path),
-                    f"model `{model}` has no known price: costs will show as \"unpriced\"",
+                    f'model `{model}` has no known price: costs will show as "unpriced"',
                     f"add `pricing: {{{model}: {{input: ..., output: ...}}}}` (USD per million "
                     "tokens) to the workflow",
                     severity="warning",

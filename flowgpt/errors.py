@@ -26,7 +26,7 @@ Messages never contain an API key: ``redact`` is applied to every message built 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 __all__ = [
@@ -128,9 +128,7 @@ class SpecError(FlowgptError):
         diagnostics: list[Diagnostic] | None = None,
     ) -> None:
         super().__init__(message, hint=hint)
-        self.diagnostics: list[Diagnostic] = diagnostics or [
-            Diagnostic(message=message, hint=hint)
-        ]
+        self.diagnostics: list[Diagnostic] = diagnostics or [Diagnostic(message=message, hint=hint)]
 
     def format(self) -> str:
         return "\n".join(d.format() for d in self.diagnostics)
@@ -207,7 +205,7 @@ class ServerError(ProviderError):
     retryable = True
 
 
-class ConnectionError(ProviderError):  # noqa: A001 - deliberately mirrors the SDK's name
+class ConnectionError(ProviderError):
     """The API could not be reached or did not answer in time."""
 
     retryable = True

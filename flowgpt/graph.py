@@ -25,7 +25,7 @@ class StepTemplate:
 def step_templates(workflow: Workflow, step: StepSpec) -> Iterator[StepTemplate]:
     index = workflow.step_index(step.id)
     for kind in ("system", "prompt"):
-        source = workflow.template(step, kind)  # type: ignore[arg-type]
+        source = workflow.template(step, "system" if kind == "system" else "prompt")
         if source is not None:
             yield StepTemplate(source, kind)
     for i, message in enumerate(step.messages or []):

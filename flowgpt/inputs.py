@@ -35,7 +35,7 @@ def check_value(spec: InputSpec, value: Any) -> str | None:
     if spec.enum is not None and value not in spec.enum:
         options = ", ".join(json.dumps(v, ensure_ascii=False) for v in spec.enum)
         return f"must be one of {options}"
-    if spec.type in ("integer", "number"):
+    if isinstance(value, (int, float)):
         if spec.minimum is not None and value < spec.minimum:
             return f"must be at least {_num(spec.minimum)}"
         if spec.maximum is not None and value > spec.maximum:

@@ -11,7 +11,7 @@ import difflib
 import re
 import types
 import typing
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ class _Loader(yaml.SafeLoader):
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
                 continue
-            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            key = self.construct_object(key_node, deep=True)
             try:
                 duplicate = key in seen
             except TypeError:  # unhashable key; SafeConstructor reports it below
@@ -68,28 +68,27 @@ class _Loader(yaml.SafeLoader):
                     "YAML would silently keep only the last one; remove or rename one of them",
                 )
             seen[key] = key_node
-        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)  # type: ignore[no-untyped-call]
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
         self.children[id(mapping)] = {
-            self.construct_object(k, deep=True): (k, v)  # type: ignore[no-untyped-call]
+            self.construct_object(k, deep=True): (k, v)
             for k, v in node.value
             if k.tag != "tag:yaml.org,2002:merge"
         }
         return mapping
 
     def construct_sequence(self, node: yaml.SequenceNode, deep: bool = False) -> list[Any]:
-        sequence: list[Any] = super().construct_sequence(node, deep=deep)  # type: ignore[no-untyped-call]
+        sequence: list[Any] = super().construct_sequence(node, deep=deep)
         self.children[id(sequence)] = {i: (None, v) for i, v in enumerate(node.value)}
         return sequence
 
-
-    def construct_yaml_map(self, node: yaml.MappingNode) -> Iterator[dict[Any, Any]]:
+    def construct_yaml_map(self, node: yaml.MappingNode) -> Generator[dict[Any, Any], None, None]:
         data: dict[Any, Any] = {}
         yield data
         value = self.construct_mapping(node)
         data.update(value)
         self.children[id(data)] = self.children.pop(id(value))
 
-    def construct_yaml_seq(self, node: yaml.SequenceNode) -> Iterator[list[Any]]:
+    def construct_yaml_seq(self, node: yaml.SequenceNode) -> Generator[list[Any], None, None]:
         data: list[Any] = []
         yield data
         value = self.construct_sequence(node)
@@ -211,7 +210,7 @@ def _compose(text: str, file: str) -> tuple[Any, SourceMap]:
     smap = SourceMap(file, lines=text.splitlines())
     loader = _Loader(text)
     try:
-        node = loader.get_single_node()  # type: ignore[no-untyped-call]
+        node = loader.get_single_node()
         if node is None:
             raise SpecError(
                 "the file is empty",
@@ -227,7 +226,7 @@ def _compose(text: str, file: str) -> tuple[Any, SourceMap]:
                 ],
             )
         _check_expansion(node)
-        data = loader.construct_document(node)  # type: ignore[no-untyped-call]
+        data = loader.construct_document(node)
         _record_marks(loader, data, node, smap)
     except _Problem as exc:
         mark = exc.mark
@@ -247,7 +246,7 @@ def _compose(text: str, file: str) -> tuple[Any, SourceMap]:
         diag = _yaml_error(exc, file)
         raise SpecError(diag.message, diagnostics=[diag]) from None
     finally:
-        loader.dispose()  # type: ignore[no-untyped-call]
+        loader.dispose()
     if not isinstance(data, dict):
         kind = type(data).__name__ if data is not None else "nothing"
         raise SpecError(
@@ -268,7 +267,10 @@ def _compose(text: str, file: str) -> tuple[Any, SourceMap]:
 # --- secrets ---------------------------------------------------------------------------
 
 
-def _walk(data: Any, path: tuple[str | int, ...] = ()) -> Iterator[tuple[tuple[str | int, ...], Any]]:
+_DocPath = tuple[str | int, ...]
+
+
+def _walk(data: Any, path: _DocPath = ()) -> Iterator[tuple[_DocPath, Any]]:
     yield path, data
     if isinstance(data, dict):
         for k, v in data.items():
@@ -279,14 +281,12 @@ def _walk(data: Any, path: tuple[str | int, ...] = ()) -> Iterator[tuple[tuple[s
             yield from _walk(v, (*path, i))
 
 
-def _secret_diagnostics(data: Any, smap: SourceMap) -> tuple[list[Diagnostic], set[tuple[Any, ...]]]:
+def _secret_diagnostics(data: Any, smap: SourceMap) -> list[Diagnostic]:
     """API keys pasted into the file. The key itself is never echoed."""
     found: list[Diagnostic] = []
-    paths: set[tuple[Any, ...]] = set()
 
-    def add(path: tuple[str | int, ...], message: str, hint: str) -> None:
-        loc = smap.locate(path, key=not path[-1:] == ("api_key_env",))
-        paths.add(path)
+    def add(path: _DocPath, message: str, hint: str) -> None:
+        loc = smap.locate(path, key=path[-1:] != ("api_key_env",))
         found.append(Diagnostic(message, loc.file, loc.line, loc.col, hint=hint, code="secret"))
 
     for path, value in _walk(data):
@@ -312,7 +312,7 @@ def _secret_diagnostics(data: Any, smap: SourceMap) -> tuple[list[Diagnostic], s
                     "remove it and keep it in an environment variable; revoke the key if this "
                     "file was shared or committed",
                 )
-    return found, paths
+    return found
 
 
 # --- pydantic errors -> diagnostics ----------------------------------------------------
@@ -440,7 +440,9 @@ def _duplicate_step_ids(data: dict[str, Any], smap: SourceMap) -> list[Diagnosti
 # --- included files --------------------------------------------------------------------
 
 
-def _read_includes(spec: WorkflowSpec, base_dir: Path, smap: SourceMap) -> tuple[dict[str, str], list[Diagnostic]]:
+def _read_includes(
+    spec: WorkflowSpec, base_dir: Path, smap: SourceMap
+) -> tuple[dict[str, str], list[Diagnostic]]:
     files: dict[str, str] = {}
     found: list[Diagnostic] = []
     root = base_dir.resolve()
@@ -495,7 +497,7 @@ def parse_workflow(
     """
     file = str(path) if path is not None else "<workflow>"
     data, smap = _compose(text, file)
-    diagnostics, secret_paths = _secret_diagnostics(data, smap)
+    diagnostics = _secret_diagnostics(data, smap)
     diagnostics += _duplicate_step_ids(data, smap)
     spec: WorkflowSpec | None = None
     try:
@@ -513,8 +515,10 @@ def parse_workflow(
     workflow_path = Path(path) if path is not None else None
     files: dict[str, str] = {}
     if spec is not None:
-        folder = Path(base_dir) if base_dir is not None else (
-            workflow_path.parent if workflow_path is not None else Path.cwd()
+        folder = (
+            Path(base_dir)
+            if base_dir is not None
+            else (workflow_path.parent if workflow_path is not None else Path.cwd())
         )
         files, include_problems = _read_includes(spec, folder, smap)
         diagnostics += include_problems
@@ -552,8 +556,7 @@ def load_workflow(path: str | Path) -> Workflow:
             f"{file}: too large",
             diagnostics=[
                 Diagnostic(
-                    f"the file is {len(raw):,} bytes; workflows are limited to "
-                    f"{MAX_FILE_BYTES:,}",
+                    f"the file is {len(raw):,} bytes; workflows are limited to {MAX_FILE_BYTES:,}",
                     file,
                     hint="move long prompts into prompt files (prompt_file / system_file)",
                 )

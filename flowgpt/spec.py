@@ -116,7 +116,9 @@ class BudgetSpec(_Spec):
     """Per-run limits; the run stops before a call that could break one."""
 
     max_cost_usd: Decimal | None = Field(None, ge=0, description="Most dollars one run may spend.")
-    max_tokens: int | None = Field(None, ge=1, description="Most tokens (in + out) one run may use.")
+    max_tokens: int | None = Field(
+        None, ge=1, description="Most tokens (in + out) one run may use."
+    )
 
 
 class PriceSpec(_Spec):

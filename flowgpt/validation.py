@@ -158,5 +158,9 @@ def response_format_for(step_id: str, spec: OutputSpec | None) -> dict[str, Any]
         return {"type": "json_object"}
     return {
         "type": "json_schema",
-        "json_schema": {"name": step_id, "schema": spec.schema_, "strict": _strict_ok(spec.schema_)},
+        "json_schema": {
+            "name": step_id,
+            "schema": spec.schema_,
+            "strict": _strict_ok(spec.schema_),
+        },
     }
