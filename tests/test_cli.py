@@ -1,0 +1,216 @@
+"""The command line, run as a user runs it: a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flowgpt.spec import workflow_json_schema
+from tests.support.fake_openai import FakeOpenAI, Reply
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTICLE = str(ROOT / "workflows" / "article.yaml")
+
+
+def flowgpt(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "flowgpt", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=ROOT,
+        timeout=60,
+    )
+
+
+def test_validate_many_broken_files_reports_every_one(tmp_path: Path) -> None:
+    files = {
+        "syntax.yaml": ("version: 1\nname: x\nsteps: [\n", 4),
+        "unknown_key.yaml": (
+            "version: 1\nname: x\ndefaults: {model: gpt-4o}\nsteps:\n  - id: a\n    promt: hi\n",
+            6,
+        ),
+        "bad_ref.yaml": (
+            "version: 1\nname: x\ndefaults: {model: gpt-4o}\ninputs:\n  topic: {}\nsteps:\n"
+            "  - id: a\n    prompt: |\n      line one\n      about {{ inputs.topik }}\n",
+            10,
+        ),
+        "cycle.yaml": (
+            "version: 1\nname: x\ndefaults: {model: gpt-4o}\nsteps:\n"
+            "  - id: a\n    prompt: '{{ steps.b.output }}'\n"
+            "  - id: b\n    prompt: '{{ steps.a.output }}'\n",
+            5,
+        ),
+        "bad_schema.yaml": (
+            "version: 1\nname: x\ndefaults: {model: gpt-4o}\nsteps:\n  - id: a\n    prompt: hi\n"
+            "    output:\n      schema: {type: objekt}\n",
+            8,
+        ),
+        "jinja.yaml": (
+            "version: 1\nname: x\ndefaults: {model: gpt-4o}\nsteps:\n  - id: a\n    prompt: |\n"
+            "      fine\n      {% if x %}never closed\n",
+            8,
+        ),
+    }
+    paths = []
+    for name, (text, _) in files.items():
+        (tmp_path / name).write_text(text)
+        paths.append(str(tmp_path / name))
+    proc = flowgpt("validate", *paths, ARTICLE)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    for name, (_, line) in files.items():
+        assert f"{tmp_path / name}:{line}:" in proc.stderr, (name, proc.stderr)
+    assert f"{ARTICLE}: ok" in proc.stderr
+    assert "did you mean `prompt`" in proc.stderr
+    assert "did you mean `topic`" in proc.stderr
+    assert "cycle" in proc.stderr
+
+
+def test_validate_json_output(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nname: x\nsteps:\n  - id: a\n    prompt: hi\n    temperature: 7\n")
+    proc = flowgpt("validate", "--json", str(bad), ARTICLE)
+    assert proc.returncode == 2
+    report = json.loads(proc.stdout)
+    assert [r["ok"] for r in report] == [False, True]
+    diag = report[0]["diagnostics"]
+    assert any(d["line"] == 6 and d["severity"] == "error" for d in diag)
+
+
+def test_validate_clean_exit_zero_and_strict_unpriced(tmp_path: Path) -> None:
+    assert flowgpt("validate", ARTICLE).returncode == 0
+    wf = tmp_path / "unpriced.yaml"
+    wf.write_text(
+        "version: 1\nname: x\ndefaults: {model: my-llm}\nsteps:\n  - id: a\n    prompt: hi\n"
+    )
+    normal = flowgpt("validate", str(wf))
+    assert normal.returncode == 0 and "no known price" in normal.stderr
+    assert flowgpt("validate", "--strict", str(wf)).returncode == 2
+
+
+def test_missing_file_is_a_clear_error() -> None:
+    proc = flowgpt("validate", "nope.yaml")
+    assert proc.returncode == 2 and "no such file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_schema_command_prints_the_shipped_schema() -> None:
+    proc = flowgpt("schema")
+    assert proc.returncode == 0
+    assert json.loads(proc.stdout) == workflow_json_schema()
+
+
+def test_shipped_schema_file_is_fresh() -> None:
+    shipped = json.loads((ROOT / "schemas" / "workflow.schema.json").read_text())
+    assert shipped == workflow_json_schema(), "run: flowgpt schema > schemas/workflow.schema.json"
+
+
+@pytest.mark.parametrize("args", [["--help"], ["validate", ARTICLE], ["schema"]])
+def test_fast_paths_do_not_import_openai(args: list[str]) -> None:
+    code = (
+        "import sys\nfrom flowgpt.cli import main\n"
+        f"sys.argv = ['flowgpt', *{args!r}]\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('IMPORTED' if 'openai' in sys.modules else 'CLEAN', file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.stderr.strip().endswith("CLEAN"), proc.stderr
+
+
+def test_run_mock_prints_outputs_and_cost_table() -> None:
+    proc = flowgpt("run", ARTICLE, "-i", "topic=green tea", "--mock")
+    assert proc.returncode == 0, proc.stderr
+    assert "== article ==" in proc.stdout and "== title ==" in proc.stdout
+    for column in (
+        "step",
+        "model",
+        "prompt",
+        "cached",
+        "completion",
+        "cost",
+        "latency",
+        "attempts",
+    ):
+        assert column in proc.stderr
+    assert "total" in proc.stderr and "outline" in proc.stderr
+
+
+def test_run_json_and_output_file(tmp_path: Path) -> None:
+    out = tmp_path / "result.json"
+    proc = flowgpt("run", ARTICLE, "-i", "topic=tea", "--mock", "--json", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["status"] == "ok" and set(data["outputs"]) == {"article", "title"}
+    assert [s["id"] for s in data["steps"]] == ["outline", "draft", "polish"]
+    assert json.loads(out.read_text())["outputs"] == data["outputs"]
+
+
+def test_run_without_key_names_the_variable_and_suggests_mock() -> None:
+    proc = flowgpt("run", ARTICLE, "-i", "topic=tea")
+    assert proc.returncode == 1
+    assert "OPENAI_API_KEY" in proc.stderr and "--mock" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_input_exit_2() -> None:
+    proc = flowgpt("run", ARTICLE, "-i", "topic=tea", "-i", "words=many", "--mock")
+    assert proc.returncode == 2
+    assert "words" in proc.stderr and "integer" in proc.stderr
+
+
+def test_run_through_the_sdk_against_loopback_server() -> None:
+    key = "sk-test-cli-loopback-0000000000"
+    with FakeOpenAI() as server:
+        server.queue(
+            Reply(
+                '{"title": "Tea", "sections": ["a", "b", "c"]}',
+                prompt_tokens=50,
+                completion_tokens=20,
+            ),
+            Reply("The draft.", prompt_tokens=80, completion_tokens=40),
+            Reply("The short one.", prompt_tokens=130, completion_tokens=10),
+        )
+        proc = flowgpt(
+            "run",
+            ARTICLE,
+            "-i",
+            "topic=tea",
+            "--json",
+            env={"OPENAI_API_KEY": key, "OPENAI_BASE_URL": server.base_url},
+        )
+        sent = server.chat_requests
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["outputs"] == {"article": "The short one.", "title": "Tea"}
+    assert [s["usage"]["prompt_tokens"] for s in data["steps"]] == [50, 80, 130]
+    assert len(sent) == 3 and all(r.api_key == key for r in sent)
+    assert key not in proc.stdout + proc.stderr
+    # OPENAI_BASE_URL points at a non-OpenAI server: unpriced, null in JSON, never 0.
+    assert data["cost_usd"] is None
+
+
+def test_provider_error_exit_1_with_partial_table() -> None:
+    with FakeOpenAI() as server:
+        from tests.support.fake_openai import Fault
+
+        server.queue(Fault.unauthorized())
+        proc = flowgpt(
+            "run",
+            ARTICLE,
+            "-i",
+            "topic=tea",
+            env={
+                "OPENAI_API_KEY": "sk-test-wrong-key-000000000000",
+                "OPENAI_BASE_URL": server.base_url,
+            },
+        )
+    assert proc.returncode == 1
+    assert "OPENAI_API_KEY" in proc.stderr and "Traceback" not in proc.stderr
+    assert "sk-test-wrong-key-000000000000" not in proc.stderr
