@@ -20,7 +20,7 @@ from flowgpt import (
 )
 from flowgpt.pricing import cost_of
 from flowgpt.providers.openai import OpenAIProvider
-from tests.support.fake_openai import FakeOpenAI, Reply
+from tests.support.fake_openai import FakeOpenAI
 
 CHAIN = """\
 version: 1
@@ -64,7 +64,7 @@ def test_text_and_json_fields_flow_between_steps() -> None:
     )
     result = run(CHAIN, mock, {"topic": "tea"})
     assert result.ok
-    write_req, shorten_req = mock.requests[1], mock.requests[2]
+    write_req = mock.requests[1]
     assert write_req.messages[-1]["content"] == 'Write "Tea":\n- Green\n- Black\n'
     assert result.outputs == {"text": "SHORT", "title": "Tea", "parts": ["Green", "Black"]}
     assert result.steps["plan"].output == {"title": "Tea", "parts": ["Green", "Black"]}
@@ -150,7 +150,9 @@ inputs:
   mode: {type: string, enum: [fast, slow], default: fast}
 steps:
   - id: a
-    prompt: "{{ inputs.n + 1 }} {{ inputs.ratio }} {{ inputs.loud }} {{ inputs.tags }} {{ inputs.meta }} {{ inputs.mode }}"
+    prompt: >-
+      {{ inputs.n + 1 }} {{ inputs.ratio }} {{ inputs.loud }} {{ inputs.tags }}
+      {{ inputs.meta }} {{ inputs.mode }}
 """
 
 
