@@ -26,7 +26,8 @@ def _close(word: str, options: Sequence[str]) -> str:
 
 
 class _Checker:
-    def __init__(self, workflow: Workflow) -> None:
+    def __init__(self, workflow: Workflow, *, prices: bool = True) -> None:
+        self.prices = prices
         self.wf = workflow
         self.spec = workflow.spec
         self.found: list[Diagnostic] = []
@@ -169,7 +170,8 @@ class _Checker:
             self.check_template(TemplateSource(text, ("outputs", name)), f"output `{name}`")
         self._cycles()
         self._inputs()
-        self._prices()
+        if self.prices:
+            self._prices()
         self.found.sort(key=lambda d: (d.file or "", d.line or 0, d.col or 0))
         return self.found
 
@@ -260,9 +262,10 @@ class _Checker:
                 )
 
 
-def analyze(workflow: Workflow) -> list[Diagnostic]:
-    """Every problem found in a loaded workflow (errors and warnings)."""
-    return _Checker(workflow).run()
+def analyze(workflow: Workflow, *, prices: bool = True) -> list[Diagnostic]:
+    """Every problem found in a loaded workflow (errors and warnings); ``prices=False``
+    skips the unpriced-model warnings."""
+    return _Checker(workflow, prices=prices).run()
 
 
 def check_file(path: str | Path) -> list[Diagnostic]:

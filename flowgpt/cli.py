@@ -157,7 +157,10 @@ def _print_outputs(outputs: dict[str, Any]) -> None:
 )
 @click.option("--model", help="Use this model for every step.")
 @click.option(
-    "--mock", is_flag=True, help="Answer with the offline mock provider (no API key, $0)."
+    "--mock",
+    is_flag=True,
+    help="Answer with the offline mock provider (no API key, no network; "
+    "tokens and prices are counted as for the real model).",
 )
 @_handle_errors
 def run(
@@ -199,7 +202,12 @@ def run(
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
     elif error is None:
-        _print_outputs(result.outputs)
+        if result.outputs:
+            _print_outputs(result.outputs)
+        elif result.steps:
+            # No `outputs:` declared: show the last step's output rather than nothing.
+            last = list(result.steps.values())[-1]
+            _print_outputs({last.id: last.output})
     progress.print_table(result)
     if error is not None:
         _fail(error)

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from flowgpt import templating
 from flowgpt.errors import (
     ContextWindowError,
+    Diagnostic,
     FlowgptError,
     OutputValidationError,
     SpecError,
@@ -357,6 +358,7 @@ class Engine:
     ) -> RunResult:
         """Run a workflow and return its result; raises a FlowgptError when it fails."""
         wf = _as_workflow(workflow)
+        _check_before_running(wf)
         resolved = resolve_inputs(wf.spec, inputs or {}, from_cli=inputs_from_cli)
         provider, owned = self._provider_for(wf.spec)
         state = _Run(self, wf, resolved, provider, run_id or _new_run_id())
@@ -378,6 +380,27 @@ class Engine:
     ) -> RunResult:
         """``run`` for code that is not async."""
         return asyncio.run(self.run(workflow, inputs, **kwargs))
+
+
+def _check_before_running(workflow: Workflow) -> None:
+    """Refuse a workflow with static errors (cycles, unknown references...) before any call."""
+    from flowgpt.analysis import analyze
+
+    errors = [d for d in analyze(workflow, prices=False) if d.severity == "error"]
+    for step in workflow.spec.steps:
+        if step.for_each is not None:
+            loc = workflow.locate(("steps", workflow.step_index(step.id), "for_each"))
+            errors.append(
+                Diagnostic(
+                    f"step `{step.id}`: `for_each` is not run by this version of flowgpt yet",
+                    loc.file,
+                    loc.line,
+                    loc.col,
+                    hint="remove `for_each`/`as` and loop inside the prompt with {% for %}",
+                )
+            )
+    if errors:
+        raise SpecError(f"{workflow.display_path}: the workflow is not valid", diagnostics=errors)
 
 
 def _as_workflow(workflow: Workflow | WorkflowSpec | str | Path) -> Workflow:

@@ -11,7 +11,13 @@ from flowgpt.results import RunResult, StepResult
 
 __all__ = ["cost_table", "render_table", "result_to_dict", "step_to_dict"]
 
-_NOTES = {"reused": "reused", "cached": "cached", "skipped": "skipped", "failed": "FAILED"}
+_NOTES = {
+    "reused": "reused",
+    "cached": "cached",
+    "skipped": "skipped",
+    "failed": "FAILED",
+    "pending": "not run",
+}
 
 
 def _usd(value: Decimal | None, status: str) -> str:

@@ -14,6 +14,7 @@ from flowgpt import (
     MockProvider,
     MockReply,
     OutputValidationError,
+    SpecError,
     TemplateError,
     Usage,
     parse_workflow,
@@ -262,3 +263,30 @@ def test_validation_retries_spent_keeps_last_output_and_cost() -> None:
     assert err.exit_code == 1 and err.attempts == 2 and err.last_output == "still not"
     assert err.cost_usd is not None and err.cost_usd > 0
     assert len(mock.requests) == 2  # nothing after the failed step was started
+
+
+@pytest.mark.parametrize(
+    ("steps", "words"),
+    [
+        (
+            "  - id: a\n    prompt: '{{ steps.b.output }}'\n"
+            "  - id: b\n    prompt: '{{ steps.a.output }}'\n",
+            "cycle",
+        ),
+        ("  - id: a\n    prompt: '{{ steps.outlin.output }}'\n", "unknown step `outlin`"),
+        (
+            "  - id: a\n    for_each: inputs.xs\n    as: x\n    prompt: '{{ x }}'\n",
+            "for_each",
+        ),
+    ],
+)
+def test_run_refuses_static_errors_before_any_call(steps: str, words: str) -> None:
+    text = (
+        "version: 1\nname: s\ndefaults: {model: gpt-4o}\n"
+        "inputs:\n  xs: {type: array, default: []}\nsteps:\n" + steps
+    )
+    mock = MockProvider()
+    with pytest.raises(SpecError) as info:
+        run(text, mock)
+    assert words in info.value.format()
+    assert mock.requests == []

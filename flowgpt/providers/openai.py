@@ -412,7 +412,7 @@ class OpenAIProvider:
         if exc.broken:
             return ConnectionError(
                 f"The connection to {self._endpoint()} broke mid-reply{after}: {exc.detail}.",
-                hint="Check your network or the endpoint; --resume re-runs only what failed.",
+                hint="Check your network or the endpoint, then run again.",
                 retries=call.retries,
             )
         return MalformedResponseError(
@@ -481,8 +481,7 @@ class OpenAIProvider:
             if status >= 500 or status == 409:
                 return ServerError(
                     f"{endpoint} failed with status {status}{after}.{said(exc)}",
-                    hint="The API had a problem on its side; try again later (--resume re-runs "
-                    "only what failed).",
+                    hint="The API had a problem on its side; try again later.",
                     status=status,
                     retries=retries,
                 )
@@ -517,7 +516,7 @@ class OpenAIProvider:
         if isinstance(exc, openai.APIError):  # e.g. an error event inside a stream
             return ServerError(
                 f"{endpoint} reported an error{after}:{said(exc) or ' (no message)'}",
-                hint="Try again later (--resume re-runs only what failed).",
+                hint="Try again later.",
                 retries=retries,
             )
         return ProviderError(
