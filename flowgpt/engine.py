@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -61,6 +62,56 @@ def _new_run_id() -> str:
     return f"{stamp}-{uuid.uuid4().hex[:6]}"
 
 
+@dataclass(frozen=True)
+class _StepPlan:
+    """What can be worked out about a step once per workflow, not once per call."""
+
+    step: StepSpec
+    deps: frozenset[str]
+    dependents: tuple[str, ...]
+    system: str | None
+    prompt: str | None
+    settings: dict[str, Any]  # model settings other than `model`, defaults applied
+    response_format: dict[str, Any] | None
+
+
+class _Plan:
+    """A workflow checked and prepared for running; cached on the Workflow object."""
+
+    def __init__(self, workflow: Workflow) -> None:
+        _check_before_running(workflow)
+        spec = workflow.spec
+        deps = step_dependencies(workflow)
+        dependents: dict[str, list[str]] = {s.id: [] for s in spec.steps}
+        for sid, needs in deps.items():
+            for dep in needs:
+                dependents[dep].append(sid)
+        self.steps: dict[str, _StepPlan] = {}
+        for step in spec.steps:
+            system = workflow.template(step, "system")
+            prompt = workflow.template(step, "prompt")
+            self.steps[step.id] = _StepPlan(
+                step=step,
+                deps=frozenset(deps[step.id]),
+                dependents=tuple(dependents[step.id]),
+                system=system.text if system else None,
+                prompt=prompt.text if prompt else None,
+                settings={
+                    name: step.setting(name, spec.defaults)
+                    for name in MODEL_SETTING_NAMES
+                    if name != "model" and step.setting(name, spec.defaults) is not None
+                },
+                response_format=response_format_for(step.id, step.output),
+            )
+
+    @classmethod
+    def of(cls, workflow: Workflow) -> _Plan:
+        plan = workflow.cache.get("engine.plan")
+        if not isinstance(plan, cls):
+            plan = workflow.cache["engine.plan"] = cls(workflow)
+        return plan
+
+
 class _Run:
     """The state of one run of one workflow."""
 
@@ -77,8 +128,8 @@ class _Run:
         self.spec = workflow.spec
         self.inputs = inputs
         self.provider = provider
-        self.semaphore = asyncio.Semaphore(self.spec.provider.concurrency)
-        self.deps = step_dependencies(workflow)
+        self.plan = _Plan.of(workflow)
+        self.semaphore = engine.limiter(provider, self.spec.provider.concurrency)
         # Prices follow where requests really go: OPENAI_BASE_URL pointing at a local
         # server makes "gpt-4o" unpriced, not billed at OpenAI's rate.
         resolver = getattr(provider, "resolved_base_url", None)
@@ -88,7 +139,8 @@ class _Run:
         self.results: dict[str, StepResult] = {
             s.id: StepResult(id=s.id, model=self._model(s)) for s in self.spec.steps
         }
-        self.done: dict[str, asyncio.Event] = {s.id: asyncio.Event() for s in self.spec.steps}
+        # What templates see as `steps.<id>`, filled as each step finishes.
+        self.views: dict[str, dict[str, Any]] = {}
         self.failure: FlowgptError | None = None
         self.result = RunResult(
             workflow=self.spec.name, inputs=inputs, steps=self.results, run_id=run_id
@@ -105,10 +157,7 @@ class _Run:
         return model
 
     def context(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        steps = {
-            sid: r.template_view() for sid, r in self.results.items() if self.done[sid].is_set()
-        }
-        ctx: dict[str, Any] = {"inputs": self.inputs, "steps": steps}
+        ctx: dict[str, Any] = {"inputs": self.inputs, "steps": dict(self.views)}
         if extra:
             ctx.update(extra)
         return ctx
@@ -122,9 +171,9 @@ class _Run:
             earlier = self.results[step.history]
             messages = [Message(**m) for m in earlier.messages]  # type: ignore[typeddict-item]
             messages.append(Message(role="assistant", content=earlier.text or ""))
-        system = self.workflow.template(step, "system")
-        if system is not None:
-            message = Message(role="system", content=self.render(step, system.text, ctx))
+        plan = self.plan.steps[step.id]
+        if plan.system is not None:
+            message = Message(role="system", content=self.render(step, plan.system, ctx))
             if messages and messages[0]["role"] == "system":
                 messages[0] = message  # the step's own system prompt replaces the inherited one
             else:
@@ -134,9 +183,8 @@ class _Run:
             if m.name:
                 entry["name"] = m.name
             messages.append(entry)
-        prompt = self.workflow.template(step, "prompt")
-        if prompt is not None:
-            messages.append(Message(role="user", content=self.render(step, prompt.text, ctx)))
+        if plan.prompt is not None:
+            messages.append(Message(role="user", content=self.render(step, plan.prompt, ctx)))
         return messages
 
     def request_for(self, step: StepSpec, messages: list[Message]) -> ChatRequest:
@@ -146,16 +194,12 @@ class _Run:
                 f"step `{step.id}` has no model",
                 hint="set `defaults.model` or the step's `model`, or pass --model",
             )
-        settings = {
-            name: step.setting(name, self.spec.defaults)
-            for name in MODEL_SETTING_NAMES
-            if name != "model"
-        }
+        plan = self.plan.steps[step.id]
         return ChatRequest(
             model=model,
             messages=messages,
-            response_format=response_format_for(step.id, step.output),
-            **settings,
+            response_format=plan.response_format,
+            **plan.settings,
         )
 
     def preflight(self, step: StepSpec, request: ChatRequest) -> None:
@@ -165,6 +209,12 @@ class _Run:
         override = self.spec.pricing.get(request.model)
         window = context_window(request.model, override.context_window if override else None)
         if window is None:
+            return
+        max_tokens = request.max_tokens or 0
+        # A token is at least one byte, so when even the byte count fits, the exact count
+        # (a tokenizer pass over the whole prompt) is not needed.
+        upper = 3 + sum(4 + sum(len(str(v).encode()) for v in m.values()) for m in request.messages)
+        if upper + max_tokens <= window:
             return
         prompt_tokens = count_tokens(request.messages, request.model)
         needed = prompt_tokens + (request.max_tokens or 0)
@@ -256,10 +306,6 @@ class _Run:
     async def run_step(self, step: StepSpec) -> None:
         result = self.results[step.id]
         try:
-            for dep in self.deps[step.id]:
-                await self.done[dep].wait()
-            if self.failure is not None:
-                return  # an earlier step failed: nothing new is started
             ctx = self.context()
             if step.when is not None and not templating.evaluate(step.when, ctx, step=step.id):
                 result.status = "skipped"
@@ -282,7 +328,40 @@ class _Run:
                 self.failure = exc
             self.emit("step_failed", step.id, result=result, message=exc.message)
         finally:
-            self.done[step.id].set()
+            self.views[step.id] = result.template_view()
+
+    async def run_chain(self, step_id: str, waiting: dict[str, set[str]]) -> None:
+        """Run a step, then whatever it unblocks: the first such step in this same task
+        (a linear chain never leaves its task), the others in new tasks."""
+        current: str | None = step_id
+        while current is not None:
+            await self.run_step(self.plan.steps[current].step)
+            ready = []
+            for other in self.plan.steps[current].dependents:
+                needs = waiting[other]
+                needs.discard(current)
+                if not needs:
+                    ready.append(other)
+            if self.failure is not None:
+                return  # a step failed: nothing new is started
+            current = ready[0] if ready else None
+            for other in ready[1:]:
+                self.tasks.append(asyncio.ensure_future(self.run_chain(other, waiting)))
+
+    async def run_all(self) -> None:
+        waiting = {sid: set(p.deps) for sid, p in self.plan.steps.items()}
+        roots = [sid for sid, needs in waiting.items() if not needs]
+        self.tasks: list[asyncio.Future[None]] = [
+            asyncio.ensure_future(self.run_chain(sid, waiting)) for sid in roots[1:]
+        ]
+        try:
+            if roots:
+                await self.run_chain(roots[0], waiting)
+            while self.tasks:
+                await self.tasks.pop()
+        finally:
+            for task in self.tasks:
+                task.cancel()
 
     def compute_outputs(self) -> dict[str, Any]:
         ctx = self.context()
@@ -299,7 +378,7 @@ class _Run:
     async def execute(self) -> RunResult:
         started = time.perf_counter()
         self.emit("run_started")
-        await asyncio.gather(*(self.run_step(step) for step in self.spec.steps))
+        await self.run_all()
         if self.failure is None:
             try:
                 self.result.outputs = self.compute_outputs()
@@ -333,6 +412,18 @@ class Engine:
         self.provider = provider
         self.model = model  # overrides every step's model
         self.on_event = on_event
+        # One request limiter per provider and event loop, shared by every run this engine
+        # makes at once (so concurrent runs respect `provider.concurrency` together).
+        self._limiters: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[int, asyncio.Semaphore]
+        ] = weakref.WeakKeyDictionary()
+
+    def limiter(self, provider: Provider, concurrency: int) -> asyncio.Semaphore:
+        per_loop = self._limiters.setdefault(asyncio.get_running_loop(), {})
+        key = id(provider) if provider is self.provider else -concurrency
+        if key not in per_loop:
+            per_loop[key] = asyncio.Semaphore(concurrency)
+        return per_loop[key]
 
     def _provider_for(self, spec: WorkflowSpec) -> tuple[Provider, bool]:
         if self.provider is not None:
@@ -358,7 +449,7 @@ class Engine:
     ) -> RunResult:
         """Run a workflow and return its result; raises a FlowgptError when it fails."""
         wf = _as_workflow(workflow)
-        _check_before_running(wf)
+        _Plan.of(wf)  # static errors are refused before anything runs
         resolved = resolve_inputs(wf.spec, inputs or {}, from_cli=inputs_from_cli)
         provider, owned = self._provider_for(wf.spec)
         state = _Run(self, wf, resolved, provider, run_id or _new_run_id())

@@ -88,6 +88,7 @@ _FAMILIES: tuple[tuple[str, str], ...] = (
 _FALLBACK_ENCODING = "o200k_base"
 
 
+@functools.lru_cache(maxsize=1024)
 def _base_model(model: str) -> str:
     """The OpenAI model a name refers to: fine-tunes and provider prefixes stripped."""
     name = model.strip().lower()
@@ -113,6 +114,7 @@ def _family_encoding(model: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=1024)
 def encoding_name_for(model: str) -> str:
     """The tiktoken encoding for ``model``; o200k_base (an approximation) when unknown."""
     return _family_encoding(model) or _FALLBACK_ENCODING
@@ -171,6 +173,7 @@ _CONTEXT_WINDOWS: dict[str, int] = {
 _WINDOW_PREFIXES = sorted(_CONTEXT_WINDOWS, key=len, reverse=True)
 
 
+@functools.lru_cache(maxsize=1024)
 def context_window(model: str, override: int | None = None) -> int | None:
     """The context window of ``model`` in tokens; ``override`` (from the workflow) wins.
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["Usage"]
@@ -34,7 +34,13 @@ class Usage:
         )
 
     def to_dict(self) -> dict[str, int]:
-        return asdict(self)
+        # A literal, not dataclasses.asdict (which deep-copies): this is on the hot path.
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cached_tokens": self.cached_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Usage:

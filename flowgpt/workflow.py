@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from flowgpt.spec import StepSpec, WorkflowSpec
 
@@ -93,6 +93,9 @@ class Workflow:
     source: str | None = None
     source_map: SourceMap | None = None
     files: dict[str, str] = field(default_factory=dict)  # system_file/prompt_file -> content
+    # Derived data (the engine's run plan, step positions); the spec is frozen, so it
+    # never goes stale.
+    cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -107,7 +110,11 @@ class Workflow:
         return str(self.path) if self.path is not None else "<workflow>"
 
     def step_index(self, step_id: str) -> int:
-        return self.spec.step_ids.index(step_id)
+        index = self.cache.get("step_index")
+        if index is None:
+            index = self.cache["step_index"] = {sid: i for i, sid in enumerate(self.spec.step_ids)}
+        position: int = index[step_id]
+        return position
 
     def template(self, step: StepSpec, kind: Literal["system", "prompt"]) -> TemplateSource | None:
         """The system or user prompt template of a step, inline or from its file."""
