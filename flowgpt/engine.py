@@ -7,12 +7,11 @@ There is one async core (``Engine.run``); ``Engine.run_sync`` wraps it.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
-import uuid
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
@@ -58,8 +57,9 @@ class EngineEvent:
 
 
 def _new_run_id() -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return f"{stamp}-{uuid.uuid4().hex[:6]}"
+    # Sortable by time; the random part tells apart runs started in the same second.
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    return f"{stamp}-{random.getrandbits(24):06x}"
 
 
 @dataclass(frozen=True)

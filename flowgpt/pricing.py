@@ -18,6 +18,7 @@ This is the only module that imports genai_prices.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 from collections.abc import Mapping
@@ -114,6 +115,7 @@ def is_openai_url(base_url: str | None) -> bool:
     return host == "api.openai.com"
 
 
+@functools.lru_cache(maxsize=256)
 def _from_override(spec: PriceSpec) -> ModelPrice:
     cached = spec.cached_input if spec.cached_input is not None else spec.input
     return ModelPrice(

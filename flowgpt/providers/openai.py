@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import hashlib
 import json
 import os
@@ -154,6 +155,12 @@ class _Unreadable(Exception):
         self.broken = broken  # the connection broke (vs. a reply that made no sense)
 
 
+@functools.lru_cache(maxsize=16)
+def _key_digest(key: str) -> str:
+    # Clients are cached by a digest, so the key itself is never a dict key anywhere.
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
 class OpenAIProvider:
     """Chat Completions through the official SDK, against OpenAI or a compatible API.
 
@@ -224,7 +231,7 @@ class OpenAIProvider:
 
     def _client_for(self, key: str) -> _Client:
         base_url = self.resolved_base_url()
-        cache_key = (base_url, hashlib.sha256(key.encode()).hexdigest())
+        cache_key = (base_url, _key_digest(key))
         loop = asyncio.get_running_loop()
         cached = self._clients.get(cache_key)
         if cached is not None and cached[1] is loop:
