@@ -211,9 +211,12 @@ class _Run:
         if window is None:
             return
         max_tokens = request.max_tokens or 0
-        # A token is at least one byte, so when even the byte count fits, the exact count
-        # (a tokenizer pass over the whole prompt) is not needed.
-        upper = 3 + sum(4 + sum(len(str(v).encode()) for v in m.values()) for m in request.messages)
+        # A token is at least one byte and a character at most four, so when even four
+        # bytes per character fit, the exact count (a tokenizer pass) is not needed.
+        upper = 3 + sum(
+            4 + 4 * (len(m["content"]) + len(m["role"]) + len(m.get("name", "")))
+            for m in request.messages
+        )
         if upper + max_tokens <= window:
             return
         prompt_tokens = count_tokens(request.messages, request.model)

@@ -290,3 +290,28 @@ def test_run_refuses_static_errors_before_any_call(steps: str, words: str) -> No
         run(text, mock)
     assert words in info.value.format()
     assert mock.requests == []
+
+
+def test_context_window_overflow_is_refused_before_the_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from flowgpt import ContextWindowError
+
+    text = (
+        "version: 1\nname: w\ndefaults: {model: gpt-4, max_tokens: 1000}\n"
+        "inputs:\n  doc: {type: string}\nsteps:\n  - id: a\n    prompt: '{{ inputs.doc }}'\n"
+    )
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-window-0000000000000000")
+    with FakeOpenAI() as server:
+        provider = OpenAIProvider(base_url=server.base_url)
+        # gpt-4 has 8,192 tokens: 7,500 words plus max_tokens 1,000 cannot fit ...
+        with pytest.raises(ContextWindowError) as info:
+            run(text, provider, {"doc": "word " * 7500})
+        assert server.chat_requests == []
+        # ... while a prompt whose byte count alone would not prove it fits, but whose
+        # exact token count does, is sent.
+        result = run(text, provider, {"doc": "word " * 1500})
+        assert result.ok and len(server.chat_requests) == 1
+    message = info.value.format()
+    assert "context window of 8,192" in message and "step `a`" in message
+    assert info.value.exit_code == 1
