@@ -17,7 +17,7 @@ from flowgpt.spec import StepSpec
 from flowgpt.validation import check_schema
 from flowgpt.workflow import Location, TemplateSource, Workflow
 
-__all__ = ["analyze", "check_file"]
+__all__ = ["analyze", "check_file", "check_runnable"]
 
 
 def _close(word: str, options: Sequence[str]) -> str:
@@ -277,3 +277,23 @@ def check_file(path: str | Path) -> list[Diagnostic]:
     except SpecError as exc:
         return exc.diagnostics
     return analyze(workflow)
+
+
+def check_runnable(workflow: Workflow) -> None:
+    """Raise SpecError when a workflow cannot be run: any static error, or a feature this
+    version does not run yet. Used by the engine and by estimates, before any call."""
+    errors = [d for d in analyze(workflow, prices=False) if d.severity == "error"]
+    for index, step in enumerate(workflow.spec.steps):
+        if step.for_each is not None:
+            loc = workflow.locate(("steps", index, "for_each"))
+            errors.append(
+                Diagnostic(
+                    f"step `{step.id}`: `for_each` is not run by this version of flowgpt yet",
+                    loc.file,
+                    loc.line,
+                    loc.col,
+                    hint="remove `for_each`/`as` and loop inside the prompt with {% for %}",
+                )
+            )
+    if errors:
+        raise SpecError(f"{workflow.display_path}: the workflow is not valid", diagnostics=errors)

@@ -7,6 +7,7 @@ There is one async core (``Engine.run``); ``Engine.run_sync`` wraps it.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 import weakref
@@ -17,9 +18,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from flowgpt import templating
+from flowgpt.analysis import check_runnable
+from flowgpt.budget import Budget, Reservation
 from flowgpt.errors import (
+    BudgetExceededError,
     ContextWindowError,
-    Diagnostic,
     FlowgptError,
     OutputValidationError,
     SpecError,
@@ -29,7 +32,13 @@ from flowgpt.inputs import resolve_inputs
 from flowgpt.providers.base import ChatRequest, ChatResponse, Message, Provider
 from flowgpt.results import AttemptResult, RunResult, StepResult
 from flowgpt.spec import MODEL_SETTING_NAMES, StepSpec, WorkflowSpec
-from flowgpt.validation import repair_message, response_format_for, validate_reply
+from flowgpt.tokens import count_text, truncate_text
+from flowgpt.validation import (
+    FEEDBACK_MAX_TOKENS,
+    repair_message,
+    response_format_for,
+    validate_reply,
+)
 from flowgpt.workflow import Workflow
 
 __all__ = ["Engine", "EngineEvent"]
@@ -79,7 +88,7 @@ class _Plan:
     """A workflow checked and prepared for running; cached on the Workflow object."""
 
     def __init__(self, workflow: Workflow) -> None:
-        _check_before_running(workflow)
+        check_runnable(workflow)
         spec = workflow.spec
         deps = step_dependencies(workflow)
         dependents: dict[str, list[str]] = {s.id: [] for s in spec.steps}
@@ -130,6 +139,13 @@ class _Run:
         self.provider = provider
         self.plan = _Plan.of(workflow)
         self.semaphore = engine.limiter(provider, self.spec.provider.concurrency)
+        limits = self.spec.budget
+        max_cost = limits.max_cost_usd if limits else None
+        if engine.max_cost_usd is not None:
+            max_cost = (
+                engine.max_cost_usd if max_cost is None else min(max_cost, engine.max_cost_usd)
+            )
+        self.budget = Budget(max_cost, limits.max_tokens if limits else None)
         # Prices follow where requests really go: OPENAI_BASE_URL pointing at a local
         # server makes "gpt-4o" unpriced, not billed at OpenAI's rate.
         resolver = getattr(provider, "resolved_base_url", None)
@@ -202,34 +218,61 @@ class _Run:
             **plan.settings,
         )
 
-    def preflight(self, step: StepSpec, request: ChatRequest) -> None:
-        """Refuse a call that cannot fit the model's context window, before paying."""
+    def preflight(self, step: StepSpec, request: ChatRequest) -> Reservation | None:
+        """Before paying: refuse a call that cannot fit the model's context window, and
+        reserve its worst case in the budget (None when the run has no budget)."""
         from flowgpt.tokens import context_window, count_tokens
 
         override = self.spec.pricing.get(request.model)
         window = context_window(request.model, override.context_window if override else None)
-        if window is None:
-            return
-        max_tokens = request.max_tokens or 0
-        # A token is at least one byte and a character at most four, so when even four
-        # bytes per character fit, the exact count (a tokenizer pass) is not needed.
-        upper = 3 + sum(
-            4 + 4 * (len(m["content"]) + len(m["role"]) + len(m.get("name", "")))
-            for m in request.messages
-        )
-        if upper + max_tokens <= window:
-            return
-        prompt_tokens = count_tokens(request.messages, request.model)
-        needed = prompt_tokens + (request.max_tokens or 0)
-        if needed > window:
-            raise ContextWindowError(
-                f"step `{step.id}`: {prompt_tokens:,} prompt tokens + max_tokens "
-                f"{request.max_tokens or 0:,} = {needed:,} do not fit {request.model}'s "
-                f"context window of {window:,} tokens",
-                hint="shorten the prompt or the inputs, lower max_tokens, "
-                "or use a model with a larger window",
-                step=step.id,
+        max_tokens = request.max_tokens
+        prompt_tokens: int | None = None
+        if window is not None:
+            # A token is at least one byte and a character at most four, so when even
+            # four bytes per character fit, the exact count (a tokenizer pass) is not needed.
+            upper = 3 + sum(
+                4 + 4 * (len(m["content"]) + len(m["role"]) + len(m.get("name", "")))
+                for m in request.messages
             )
+            if upper + (max_tokens or 0) > window:
+                prompt_tokens = count_tokens(request.messages, request.model)
+                needed = prompt_tokens + (max_tokens or 0)
+                if needed > window:
+                    raise ContextWindowError(
+                        f"step `{step.id}`: {prompt_tokens:,} prompt tokens + max_tokens "
+                        f"{max_tokens or 0:,} = {needed:,} do not fit {request.model}'s "
+                        f"context window of {window:,} tokens",
+                        hint="shorten the prompt or the inputs, lower max_tokens, "
+                        "or use a model with a larger window",
+                        step=step.id,
+                    )
+        if not self.budget.active:
+            return None
+        from flowgpt.pricing import resolve_price, worst_case_cost
+
+        if prompt_tokens is None:
+            prompt_tokens = count_tokens(request.messages, request.model)
+        if request.response_format is not None:
+            # Structured-output schemas are billed as prompt tokens too: bound them.
+            prompt_tokens += count_text(json.dumps(request.response_format), request.model)
+        if max_tokens is None:
+            if window is None:
+                raise BudgetExceededError(
+                    f"step `{step.id}`: without max_tokens the worst case of a call to "
+                    f"{request.model} is unknown, so the budget cannot be enforced",
+                    hint="set `max_tokens` in `defaults` or on the step",
+                    step=step.id,
+                )
+            max_tokens = max(window - prompt_tokens, 0)
+        price = resolve_price(
+            request.model, base_url=self.price_base_url, overrides=self.spec.pricing
+        )
+        return self.budget.reserve(
+            step.id,
+            request.model,
+            prompt_tokens + max_tokens,
+            worst_case_cost(prompt_tokens, max_tokens, price),
+        )
 
     def cost(self, request: ChatRequest, response: ChatResponse) -> Decimal | None:
         from flowgpt.pricing import cost_of
@@ -258,14 +301,22 @@ class _Run:
         failures: list[str] = []
         for _ in range(retries + 1):
             request = self.request_for(step, conversation)
-            self.preflight(step, request)
-            response, latency = await self.call(request)
+            reservation = self.preflight(step, request)
+            try:
+                response, latency = await self.call(request)
+            except BaseException:
+                if reservation is not None:
+                    self.budget.settle(reservation, 0, Decimal(0))  # failed calls are not billed
+                raise
+            cost = self.cost(request, response)
+            if reservation is not None:
+                self.budget.settle(reservation, response.usage.total_tokens, cost)
             verdict = validate_reply(response.text, spec, response.finish_reason)
             result.attempts.append(
                 AttemptResult(
                     text=response.text,
                     usage=response.usage,
-                    cost_usd=self.cost(request, response),
+                    cost_usd=cost,
                     latency_s=latency,
                     finish_reason=response.finish_reason,
                     retries=response.retries,
@@ -288,7 +339,13 @@ class _Run:
             conversation = [
                 *conversation,
                 Message(role="assistant", content=response.text),
-                Message(role="user", content=repair_message(failures, spec)),
+                Message(
+                    role="user",
+                    # Capped in tokens, so a retry's prompt has a known bound (estimates).
+                    content=truncate_text(
+                        repair_message(failures, spec), FEEDBACK_MAX_TOKENS, request.model
+                    ),
+                ),
             ]
         attempts = len(result.attempts)
         from flowgpt.pricing import format_usd
@@ -410,9 +467,12 @@ class Engine:
         provider: Provider | None = None,
         *,
         model: str | None = None,
+        max_cost_usd: Decimal | float | str | None = None,
         on_event: Callable[[EngineEvent], None] | None = None,
     ) -> None:
         self.provider = provider
+        # A cost limit for every run, on top of the workflow's `budget:` (the lower wins).
+        self.max_cost_usd = None if max_cost_usd is None else Decimal(str(max_cost_usd))
         self.model = model  # overrides every step's model
         self.on_event = on_event
         # One request limiter per provider and event loop, shared by every run this engine
@@ -474,27 +534,6 @@ class Engine:
     ) -> RunResult:
         """``run`` for code that is not async."""
         return asyncio.run(self.run(workflow, inputs, **kwargs))
-
-
-def _check_before_running(workflow: Workflow) -> None:
-    """Refuse a workflow with static errors (cycles, unknown references...) before any call."""
-    from flowgpt.analysis import analyze
-
-    errors = [d for d in analyze(workflow, prices=False) if d.severity == "error"]
-    for step in workflow.spec.steps:
-        if step.for_each is not None:
-            loc = workflow.locate(("steps", workflow.step_index(step.id), "for_each"))
-            errors.append(
-                Diagnostic(
-                    f"step `{step.id}`: `for_each` is not run by this version of flowgpt yet",
-                    loc.file,
-                    loc.line,
-                    loc.col,
-                    hint="remove `for_each`/`as` and loop inside the prompt with {% for %}",
-                )
-            )
-    if errors:
-        raise SpecError(f"{workflow.display_path}: the workflow is not valid", diagnostics=errors)
 
 
 def _as_workflow(workflow: Workflow | WorkflowSpec | str | Path) -> Workflow:

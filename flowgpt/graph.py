@@ -10,7 +10,13 @@ from flowgpt import templating
 from flowgpt.spec import StepSpec
 from flowgpt.workflow import TemplateSource, Workflow
 
-__all__ = ["StepTemplate", "find_cycle", "step_dependencies", "step_templates"]
+__all__ = [
+    "StepTemplate",
+    "find_cycle",
+    "step_dependencies",
+    "step_templates",
+    "topological_order",
+]
 
 
 @dataclass(frozen=True)
@@ -70,3 +76,20 @@ def find_cycle(deps: Mapping[str, Set[str]]) -> list[str] | None:
         # graphlib lists the cycle so that each node is needed by the one before it.
         return list(reversed(exc.args[1]))
     return None
+
+
+def topological_order(deps: Mapping[str, Set[str]], order: list[str]) -> list[str]:
+    """Steps in an order where each comes after its dependencies; ties keep file order."""
+    position = {step: i for i, step in enumerate(order)}
+    remaining = {s: set(deps.get(s, ())) & set(order) for s in order}
+    result: list[str] = []
+    while remaining:
+        ready = sorted((s for s, d in remaining.items() if not d), key=position.__getitem__)
+        if not ready:
+            raise ValueError("the step graph has a cycle")
+        for step in ready:
+            result.append(step)
+            del remaining[step]
+        for d in remaining.values():
+            d.difference_update(ready)
+    return result

@@ -432,3 +432,13 @@ def count_tokens(messages: Sequence[Mapping[str, Any]], model: str = "gpt-4o-min
             if key == "name":
                 total += tokens_per_name
     return total
+
+
+def truncate_text(text: str, max_tokens: int, model: str = "gpt-4o-mini") -> str:
+    """``text`` cut to at most ``max_tokens`` tokens (an ellipsis marks a cut)."""
+    enc = encoding_for(model)
+    ids = enc.encode_ordinary(text)
+    if len(ids) <= max_tokens:
+        return text
+    # Leave room for the ellipsis, which may take up to two tokens of its own.
+    return enc.decode(ids[: max(max_tokens - 2, 0)]) + "…"

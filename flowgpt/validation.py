@@ -3,8 +3,12 @@ message that asks the model to repair it. The only module that imports jsonschem
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import os
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +16,7 @@ from flowgpt.spec import CheckSpec, OutputSpec
 
 __all__ = [
     "FEEDBACK_MAX_CHARS",
+    "FEEDBACK_MAX_TOKENS",
     "Verdict",
     "check_schema",
     "parse_json_reply",
@@ -20,8 +25,10 @@ __all__ = [
     "validate_reply",
 ]
 
-# The repair message is capped so a retry's prompt stays bounded (estimates rely on it).
+# The repair message is capped so a retry's prompt stays bounded (estimates rely on it):
+# in characters here, and in tokens by the engine.
 FEEDBACK_MAX_CHARS = 1200
+FEEDBACK_MAX_TOKENS = 400
 
 _FENCE = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\n(.*?)\n?```", re.S)
 
@@ -59,8 +66,29 @@ def _json_msg(exc: json.JSONDecodeError) -> str:
     return f"{exc.msg} at line {exc.lineno} column {exc.colno}"
 
 
-def check_schema(schema: dict[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:
-    """Problems that make ``schema`` an invalid Draft 2020-12 JSON Schema, by path."""
+SchemaProblems = list[tuple[tuple[str | int, ...], str]]
+
+
+def check_schema(schema: dict[str, Any]) -> SchemaProblems:
+    """Problems that make ``schema`` an invalid Draft 2020-12 JSON Schema, by path.
+
+    Importing jsonschema costs more than the rest of ``flowgpt validate`` together, and a
+    workflow's schemas rarely change, so answers are kept in the user's cache folder, keyed
+    by the schema's content and the installed jsonschema: a schema checked before is
+    answered without importing jsonschema at all.
+    """
+    key = _schema_cache_key(schema)
+    if key is not None:
+        cached = _cached_problems(key)
+        if cached is not None:
+            return cached
+    problems = _metaschema_problems(schema)
+    if key is not None:
+        _store_problems(key, problems)
+    return problems
+
+
+def _metaschema_problems(schema: dict[str, Any]) -> SchemaProblems:
     from jsonschema import Draft202012Validator
 
     validator = Draft202012Validator(Draft202012Validator.META_SCHEMA)
@@ -69,6 +97,109 @@ def check_schema(schema: dict[str, Any]) -> list[tuple[tuple[str | int, ...], st
         path = tuple(error.path)
         problems.append((path, error.message))
     return problems
+
+
+# -- the schema-check cache: <cache dir>/schema-checks/<sha256>.json -----------------------
+
+_CHECK_CACHE_FORMAT = 1
+
+
+def _is_plain_json(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` is exactly what JSON can say (so its JSON text identifies it):
+    YAML may also give dates, sets, bytes or non-string keys, which are not cached."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if depth > 200:
+        return False
+    if isinstance(value, list):
+        return all(_is_plain_json(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain_json(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def _package_stamp(name: str) -> str | None:
+    """Which installation of a package this is, without importing it (importing jsonschema
+    is what the cache avoids; importlib.metadata is slow too): the location and stat of
+    its ``__init__.py`` and the name (so the version) of its dist-info folder."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            return None
+        origin = os.path.abspath(spec.origin)
+        st = os.stat(origin)
+        site = os.path.dirname(os.path.dirname(origin))
+        dists = sorted(
+            n for n in os.listdir(site) if n.startswith(f"{name}-") and n.endswith(".dist-info")
+        )
+    except (ImportError, ValueError, OSError):
+        return None
+    return f"{origin}:{st.st_size}:{st.st_mtime_ns}:{','.join(dists)}"
+
+
+def _schema_cache_key(schema: dict[str, Any]) -> str | None:
+    if not _is_plain_json(schema):
+        return None
+    stamps = [_package_stamp("jsonschema"), _package_stamp("jsonschema_specifications")]
+    if None in stamps:
+        return None
+    import hashlib
+
+    text = json.dumps(
+        [_CHECK_CACHE_FORMAT, sys.version_info[:2], stamps, schema],
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _cache_file(key: str) -> str:
+    from flowgpt.pricing import user_cache_dir
+
+    return os.path.join(user_cache_dir(), "schema-checks", f"{key}.json")
+
+
+def _cached_problems(key: str) -> SchemaProblems | None:
+    """The stored answer, or None if there is none (or it is unreadable or damaged)."""
+    try:
+        with open(_cache_file(key), encoding="utf-8") as f:
+            data = json.load(f)
+        problems: SchemaProblems = []
+        for path, message in data["problems"]:
+            if not isinstance(message, str) or not all(
+                isinstance(p, (str, int)) and not isinstance(p, bool) for p in path
+            ):
+                return None
+            problems.append((tuple(path), message))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return problems
+
+
+def _store_problems(key: str, problems: SchemaProblems) -> None:
+    """Save an answer atomically; a cache folder that cannot be written only costs speed."""
+    import tempfile
+
+    path = _cache_file(key)
+    payload = json.dumps({"problems": [[list(p), m] for p, m in problems]}, ensure_ascii=False)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".flowgpt-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(payload)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError:
+        pass
 
 
 def _schema_failures(instance: Any, schema: dict[str, Any]) -> list[str]:

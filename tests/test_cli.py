@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -165,7 +167,13 @@ def test_bad_input_exit_2() -> None:
     assert "words" in proc.stderr and "integer" in proc.stderr
 
 
-def test_run_through_the_sdk_against_loopback_server() -> None:
+def test_run_through_the_sdk_against_loopback_server(tmp_path: Path) -> None:
+    # The example without its cost budget: a local server's models have no known price.
+    shutil.copytree(ROOT / "workflows", tmp_path / "wf")
+    article = tmp_path / "wf" / "article.yaml"
+    text = article.read_text()
+    start, end = text.index("budget:"), text.index("steps:")
+    article.write_text(text[:start] + text[end:])
     key = "sk-test-cli-loopback-0000000000"
     with FakeOpenAI() as server:
         server.queue(
@@ -179,7 +187,7 @@ def test_run_through_the_sdk_against_loopback_server() -> None:
         )
         proc = flowgpt(
             "run",
-            ARTICLE,
+            str(article),
             "-i",
             "topic=tea",
             "--json",
@@ -196,6 +204,56 @@ def test_run_through_the_sdk_against_loopback_server() -> None:
     assert data["cost_usd"] is None
 
 
+def test_cost_budget_on_an_unpriced_endpoint_is_refused_before_any_call() -> None:
+    with FakeOpenAI() as server:
+        proc = flowgpt(
+            "run",
+            ARTICLE,
+            "-i",
+            "topic=tea",
+            env={
+                "OPENAI_API_KEY": "sk-test-budget-0000000000000",
+                "OPENAI_BASE_URL": server.base_url,
+            },
+        )
+        assert server.chat_requests == []
+    assert proc.returncode == 1
+    assert "no known price" in proc.stderr and "pricing:" in proc.stderr
+
+
+def test_max_cost_stops_the_run(tmp_path: Path) -> None:
+    proc = flowgpt("run", ARTICLE, "-i", "topic=tea", "--mock", "--max-cost", "0.0001")
+    assert proc.returncode == 1
+    assert "could break the budget of $0.0001" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_estimate_command(tmp_path: Path) -> None:
+    proc = flowgpt("estimate", ARTICLE, "-i", "topic=tea", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert [s["id"] for s in data["steps"]] == ["outline", "draft", "polish"]
+    assert data["steps"][0]["prompt_exact"] is True and data["steps"][0]["attempts"] == 3
+    assert data["steps"][1]["prompt_exact"] is False
+    assert Decimal(data["worst_cost_usd"]) > 0
+    table = flowgpt("estimate", ARTICLE, "-i", "topic=tea")
+    assert "worst cost" in table.stdout and "total" in table.stdout
+    missing = flowgpt("estimate", ARTICLE)
+    assert missing.returncode == 2 and "missing input `topic`" in missing.stderr
+
+
+@pytest.mark.parametrize("args", [["estimate", ARTICLE, "-i", "topic=tea"]])
+def test_estimate_does_not_import_openai(args: list[str]) -> None:
+    code = (
+        "import sys\nfrom flowgpt.cli import main\n"
+        f"sys.argv = ['flowgpt', *{args!r}]\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('IMPORTED' if 'openai' in sys.modules else 'CLEAN', file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.stderr.strip().endswith("CLEAN"), proc.stderr
+
+
 def test_provider_error_exit_1_with_partial_table() -> None:
     with FakeOpenAI() as server:
         from tests.support.fake_openai import Fault
@@ -203,9 +261,9 @@ def test_provider_error_exit_1_with_partial_table() -> None:
         server.queue(Fault.unauthorized())
         proc = flowgpt(
             "run",
-            ARTICLE,
+            str(ROOT / "workflows" / "translate.yaml"),
             "-i",
-            "topic=tea",
+            "text=hello",
             env={
                 "OPENAI_API_KEY": "sk-test-wrong-key-000000000000",
                 "OPENAI_BASE_URL": server.base_url,
@@ -213,4 +271,5 @@ def test_provider_error_exit_1_with_partial_table() -> None:
         )
     assert proc.returncode == 1
     assert "OPENAI_API_KEY" in proc.stderr and "Traceback" not in proc.stderr
+    assert "translate (FAILED)" in proc.stderr and "not run" in proc.stderr
     assert "sk-test-wrong-key-000000000000" not in proc.stderr

@@ -4,12 +4,13 @@ through the real openai SDK against the loopback server."""
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from flowgpt import Engine, MockProvider, load_workflow
+from flowgpt import Engine, MockProvider, PriceSpec, Workflow, load_workflow
 from flowgpt.analysis import check_file
 from flowgpt.jsonschema_example import minimal_instance
 from flowgpt.providers.openai import OpenAIProvider
@@ -59,6 +60,15 @@ def test_example_runs_through_the_sdk_and_loopback_server(
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-loopback-000000000000")
     wf = load_workflow(path)
+    priced = wf.spec.budget is not None and wf.spec.budget.max_cost_usd is not None
+    if priced:
+        # A local server's models have no known price, and a cost budget needs one: price
+        # them explicitly, as a user of such a server would.
+        models = {s.model or wf.spec.defaults.model for s in wf.spec.steps}
+        pricing = {m: PriceSpec(input=Decimal("0.5"), output=Decimal("1.5")) for m in models if m}
+        wf = Workflow(
+            spec=wf.spec.model_copy(update={"pricing": pricing}), path=wf.path, files=wf.files
+        )
     with FakeOpenAI(responder=schema_responder) as server:
         provider = OpenAIProvider(base_url=server.base_url)
         result = Engine(provider=provider).run_sync(wf, INPUTS[path.stem])
@@ -68,5 +78,5 @@ def test_example_runs_through_the_sdk_and_loopback_server(
     assert {r.body["model"] for r in sent} <= {
         s.model or wf.spec.defaults.model for s in wf.spec.steps
     }
-    # A local base_url is not billed by OpenAI: unpriced, never $0.
-    assert result.cost_usd is None
+    # A local base_url is not billed by OpenAI: unpriced, never $0 (unless priced above).
+    assert (result.cost_usd is not None) == priced

@@ -1,0 +1,240 @@
+"""Worst-case tokens and dollars of a run, worked out without calling a model.
+
+For each step: the prompt tokens (exact when the prompt depends only on inputs; otherwise an
+upper bound, because it quotes replies not yet written), the most output tokens it may use,
+and its worst-case cost with every retry counted. The bound for a step's prompt:
+
+- the text it would send with every upstream reply left empty, counted exactly, plus
+- for each place a template reads an upstream step, that step's ``max_tokens`` (three times
+  it for JSON steps, whose parsed values are printed back with quotes, spaces and loop
+  text), plus
+- for ``history:``, the earlier step's whole prompt bound and reply, plus
+- for the structured-output schema sent with JSON steps, its tokens, plus
+- for retry k, k times (one rejected reply + the capped repair message).
+
+The engine's budget check is exact (it counts the real prompt before each call); this
+estimate is the number to decide with before running.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from flowgpt import templating
+from flowgpt.errors import FlowgptError
+from flowgpt.graph import step_dependencies, step_templates, topological_order
+from flowgpt.inputs import resolve_inputs
+from flowgpt.pricing import ModelPrice, resolve_price, worst_case_cost
+from flowgpt.results import sum_costs
+from flowgpt.spec import StepSpec
+from flowgpt.tokens import context_window, count_text, count_tokens, is_exact_for
+from flowgpt.validation import FEEDBACK_MAX_TOKENS, response_format_for
+from flowgpt.workflow import Workflow
+
+__all__ = ["StepEstimate", "WorkflowEstimate", "estimate"]
+
+JSON_FACTOR = 3
+# One rejected reply (framing + role) and the repair message (framing + role + content).
+_RETRY_OVERHEAD = 4 + 4 + FEEDBACK_MAX_TOKENS
+
+
+@dataclass
+class StepEstimate:
+    id: str
+    model: str
+    prompt_tokens: int  # the first attempt's prompt (an upper bound unless prompt_exact)
+    prompt_exact: bool
+    max_output_tokens: int | None  # None: no max_tokens and an unknown context window
+    attempts: int
+    worst_tokens: int | None
+    worst_cost_usd: Decimal | None
+    price: ModelPrice | None
+    tokenizer_exact: bool = True
+
+
+@dataclass
+class WorkflowEstimate:
+    workflow: str
+    steps: list[StepEstimate] = field(default_factory=list)
+
+    @property
+    def worst_tokens(self) -> int | None:
+        total = 0
+        for s in self.steps:
+            if s.worst_tokens is None:
+                return None
+            total += s.worst_tokens
+        return total
+
+    @property
+    def worst_cost_usd(self) -> Decimal | None:
+        return sum_costs([s.worst_cost_usd for s in self.steps])
+
+    def to_dict(self) -> dict[str, Any]:
+        def money(v: Decimal | None) -> str | None:
+            return None if v is None else str(v)
+
+        return {
+            "workflow": self.workflow,
+            "worst_tokens": self.worst_tokens,
+            "worst_cost_usd": money(self.worst_cost_usd),
+            "steps": [
+                {
+                    "id": s.id,
+                    "model": s.model,
+                    "prompt_tokens": s.prompt_tokens,
+                    "prompt_exact": s.prompt_exact,
+                    "max_output_tokens": s.max_output_tokens,
+                    "attempts": s.attempts,
+                    "worst_tokens": s.worst_tokens,
+                    "worst_cost_usd": money(s.worst_cost_usd),
+                    "tokenizer_exact": s.tokenizer_exact,
+                }
+                for s in self.steps
+            ],
+        }
+
+
+class _Blank:
+    """Stands for a JSON reply not written yet: any field of it is blank, it loops zero
+    times and prints nothing (its real size is added to the bound separately)."""
+
+    def __getattr__(self, name: str) -> _Blank:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self
+
+    def __getitem__(self, key: object) -> _Blank:
+        return self
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+    def __str__(self) -> str:
+        return ""
+
+
+class _Estimator:
+    def __init__(self, workflow: Workflow, inputs: dict[str, Any], model: str | None) -> None:
+        self.wf = workflow
+        self.spec = workflow.spec
+        self.inputs = inputs
+        self.model_override = model
+        self.deps = step_dependencies(workflow)
+        self.first_prompt: dict[str, int] = {}
+        self.max_out: dict[str, int | None] = {}
+
+    def _view(self, step: StepSpec) -> dict[str, Any]:
+        is_json = step.output is not None and step.output.is_json
+        return {"output": _Blank() if is_json else "", "text": "", "usage": {}, "skipped": False}
+
+    def _render(self, source: str, ctx: dict[str, Any], model: str) -> tuple[str, int]:
+        """The static text of a template, and extra tokens it may add beyond that."""
+        try:
+            return templating.render(source, ctx), 0
+        except FlowgptError:
+            # Placeholder replies cannot satisfy every template (`x.n > 3` on a blank):
+            # count the template's own text, plus every input it prints, in full.
+            extra = 0
+            for ref in templating.references(source).inputs:
+                value = self.inputs.get(ref.name or "", "")
+                text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+                extra += count_text(text, model) + 2
+            return source, extra
+
+    def step(self, step: StepSpec) -> StepEstimate:
+        model = self.model_override or step.setting("model", self.spec.defaults) or "gpt-4o-mini"
+        ctx = {
+            "inputs": self.inputs,
+            "steps": {s.id: self._view(s) for s in self.spec.steps if s.id in self.deps[step.id]},
+        }
+        messages: list[dict[str, str]] = []
+        dynamic = 0
+        exact = True
+        for t in step_templates(self.wf, step):
+            if t.expression:
+                continue
+            role = "system" if t.where == "system" else "user"
+            if t.where.startswith("messages["):
+                role = (step.messages or [])[int(t.where[9:-1])].role
+            text, extra = self._render(t.source.text, ctx, model)
+            messages.append({"role": role, "content": text})
+            dynamic += extra
+            refs = templating.references(t.source.text, known=[step.as_] if step.as_ else [])
+            for ref in refs.steps:
+                if ref.name is None or ref.name not in self.max_out:
+                    continue
+                exact = False
+                upstream = self.spec.step(ref.name)
+                factor = (
+                    JSON_FACTOR if upstream.output is not None and upstream.output.is_json else 1
+                )
+                bound = self.max_out[ref.name]
+                dynamic += factor * (bound if bound is not None else 0) + 2
+        prompt = count_tokens(messages, model) + dynamic
+        if step.history is not None and step.history in self.first_prompt:
+            exact = False
+            prompt += self.first_prompt[step.history] + (self.max_out[step.history] or 0) + 4
+        response_format = response_format_for(step.id, step.output)
+        if response_format is not None:
+            prompt += count_text(json.dumps(response_format), model)
+        override = self.spec.pricing.get(model)
+        window = context_window(model, override.context_window if override else None)
+        max_out: int | None = step.setting("max_tokens", self.spec.defaults)
+        if max_out is None and window is not None:
+            max_out = max(window - prompt, 0)
+        self.first_prompt[step.id] = prompt
+        self.max_out[step.id] = max_out
+        attempts = 1 + (step.output.retries if step.output is not None else 0)
+        price = resolve_price(
+            model, base_url=self.spec.provider.base_url, overrides=self.spec.pricing
+        )
+        worst_tokens: int | None = None
+        worst_cost: Decimal | None = None
+        if max_out is not None:
+            worst_tokens = 0
+            costs: list[Decimal | None] = []
+            for k in range(attempts):
+                p = prompt + k * (max_out + _RETRY_OVERHEAD)
+                worst_tokens += p + max_out
+                costs.append(worst_case_cost(p, max_out, price))
+            worst_cost = sum_costs(costs)
+        return StepEstimate(
+            id=step.id,
+            model=model,
+            prompt_tokens=prompt,
+            prompt_exact=exact,
+            max_output_tokens=max_out,
+            attempts=attempts,
+            worst_tokens=worst_tokens,
+            worst_cost_usd=worst_cost,
+            price=price,
+            tokenizer_exact=is_exact_for(model),
+        )
+
+
+def estimate(
+    workflow: Workflow,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    inputs_from_cli: bool = False,
+    model: str | None = None,
+) -> WorkflowEstimate:
+    """The worst case of running ``workflow`` with ``inputs``; no model is called."""
+    from flowgpt.analysis import check_runnable
+
+    check_runnable(workflow)
+    resolved = resolve_inputs(workflow.spec, inputs or {}, from_cli=inputs_from_cli)
+    est = _Estimator(workflow, resolved, model)
+    by_id = {
+        sid: est.step(workflow.spec.step(sid))
+        for sid in topological_order(est.deps, workflow.spec.step_ids)
+    }
+    return WorkflowEstimate(workflow.spec.name, [by_id[s] for s in workflow.spec.step_ids])
