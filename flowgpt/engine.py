@@ -7,6 +7,7 @@ There is one async core (``Engine.run``); ``Engine.run_sync`` wraps it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 import time
@@ -21,6 +22,7 @@ from flowgpt import templating
 from flowgpt.analysis import check_runnable
 from flowgpt.budget import Budget, Reservation
 from flowgpt.errors import (
+    BadRequestError,
     BudgetExceededError,
     ContextWindowError,
     FlowgptError,
@@ -157,6 +159,8 @@ class _Run:
         }
         # What templates see as `steps.<id>`, filled as each step finishes.
         self.views: dict[str, dict[str, Any]] = {}
+        # response_format types the endpoint refused (then not sent again this run).
+        self.refused_formats: set[str] = set()
         self.failure: FlowgptError | None = None
         self.result = RunResult(
             workflow=self.spec.name, inputs=inputs, steps=self.results, run_id=run_id
@@ -211,12 +215,37 @@ class _Run:
                 hint="set `defaults.model` or the step's `model`, or pass --model",
             )
         plan = self.plan.steps[step.id]
-        return ChatRequest(
+        request = ChatRequest(
             model=model,
             messages=messages,
             response_format=plan.response_format,
             **plan.settings,
         )
+        while request.response_format is not None and (
+            request.response_format["type"] in self.refused_formats
+        ):
+            request = _downgrade_format(request)
+        return request
+
+    def format_fallback(
+        self, step: StepSpec, request: ChatRequest, error: BadRequestError
+    ) -> ChatRequest | None:
+        """When an endpoint refuses structured outputs, ask for less: json_schema, then
+        json_object, then instructions only. Validation still checks the reply."""
+        kind = (request.response_format or {}).get("type")
+        text = error.message.lower()
+        if kind is None or not ("response_format" in text or "json_schema" in text):
+            return None
+        self.refused_formats.add(kind)
+        downgraded = _downgrade_format(request)
+        now = (downgraded.response_format or {}).get("type", "instructions in the prompt")
+        self.emit(
+            "warning",
+            step.id,
+            message=f"step `{step.id}`: the endpoint does not accept response_format "
+            f"{kind}; asking with {now} instead",
+        )
+        return downgraded
 
     def preflight(self, step: StepSpec, request: ChatRequest) -> Reservation | None:
         """Before paying: refuse a call that cannot fit the model's context window, and
@@ -301,13 +330,23 @@ class _Run:
         failures: list[str] = []
         for _ in range(retries + 1):
             request = self.request_for(step, conversation)
-            reservation = self.preflight(step, request)
-            try:
-                response, latency = await self.call(request)
-            except BaseException:
-                if reservation is not None:
-                    self.budget.settle(reservation, 0, Decimal(0))  # failed calls are not billed
-                raise
+            while True:
+                reservation = self.preflight(step, request)
+                try:
+                    response, latency = await self.call(request)
+                    break
+                except BadRequestError as exc:
+                    if reservation is not None:
+                        self.budget.settle(reservation, 0, Decimal(0))
+                    fallback = self.format_fallback(step, request, exc)
+                    if fallback is None:
+                        raise
+                    request = fallback
+                except BaseException:
+                    if reservation is not None:
+                        # A call that failed was not billed.
+                        self.budget.settle(reservation, 0, Decimal(0))
+                    raise
             cost = self.cost(request, response)
             if reservation is not None:
                 self.budget.settle(reservation, response.usage.total_tokens, cost)
@@ -534,6 +573,23 @@ class Engine:
     ) -> RunResult:
         """``run`` for code that is not async."""
         return asyncio.run(self.run(workflow, inputs, **kwargs))
+
+
+def _downgrade_format(request: ChatRequest) -> ChatRequest:
+    """The same request asking for JSON one way less strictly."""
+    fmt = request.response_format or {}
+    messages = list(request.messages)
+    if fmt.get("type") == "json_schema":
+        schema = json.dumps(fmt["json_schema"]["schema"], ensure_ascii=False)
+        note = f"Reply with JSON only, matching this JSON Schema:\n{schema}"
+        new_format: dict[str, Any] | None = {"type": "json_object"}
+    else:
+        note = "Reply with a JSON object only."
+        new_format = None
+    last = dict(messages[-1])
+    last["content"] = f"{last['content']}\n\n{note}"
+    messages[-1] = Message(**last)  # type: ignore[typeddict-item]
+    return dataclasses.replace(request, messages=messages, response_format=new_format)
 
 
 def _as_workflow(workflow: Workflow | WorkflowSpec | str | Path) -> Workflow:

@@ -240,6 +240,12 @@ class OutputValidationError(RunError):
         self.usage = usage
         self.cost_usd = cost_usd
 
+    def format(self) -> str:
+        last = self.last_output if len(self.last_output) <= 600 else self.last_output[:600] + "…"
+        failures = "\n".join(f"  - {f}" for f in self.failures)
+        text = f"{self.message}\n{failures}\nlast output:\n{redact(last)}"
+        return f"{text}\n  {self.hint}" if self.hint else text
+
 
 class BudgetExceededError(RunError):
     """The next call could break the run's budget, so it was not made."""
