@@ -16,7 +16,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from flowgpt.errors import FlowgptError
+from flowgpt.errors import FlowgptError, InputError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -145,8 +145,6 @@ def schema() -> None:
 
 
 def _read_inputs_file(path: str) -> dict[str, Any]:
-    from flowgpt.errors import InputError
-
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -160,6 +158,16 @@ def _read_inputs_file(path: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InputError(f"--inputs-file {path} must hold a JSON object of inputs")
     return data
+
+
+def _open_store(path: str | None, disabled: bool, *, needed_by: str | None = None) -> Any:
+    if disabled:
+        if needed_by:
+            raise InputError(f"{needed_by} needs the run store", hint="drop --no-store")
+        return None
+    from flowgpt.store import RunStore
+
+    return RunStore(path)
 
 
 def _print_outputs(outputs: dict[str, Any]) -> None:
@@ -186,6 +194,21 @@ def _print_outputs(outputs: dict[str, Any]) -> None:
 )
 @click.option("--model", help="Use this model for every step.")
 @click.option(
+    "--resume", metavar="RUN_ID", help="Continue a run: unchanged finished steps are reused at $0."
+)
+@click.option(
+    "--store",
+    "store_path",
+    type=click.Path(dir_okay=False),
+    help="The run store (default: $FLOWGPT_STORE or ~/.local/share/flowgpt/runs.sqlite3).",
+)
+@click.option("--no-store", is_flag=True, help="Do not record this run.")
+@click.option(
+    "--cache",
+    is_flag=True,
+    help="Answer identical requests of steps at temperature 0 from the store.",
+)
+@click.option(
     "--max-cost",
     type=click.FloatRange(min=0),
     metavar="USD",
@@ -207,8 +230,15 @@ def run(
     model: str | None,
     max_cost: float | None,
     mock: bool,
+    resume: str | None,
+    store_path: str | None,
+    no_store: bool,
+    cache: bool,
 ) -> None:
-    """Run a workflow: progress on stderr, outputs on stdout, then the cost table."""
+    """Run a workflow: progress on stderr, outputs on stdout, then the cost table.
+
+    Every finished step is stored at once (see `flowgpt runs`), so a failed or
+    interrupted run continues with --resume RUN_ID without paying again."""
     from flowgpt.engine import Engine
     from flowgpt.inputs import parse_assignments
     from flowgpt.loader import load_workflow
@@ -222,21 +252,41 @@ def run(
         from flowgpt.providers.mock import MockProvider
 
         provider = MockProvider()
+    store = _open_store(store_path, no_store, needed_by="--resume" if resume else None)
+    if cache and store is None:
+        raise InputError("--cache keeps answers in the run store", hint="drop --no-store")
     progress = Progress(wf.spec)
     engine = Engine(
         provider=provider,
         model=model,
         max_cost_usd=None if max_cost is None else str(max_cost),
         on_event=progress.on_event,
+        store=store,
+        cache=cache,
     )
     error: FlowgptError | None = None
-    with progress:
-        try:
-            result = engine.run_sync(wf, given, inputs_from_cli=True)
-        except FlowgptError as exc:
-            if exc.result is None:
-                raise
-            error, result = exc, exc.result
+    try:
+        with progress:
+            try:
+                result = engine.run_sync(wf, given, inputs_from_cli=not resume, resume=resume)
+            except FlowgptError as exc:
+                if exc.result is None:
+                    raise
+                error, result = exc, exc.result
+    except KeyboardInterrupt:
+        run_id = progress.run_id
+        if store is not None and run_id:
+            click.echo(
+                f"interrupted: the finished steps are stored; continue with:\n"
+                f"  flowgpt run {workflow} --resume {run_id}",
+                err=True,
+            )
+        else:
+            click.echo("interrupted", err=True)
+        sys.exit(130)
+    finally:
+        if store is not None:
+            store.close()
     if out_file:
         with open(out_file, "w", encoding="utf-8") as f:
             json.dump(result.to_dict(), f, indent=2, ensure_ascii=False)
@@ -251,6 +301,11 @@ def run(
             _print_outputs({last.id: last.output})
     progress.print_table(result)
     if error is not None:
+        if store is not None and result.run_id:
+            error.hint = (error.hint + "\n  " if error.hint else "") + (
+                f"after fixing it, `flowgpt run {workflow} --resume {result.run_id}` "
+                "re-runs only what did not finish"
+            )
         _fail(error)
 
 
@@ -320,3 +375,77 @@ def estimate(
         "step uses all of its max_tokens.",
         err=True,
     )
+
+
+@main.group()
+def runs() -> None:
+    """Runs recorded in the store: list them, show one."""
+
+
+@runs.command("list")
+@click.option("--store", "store_path", type=click.Path(dir_okay=False), help="The run store.")
+@click.option("-n", "--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_handle_errors
+def runs_list(store_path: str | None, limit: int, as_json: bool) -> None:
+    """The most recent runs, newest first."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from flowgpt.pricing import format_usd
+
+    with _open_store(store_path, False) as store:
+        found = store.list_runs(limit)
+    if as_json:
+        rows = [
+            {
+                "run_id": r.run_id,
+                "workflow": r.workflow,
+                "status": r.status,
+                "started_at": r.started_at,
+                "finished_at": r.finished_at,
+                "cost_usd": None if r.cost_usd is None else str(r.cost_usd),
+                "total_tokens": r.total_tokens,
+                "steps_done": r.steps_done,
+                "steps_total": r.steps_total,
+                "resumed_from": r.resumed_from,
+            }
+            for r in found
+        ]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table()
+    for name in ("run", "workflow", "status", "started", "steps", "tokens", "cost"):
+        table.add_column(name, no_wrap=True)
+    for r in found:
+        table.add_row(
+            r.run_id,
+            r.workflow,
+            r.status,
+            r.started_at[:19].replace("T", " "),
+            f"{r.steps_done}/{r.steps_total}",
+            f"{r.total_tokens:,}",
+            format_usd(r.cost_usd),
+        )
+    console = Console(width=max(Console().width, 120))
+    console.print(table)
+
+
+@runs.command("show")
+@click.argument("run_id")
+@click.option("--store", "store_path", type=click.Path(dir_okay=False), help="The run store.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole run as JSON.")
+@_handle_errors
+def runs_show(run_id: str, store_path: str | None, as_json: bool) -> None:
+    """One run's per-step table (the one the run printed at its end)."""
+    from rich.console import Console
+
+    from flowgpt.report import cost_table
+
+    with _open_store(store_path, False) as store:
+        result = store.load_run(run_id)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        return
+    console = Console(width=max(Console().width, 120), highlight=False)
+    console.print(cost_table(result))

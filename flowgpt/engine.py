@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from flowgpt import templating
 from flowgpt.analysis import check_runnable
@@ -31,6 +31,7 @@ from flowgpt.errors import (
 )
 from flowgpt.graph import step_dependencies
 from flowgpt.inputs import resolve_inputs
+from flowgpt.pricing import ModelPrice
 from flowgpt.providers.base import ChatRequest, ChatResponse, Message, Provider
 from flowgpt.results import AttemptResult, RunResult, StepResult
 from flowgpt.spec import MODEL_SETTING_NAMES, StepSpec, WorkflowSpec
@@ -42,6 +43,9 @@ from flowgpt.validation import (
     validate_reply,
 )
 from flowgpt.workflow import Workflow
+
+if TYPE_CHECKING:
+    from flowgpt.store import RunStore
 
 __all__ = ["Engine", "EngineEvent"]
 
@@ -123,6 +127,9 @@ class _Plan:
         return plan
 
 
+_FINISHED = frozenset({"ok", "failed", "skipped", "reused", "cached"})
+
+
 class _Run:
     """The state of one run of one workflow."""
 
@@ -133,6 +140,7 @@ class _Run:
         inputs: dict[str, Any],
         provider: Provider,
         run_id: str,
+        previous: dict[str, tuple[str | None, StepResult]] | None = None,
     ) -> None:
         self.engine = engine
         self.workflow = workflow
@@ -159,6 +167,9 @@ class _Run:
         }
         # What templates see as `steps.<id>`, filled as each step finishes.
         self.views: dict[str, dict[str, Any]] = {}
+        self.store = engine.store
+        self.previous = previous or {}
+        self.fingerprints: dict[str, str] = {}
         # response_format types the endpoint refused (then not sent again this run).
         self.refused_formats: set[str] = set()
         self.failure: FlowgptError | None = None
@@ -313,6 +324,46 @@ class _Run:
             overrides=self.spec.pricing,
         )
 
+    # -- the store: resume and the response cache ---------------------------------------
+
+    def fingerprint(self, request: ChatRequest) -> str:
+        from flowgpt.store import request_fingerprint
+
+        return request_fingerprint(
+            request, base_url=self.price_base_url, provider=self.provider.name
+        )
+
+    def price_of(self, model: str | None) -> ModelPrice | None:
+        from flowgpt.pricing import resolve_price
+
+        if model is None:
+            return None
+        return resolve_price(model, base_url=self.price_base_url, overrides=self.spec.pricing)
+
+    def reuse(self, step: StepSpec, result: StepResult) -> bool:
+        """Take a step's result from the run being resumed when its request is unchanged."""
+        earlier = self.previous.get(step.id)
+        if earlier is None or earlier[0] != self.fingerprints.get(step.id):
+            return False
+        old = earlier[1]
+        result.status = "reused"
+        result.output, result.text, result.model = old.output, old.text, old.model
+        result.exact_tokens = old.exact_tokens
+        # What it cost the first time is what reusing it saved.
+        result.saved_usd = old.saved_usd if old.status in ("reused", "cached") else old.cost_usd
+        return True
+
+    def use_cache(self, step: StepSpec) -> bool:
+        if self.store is None:
+            return False
+        asked = step.cache if step.cache is not None else self.spec.defaults.cache
+        if asked is not None:
+            return asked
+        # --cache alone caches only deterministic steps: a step sampled with temperature > 0
+        # is meant to vary, so it is cached only when it asks for it.
+        temperature = step.setting("temperature", self.spec.defaults)
+        return self.engine.cache and (temperature is None or temperature == 0)
+
     # -- one step ----------------------------------------------------------------------
 
     async def call(self, request: ChatRequest) -> tuple[ChatResponse, float]:
@@ -330,7 +381,9 @@ class _Run:
         failures: list[str] = []
         for _ in range(retries + 1):
             request = self.request_for(step, conversation)
-            while True:
+            cache_key = self.fingerprint(request) if self.use_cache(step) else None
+            hit = self.store.cache_get(cache_key) if cache_key and self.store else None
+            while hit is None:
                 reservation = self.preflight(step, request)
                 try:
                     response, latency = await self.call(request)
@@ -347,10 +400,19 @@ class _Run:
                         # A call that failed was not billed.
                         self.budget.settle(reservation, 0, Decimal(0))
                     raise
-            cost = self.cost(request, response)
-            if reservation is not None:
-                self.budget.settle(reservation, response.usage.total_tokens, cost)
+            cost: Decimal | None
+            if hit is not None:
+                response, latency, cost = hit, 0.0, Decimal(0)
+                worth = self.cost(request, hit)
+                if worth is not None:
+                    result.saved_usd = (result.saved_usd or Decimal(0)) + worth
+            else:
+                cost = self.cost(request, response)
+                if reservation is not None:
+                    self.budget.settle(reservation, response.usage.total_tokens, cost)
             verdict = validate_reply(response.text, spec, response.finish_reason)
+            if verdict.ok and cache_key and hit is None and self.store is not None:
+                self.store.cache_put(cache_key, response)
             result.attempts.append(
                 AttemptResult(
                     text=response.text,
@@ -360,6 +422,7 @@ class _Run:
                     finish_reason=response.finish_reason,
                     retries=response.retries,
                     failures=verdict.failures,
+                    cached=hit is not None,
                 )
             )
             result.text = response.text
@@ -414,11 +477,17 @@ class _Run:
             started = time.perf_counter()
             messages = self.build_messages(step, ctx)
             result.messages = [dict(m) for m in messages]
+            if self.store is not None:
+                self.fingerprints[step.id] = self.fingerprint(self.request_for(step, messages))
+                if self.reuse(step, result):
+                    self.emit("step_finished", step.id, result=result)
+                    return
             try:
                 await self.attempt_loop(step, messages, result)
             finally:
                 result.latency_s = time.perf_counter() - started
-            result.status = "ok"
+            cached = bool(result.attempts) and all(a.cached for a in result.attempts)
+            result.status = "cached" if cached else "ok"
             self.emit("step_finished", step.id, result=result)
         except FlowgptError as exc:
             result.status = "failed"
@@ -428,6 +497,15 @@ class _Run:
             self.emit("step_failed", step.id, result=result, message=exc.message)
         finally:
             self.views[step.id] = result.template_view()
+            # A step cut off by Ctrl-C in flight has no result to keep.
+            if self.store is not None and result.status in _FINISHED:
+                # Stored the moment it finishes: a crash after this cannot lose it.
+                self.store.record_step(
+                    self.result.run_id or "",
+                    result,
+                    fingerprint=self.fingerprints.get(step.id),
+                    price=self.price_of(result.model),
+                )
 
     async def run_chain(self, step_id: str, waiting: dict[str, set[str]]) -> None:
         """Run a step, then whatever it unblocks: the first such step in this same task
@@ -474,10 +552,29 @@ class _Run:
                 outputs[name] = templating.render(source, ctx, step=f"outputs.{name}")
         return outputs
 
-    async def execute(self) -> RunResult:
+    async def execute(self, resumed_from: str | None = None) -> RunResult:
         started = time.perf_counter()
-        self.emit("run_started")
-        await self.run_all()
+        run_id = self.result.run_id or ""
+        if self.store is not None:
+            self.store.start_run(
+                run_id,
+                workflow_name=self.spec.name,
+                workflow_text=self.workflow.source,
+                workflow_path=str(self.workflow.path) if self.workflow.path else None,
+                inputs=self.inputs,
+                steps=self.results.values(),
+                resumed_from=resumed_from,
+            )
+        self.emit("run_started", message=run_id)
+        try:
+            await self.run_all()
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            # Ctrl-C: finished steps are already stored; mark the run so --resume can go on.
+            self.result.status = "interrupted"
+            self.result.error = "interrupted"
+            self.result.latency_s = time.perf_counter() - started
+            self.finish()
+            raise
         if self.failure is None:
             try:
                 self.result.outputs = self.compute_outputs()
@@ -489,8 +586,23 @@ class _Run:
             self.result.error = self.failure.message
         else:
             self.result.status = "ok"
+        self.finish()
         self.emit("run_finished", message=self.result.status)
         return self.result
+
+    def finish(self) -> None:
+        if self.store is None:
+            return
+        r = self.result
+        self.store.finish_run(
+            r.run_id or "",
+            status=r.status,
+            error=r.error,
+            outputs=r.outputs,
+            cost_usd=r.cost_usd,
+            usage=r.usage,
+            latency_s=r.latency_s,
+        )
 
 
 class Engine:
@@ -508,8 +620,12 @@ class Engine:
         model: str | None = None,
         max_cost_usd: Decimal | float | str | None = None,
         on_event: Callable[[EngineEvent], None] | None = None,
+        store: RunStore | None = None,
+        cache: bool = False,
     ) -> None:
         self.provider = provider
+        self.store = store  # where runs are recorded (needed for resume and the cache)
+        self.cache = cache  # answer identical deterministic requests from the store
         # A cost limit for every run, on top of the workflow's `budget:` (the lower wins).
         self.max_cost_usd = None if max_cost_usd is None else Decimal(str(max_cost_usd))
         self.model = model  # overrides every step's model
@@ -548,15 +664,30 @@ class Engine:
         *,
         inputs_from_cli: bool = False,
         run_id: str | None = None,
+        resume: str | None = None,
     ) -> RunResult:
-        """Run a workflow and return its result; raises a FlowgptError when it fails."""
+        """Run a workflow and return its result; raises a FlowgptError when it fails.
+
+        ``resume`` names an earlier run (in the engine's store): its finished steps whose
+        request is unchanged are reused at $0, and its inputs are used if none are given.
+        """
         wf = _as_workflow(workflow)
         _Plan.of(wf)  # static errors are refused before anything runs
+        previous = None
+        if resume is not None:
+            if self.store is None:
+                raise SpecError(
+                    "resuming needs the run store", hint="drop --no-store to use --resume"
+                )
+            resume = self.store.resolve_run_id(resume)
+            previous = self.store.finished_steps(resume)
+            if not inputs:
+                inputs, inputs_from_cli = self.store.load_run(resume).inputs, False
         resolved = resolve_inputs(wf.spec, inputs or {}, from_cli=inputs_from_cli)
         provider, owned = self._provider_for(wf.spec)
-        state = _Run(self, wf, resolved, provider, run_id or _new_run_id())
+        state = _Run(self, wf, resolved, provider, run_id or _new_run_id(), previous)
         try:
-            result = await state.execute()
+            result = await state.execute(resumed_from=resume)
         finally:
             if owned:
                 await provider.aclose()

@@ -41,6 +41,7 @@ class Progress:
         self.notes: dict[str, str] = {s.id: "" for s in spec.steps}
         self.started: dict[str, float] = {}
         self.live: Live | None = None
+        self.run_id: str | None = None
 
     def __enter__(self) -> Progress:
         if self.console.is_terminal:
@@ -74,6 +75,8 @@ class Progress:
             self.console.print(text, markup=False)
 
     def on_event(self, event: EngineEvent) -> None:
+        if event.kind == "run_started":
+            self.run_id = event.message
         step = event.step
         if event.kind == "warning" and event.message:
             self._line(f"warning: {event.message}")

@@ -34,6 +34,7 @@ class AttemptResult:
     finish_reason: str | None = None
     retries: int = 0  # transport retries the provider took for this call
     failures: list[str] = field(default_factory=list)  # why validation rejected it
+    cached: bool = False  # answered from the response cache, at $0
 
 
 @dataclass

@@ -17,6 +17,7 @@ def _isolated_caches(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]
     root: Path = tmp_path_factory.mktemp("caches")
     mp.setenv("FLOWGPT_CACHE_DIR", str(root / "flowgpt"))
     mp.setenv("TIKTOKEN_CACHE_DIR", str(root / "tiktoken"))
+    mp.setenv("FLOWGPT_STORE", str(root / "runs.sqlite3"))
     mp.delenv("OPENAI_API_KEY", raising=False)
     mp.delenv("OPENAI_BASE_URL", raising=False)
     yield
