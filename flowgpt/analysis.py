@@ -170,6 +170,7 @@ class _Checker:
             self.check_template(TemplateSource(text, ("outputs", name)), f"output `{name}`")
         self._cycles()
         self._inputs()
+        self._windows()
         if self.prices:
             self._prices()
         self.found.sort(key=lambda d: (d.file or "", d.line or 0, d.col or 0))
@@ -225,6 +226,38 @@ class _Checker:
             "(dependencies come from templates, `needs` and `history`)",
             code="cycle",
         )
+
+    def _windows(self) -> None:
+        """Warn when a step's own text (before any input or reply is added) plus its
+        max_tokens already cannot fit its model's context window."""
+        from flowgpt.tokens import context_window
+
+        for index, step in enumerate(self.spec.steps):
+            model = step.setting("model", self.spec.defaults)
+            if model is None:
+                continue
+            override = self.spec.pricing.get(model)
+            window = context_window(model, override.context_window if override else None)
+            if window is None:
+                continue
+            texts = [t.source.text for t in step_templates(self.wf, step) if not t.expression]
+            max_tokens = step.setting("max_tokens", self.spec.defaults) or 0
+            # Four bytes per character bound the tokens: the tokenizer is only loaded for
+            # prompts long enough to possibly not fit.
+            if 4 * sum(len(t) for t in texts) + max_tokens <= window:
+                continue
+            from flowgpt.tokens import count_text
+
+            static = sum(count_text(t, model) for t in texts)
+            if static + max_tokens > window:
+                self.add(
+                    self.at("steps", index),
+                    f"step `{step.id}`: its own text is {static:,} tokens; with max_tokens "
+                    f"{max_tokens:,} it cannot fit {model}'s context window of {window:,}",
+                    "shorten the prompt, lower max_tokens, or use a model with a larger window",
+                    severity="warning",
+                    code="context",
+                )
 
     def _inputs(self) -> None:
         for name, spec in self.spec.inputs.items():

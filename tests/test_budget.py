@@ -200,3 +200,18 @@ def test_usage_is_what_the_mock_reports() -> None:
     usage = Usage(prompt_tokens=10, completion_tokens=5)
     result = Engine(provider=MockProvider([MockReply("a", usage=usage), "b"])).run_sync(wf)
     assert result.steps["one"].usage == usage
+
+
+def test_validate_warns_when_the_static_text_cannot_fit() -> None:
+    from flowgpt.analysis import analyze
+
+    long_prompt = "word " * 7000  # ~7,000 tokens; gpt-4 has 8,192
+    text = (
+        "version: 1\nname: w\ndefaults: {model: gpt-4, max_tokens: 2000}\nsteps:\n"
+        f"  - id: a\n    prompt: {long_prompt}\n"
+    )
+    found = analyze(parse_workflow(text))
+    assert [(d.severity, d.code, d.line) for d in found] == [("warning", "context", 5)]
+    assert "cannot fit gpt-4's context window of 8,192" in found[0].message
+    fits = text.replace("max_tokens: 2000", "max_tokens: 500")
+    assert analyze(parse_workflow(fits)) == []

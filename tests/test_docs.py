@@ -11,9 +11,9 @@ Conventions (for whoever edits docs/*.md):
 * ```console blocks are transcripts. Each ``$ flowgpt ...`` line is run in-process (from
   the repository root, without an API key) and what it prints (stdout and stderr, as a
   terminal shows them) must equal the lines below it, up to the next ``$`` line.
-  ``$ echo $?`` prints the exit code of the command before it. Timings and run ids are
-  normalised. Anything else (pipes, variables) belongs in ```bash or ```text blocks,
-  which are not run.
+  ``$ echo $?`` prints the exit code of the command before it. Timings and run ids
+  (``20261125-230148-ddee91``, also outside JSON) are normalised. Anything else (pipes,
+  variables) belongs in ```bash or ```text blocks, which are not run.
 * ```python blocks are run, each in a fresh namespace from the repository root, and every
   ``test_*`` function they define is called. A block preceded by a line
   ``<!-- not run: why -->`` is skipped (e.g. it needs a real API key).
@@ -196,6 +196,7 @@ def _normalise(text: str) -> str:
     text = re.sub(r"\b\d+\.\d+s\b", "0.00s", text)  # latencies in tables and progress
     text = re.sub(r'"latency_s": [\d.e-]+', '"latency_s": 0.0', text)
     text = re.sub(r'"run_id": "[^"]*"', '"run_id": "RUN_ID"', text)
+    text = re.sub(r"\b\d{8}-\d{6}-[0-9a-f]{6}\b", "RUN_ID", text)  # e.g. in `--resume ID`
     return "\n".join(line.rstrip() for line in text.splitlines()).strip("\n")
 
 
