@@ -193,11 +193,6 @@ async def test_429_waits_as_asked_then_succeeds_with_one_recorded_retry(
     assert retried.arrived - limited.completed >= wait_s * 0.98
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Retry-After: 0 is not honoured and max_backoff_s does not cap the fallback: "
-    "_Client._calculate_retry_timeout treats any retry-after header as server-directed",
-)
 async def test_429_retry_after_zero_uses_the_capped_backoff(
     fake_openai: FakeOpenAI, make_provider: MakeProvider
 ) -> None:

@@ -43,6 +43,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx2
 import openai
+from openai._constants import MAX_RETRY_AFTER_DELAY
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 from typing_extensions import override
 
@@ -137,9 +138,10 @@ class _Client(openai.AsyncOpenAI):
     ) -> float:
         delay = super()._calculate_retry_timeout(remaining_retries, options, response_headers)
         call = _CALL.get()
-        server_directed = response_headers is not None and (
-            "retry-after" in response_headers or "retry-after-ms" in response_headers
-        )
+        # Only a wait the SDK will really obey counts as the server's: it ignores values
+        # outside (0, 120] s and falls back to its own backoff, which the cap then bounds.
+        asked = self._parse_retry_after_header(response_headers)
+        server_directed = asked is not None and 0 < asked <= MAX_RETRY_AFTER_DELAY
         if call is None or call.max_backoff_s is None or server_directed:
             return delay
         return min(delay, call.max_backoff_s)
