@@ -6,8 +6,9 @@ and its worst-case cost with every retry counted. The bound for a step's prompt:
 
 - the text it would send with every upstream reply left empty, counted exactly, plus
 - for each place a template reads an upstream step, that step's ``max_tokens`` (three times
-  it for JSON steps, whose parsed values are printed back with quotes, spaces and loop
-  text), plus
+  it for JSON steps, whose parsed values are printed back with quotes and spaces), plus
+- for each ``{% for %}`` over a reply, the loop's own text once per possible item (a reply
+  of M tokens holds at most M items), and for each ``{% if %}`` on a reply, its text, plus
 - for ``history:``, the earlier step's whole prompt bound and reply, plus
 - for the structured-output schema sent with JSON steps, its tokens, plus
 - for retry k, k times (one rejected reply + the capped repair message).
@@ -149,6 +150,25 @@ class _Estimator:
                 extra += count_text(text, model) + 2
             return source, extra
 
+    def _blocks(self, source: str, model: str) -> int:
+        """Text that loops and conditions over replies may add: a loop's own text once
+        per item (a reply of M tokens holds at most M items, nested lists included), a
+        condition's text once."""
+        extra = 0
+        for block in templating.dynamic_blocks(source):
+            per_pass = count_text(block.text, model) + 3 * block.outputs + 2
+            for name in block.input_names:
+                value = self.inputs.get(name, "")
+                text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+                per_pass += count_text(text, model) + 2
+            if block.kind == "for":
+                bounds = [self.max_out.get(s) for s in block.step_ids]
+                items = max((b or 0 for b in bounds), default=0)
+                extra += items * per_pass
+            else:
+                extra += per_pass
+        return extra
+
     def step(self, step: StepSpec) -> StepEstimate:
         model = self.model_override or step.setting("model", self.spec.defaults) or "gpt-4o-mini"
         ctx = {
@@ -167,6 +187,7 @@ class _Estimator:
             text, extra = self._render(t.source.text, ctx, model)
             messages.append({"role": role, "content": text})
             dynamic += extra
+            dynamic += self._blocks(t.source.text, model)
             refs = templating.references(t.source.text, known=[step.as_] if step.as_ else [])
             for ref in refs.steps:
                 if ref.name is None or ref.name not in self.max_out:

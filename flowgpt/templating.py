@@ -62,11 +62,13 @@ from flowgpt.errors import TemplateError
 
 __all__ = [
     "STEP_FIELDS",
+    "DynamicBlock",
     "Reference",
     "References",
     "Template",
     "TemplateRenderProblem",
     "TemplateSyntaxProblem",
+    "dynamic_blocks",
     "evaluate",
     "make_context",
     "parse_expression",
@@ -741,6 +743,80 @@ def _scope_bound(body: Sequence[nodes.Node]) -> set[str]:
             continue
         stack.extend(c for c in node.iter_child_nodes() if isinstance(c, nodes.Stmt))
     return bound
+
+
+@dataclass(frozen=True)
+class DynamicBlock:
+    """A ``{% for %}`` or ``{% if %}`` whose loop or test reads earlier steps' replies.
+
+    Its static text is printed once per item (for) or maybe (if), so how much text it adds
+    depends on replies not written yet; estimates bound it from this description.
+    """
+
+    kind: Literal["for", "if"]
+    step_ids: frozenset[str]
+    text: str  # the static text inside (for: excluding nested loops, counted on their own)
+    outputs: int  # `{{ }}` expressions printed inside, besides the text
+    input_names: frozenset[str]  # inputs printed inside
+
+
+def _step_ids_in(node: nodes.Node, via: Mapping[str, frozenset[str]]) -> frozenset[str]:
+    uses: list[_Use] = []
+    _walk(node, frozenset(), uses)
+    found: set[str] = set()
+    for use in uses:
+        if use.name == "steps" and use.path and isinstance(use.path[0], str):
+            found.add(use.path[0])
+        found |= via.get(use.name, frozenset())
+    return frozenset(found)
+
+
+def _collect(body: Sequence[nodes.Node], skip_loops: bool) -> tuple[str, int, set[str]]:
+    text: list[str] = []
+    outputs = 0
+    inputs: set[str] = set()
+    for child in body:
+        for node in [child, *child.find_all(nodes.Node)]:
+            if skip_loops and isinstance(node, nodes.For) and node is not child:
+                continue
+            if isinstance(node, nodes.TemplateData):
+                text.append(node.data)
+            elif isinstance(node, nodes.Output):
+                outputs += sum(not isinstance(n, nodes.TemplateData) for n in node.nodes)
+        uses: list[_Use] = []
+        _walk(child, frozenset(), uses)
+        inputs |= {str(u.path[0]) for u in uses if u.name == "inputs" and u.path and not u.shadowed}
+    return "".join(text), outputs, inputs
+
+
+def dynamic_blocks(source: str) -> list[DynamicBlock]:
+    """The loops and conditions of a template that depend on step replies."""
+    template = parse_template(source)
+    found: list[DynamicBlock] = []
+
+    def visit(node: nodes.Node, via: dict[str, frozenset[str]]) -> None:
+        if isinstance(node, nodes.For):
+            ids = _step_ids_in(node.iter, via)
+            inner = dict(via)
+            if ids:
+                text, outputs, inputs = _collect(node.body, skip_loops=True)
+                found.append(DynamicBlock("for", ids, text, outputs, frozenset(inputs)))
+                for name in _target_names(node.target):
+                    inner[name] = ids
+            for child in node.body + node.else_:
+                visit(child, inner)
+            return
+        if isinstance(node, nodes.If):
+            ids = _step_ids_in(node.test, via)
+            if ids:
+                branches = node.body + list(node.elif_) + node.else_
+                text, outputs, inputs = _collect(branches, skip_loops=False)
+                found.append(DynamicBlock("if", ids, text, outputs, frozenset(inputs)))
+        for child in node.iter_child_nodes():
+            visit(child, via)
+
+    visit(template._ast, {})
+    return found
 
 
 def _walk(node: nodes.Node, bound: frozenset[str], out: list[_Use]) -> None:

@@ -112,9 +112,12 @@ def workflows(draw: st.DrawFn) -> tuple[str, dict[str, list[str]]]:
         for ref in refs:
             ref_json = steps[int(ref[1:])]["json"]
             if ref_json:
+                body = " ".join(draw(words))
                 parts.append(
                     f"{{{{ steps.{ref}.output.title }}}}"
-                    f"{{% for x in steps.{ref}.output['items'] %}}- {{{{ x }}}}\n{{% endfor %}}"
+                    f"{{% for x in steps.{ref}.output['items'] %}}- {{{{ x }}}} {body}\n"
+                    f"{{% endfor %}}"
+                    f"{{% if steps.{ref}.output.title %}}{body}{{% endif %}}"
                 )
             else:
                 parts.append(f"{{{{ steps.{ref}.output }}}}")
@@ -131,7 +134,7 @@ def workflows(draw: st.DrawFn) -> tuple[str, dict[str, list[str]]]:
         # Replies: some invalid JSON first (exercising retries), always within max_tokens.
         mine = replies[f"s{i}"] = ["not json"] * draw(st.integers(0, retries))
         if is_json:
-            items = draw(st.lists(st.sampled_from(["a", "bb", "茶"]), max_size=4))
+            items = draw(st.lists(st.sampled_from(["a", "bb", "茶", ""]), max_size=12))
             reply = json.dumps({"title": "t", "items": items}, ensure_ascii=False)
         else:
             reply = " ".join(draw(words)) or "ok"
@@ -215,3 +218,27 @@ def test_validate_warns_when_the_static_text_cannot_fit() -> None:
     assert "cannot fit gpt-4's context window of 8,192" in found[0].message
     fits = text.replace("max_tokens: 2000", "max_tokens: 500")
     assert analyze(parse_workflow(fits)) == []
+
+
+def test_estimate_bounds_a_loop_that_adds_text_per_item() -> None:
+    text = """\
+version: 1
+name: loop
+defaults: {model: gpt-4o-mini}
+steps:
+  - id: list
+    max_tokens: 60
+    prompt: List things.
+    output:
+      schema: {type: object, properties: {items: {type: array, items: {type: string}}}}
+  - id: use
+    max_tokens: 10
+    prompt: |
+      {% for x in steps.list.output['items'] %}- item {{ x }}: please describe it in detail
+      {% endfor %}
+"""
+    items = json.dumps({"items": [""] * 25})
+    wf = parse_workflow(text)
+    est = estimate(wf)
+    result = Engine(provider=MockProvider([items, "ok"])).run_sync(wf)
+    assert result.steps["use"].usage.prompt_tokens <= est.steps[1].prompt_tokens
