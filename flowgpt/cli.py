@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import json
+import shlex
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -253,6 +254,23 @@ def run(
 
         provider = MockProvider()
     store = _open_store(store_path, no_store, needed_by="--resume" if resume else None)
+
+    def resume_command(run_id: str) -> str:
+        # The same provider, model, limit and store as this run: resuming a --mock run
+        # must not turn into paid calls, nor drop a cost limit.
+        parts = ["flowgpt", "run", shlex.quote(workflow), "--resume", run_id]
+        if mock:
+            parts.append("--mock")
+        if model:
+            parts += ["--model", shlex.quote(model)]
+        if max_cost is not None:
+            parts += ["--max-cost", f"{max_cost:g}"]
+        if store_path:
+            parts += ["--store", shlex.quote(store_path)]
+        if cache:
+            parts.append("--cache")
+        return " ".join(parts)
+
     if cache and store is None:
         raise InputError("--cache keeps answers in the run store", hint="drop --no-store")
     progress = Progress(wf.spec)
@@ -278,7 +296,7 @@ def run(
         if store is not None and run_id:
             click.echo(
                 f"interrupted: the finished steps are stored; continue with:\n"
-                f"  flowgpt run {workflow} --resume {run_id}",
+                f"  {resume_command(run_id)}",
                 err=True,
             )
         else:
@@ -301,9 +319,10 @@ def run(
             _print_outputs({last.id: last.output})
     progress.print_table(result)
     if error is not None:
-        if store is not None and result.run_id:
+        finished = any(s.status in ("ok", "reused", "cached") for s in result.steps.values())
+        if store is not None and result.run_id and finished:
             error.hint = (error.hint + "\n  " if error.hint else "") + (
-                f"after fixing it, `flowgpt run {workflow} --resume {result.run_id}` "
+                f"after fixing it, `{resume_command(result.run_id)}` "
                 "re-runs only what did not finish"
             )
         _fail(error)
@@ -370,11 +389,12 @@ def estimate(
         click.echo("  ".join(cells).rstrip())
         if n == 0 or n == len(rows) - 2:
             click.echo("  ".join("-" * w for w in widths))
-    click.echo(
-        "\n≤ marks prompts that quote earlier replies: their bound assumes every earlier "
-        "step uses all of its max_tokens.",
-        err=True,
-    )
+    if not all(s.prompt_exact for s in result.steps):
+        click.echo(
+            "\n≤ marks prompts that quote earlier replies: their bound assumes every earlier "
+            "step uses all of its max_tokens.",
+            err=True,
+        )
 
 
 @main.group()

@@ -454,7 +454,7 @@ class _Run:
 
         raise OutputValidationError(
             f"step `{step.id}`: the reply failed validation on all {attempts} attempt"
-            f"{'s' * (attempts != 1)} (cost {format_usd(result.cost_usd)}): " + "; ".join(failures),
+            f"{'s' * (attempts != 1)} (cost {format_usd(result.cost_usd)}):",
             step=step.id,
             failures=failures,
             last_output=result.text or "",

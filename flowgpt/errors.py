@@ -243,7 +243,8 @@ class OutputValidationError(RunError):
     def format(self) -> str:
         last = self.last_output if len(self.last_output) <= 600 else self.last_output[:600] + "…"
         failures = "\n".join(f"  - {f}" for f in self.failures)
-        text = f"{self.message}\n{failures}\nlast output:\n{redact(last)}"
+        shown = "\n".join(f"    {line}" for line in redact(last).splitlines())
+        text = f"{self.message}\n{failures}\n  last output:\n{shown}"
         return f"{text}\n  {self.hint}" if self.hint else text
 
 

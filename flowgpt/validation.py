@@ -4,6 +4,7 @@ message that asks the model to repair it. The only module that imports jsonschem
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -120,6 +121,7 @@ def _is_plain_json(value: Any, depth: int = 0) -> bool:
     return False
 
 
+@functools.cache
 def _package_stamp(name: str) -> str | None:
     """Which installation of a package this is, without importing it (importing jsonschema
     is what the cache avoids; importlib.metadata is slow too): the location and stat of
@@ -132,9 +134,9 @@ def _package_stamp(name: str) -> str | None:
             return None
         origin = os.path.abspath(spec.origin)
         st = os.stat(origin)
-        site = os.path.dirname(os.path.dirname(origin))
+        parent = os.path.dirname(os.path.dirname(origin))
         dists = sorted(
-            n for n in os.listdir(site) if n.startswith(f"{name}-") and n.endswith(".dist-info")
+            n for n in os.listdir(parent) if n.startswith(f"{name}-") and n.endswith(".dist-info")
         )
     except (ImportError, ValueError, OSError):
         return None
@@ -142,6 +144,9 @@ def _package_stamp(name: str) -> str | None:
 
 
 def _schema_cache_key(schema: dict[str, Any]) -> str | None:
+    """sha256 of the schema's JSON text with the installed jsonschema (and its metaschemas);
+    None when the schema holds values JSON cannot say exactly. Keys keep their order: the
+    order of jsonschema's findings (and dicts quoted in its messages) follows it."""
     if not _is_plain_json(schema):
         return None
     stamps = [_package_stamp("jsonschema"), _package_stamp("jsonschema_specifications")]
@@ -151,7 +156,6 @@ def _schema_cache_key(schema: dict[str, Any]) -> str | None:
 
     text = json.dumps(
         [_CHECK_CACHE_FORMAT, sys.version_info[:2], stamps, schema],
-        sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,
     )
@@ -171,7 +175,7 @@ def _cached_problems(key: str) -> SchemaProblems | None:
             data = json.load(f)
         problems: SchemaProblems = []
         for path, message in data["problems"]:
-            if not isinstance(message, str) or not all(
+            if not (isinstance(message, str) and isinstance(path, list)) or not all(
                 isinstance(p, (str, int)) and not isinstance(p, bool) for p in path
             ):
                 return None
