@@ -343,10 +343,12 @@ def estimate(
     as_json: bool,
 ) -> None:
     """Worst-case tokens and dollars per step, retries counted. No API call."""
-    from flowgpt.estimate import estimate as estimate_workflow
-    from flowgpt.inputs import parse_assignments
-    from flowgpt.loader import load_workflow
-    from flowgpt.pricing import format_usd
+    with _loading_modules("flowgpt.estimate"):
+        import flowgpt.tokens  # noqa: F401  (loaded in the same pause)
+        from flowgpt.estimate import estimate as estimate_workflow
+        from flowgpt.inputs import parse_assignments
+        from flowgpt.loader import load_workflow
+        from flowgpt.pricing import format_usd
 
     wf = load_workflow(workflow)
     given: dict[str, Any] = _read_inputs_file(inputs_file) if inputs_file else {}
