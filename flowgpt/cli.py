@@ -286,7 +286,7 @@ def run(
     try:
         with progress:
             try:
-                result = engine.run_sync(wf, given, inputs_from_cli=not resume, resume=resume)
+                result = engine.run_sync(wf, given, inputs_from_cli=True, resume=resume)
             except FlowgptError as exc:
                 if exc.result is None:
                     raise

@@ -346,6 +346,8 @@ class _Run:
         if earlier is None or earlier[0] != self.fingerprints.get(step.id):
             return False
         old = earlier[1]
+        if not validate_reply(old.text or "", step.output, old.finish_reason).ok:
+            return False  # the step's checks changed since, and the old reply fails them
         result.status = "reused"
         result.output, result.text, result.model = old.output, old.text, old.model
         result.exact_tokens = old.exact_tokens
@@ -638,7 +640,7 @@ class Engine:
 
     def limiter(self, provider: Provider, concurrency: int) -> asyncio.Semaphore:
         per_loop = self._limiters.setdefault(asyncio.get_running_loop(), {})
-        key = id(provider) if provider is self.provider else -concurrency
+        key = id(provider)  # a provider the engine makes for one run gets its own
         if key not in per_loop:
             per_loop[key] = asyncio.Semaphore(concurrency)
         return per_loop[key]
@@ -681,8 +683,8 @@ class Engine:
                 )
             resume = self.store.resolve_run_id(resume)
             previous = self.store.finished_steps(resume)
-            if not inputs:
-                inputs, inputs_from_cli = self.store.load_run(resume).inputs, False
+            # The original inputs, with any given now taken instead.
+            inputs = {**self.store.load_run(resume).inputs, **(inputs or {})}
         resolved = resolve_inputs(wf.spec, inputs or {}, from_cli=inputs_from_cli)
         provider, owned = self._provider_for(wf.spec)
         state = _Run(self, wf, resolved, provider, run_id or _new_run_id(), previous)

@@ -74,6 +74,8 @@ class Diagnostic:
     code: str = "spec"
 
     def location(self) -> str:
+        if self.file is None and self.line is None:
+            return ""  # not about a place in a file (a command-line or run-time problem)
         parts = [self.file or "<workflow>"]
         if self.line is not None:
             parts.append(str(self.line))
@@ -82,7 +84,8 @@ class Diagnostic:
         return ":".join(parts)
 
     def format(self) -> str:
-        head = f"{self.location()}: {self.severity}: {redact(self.message)}"
+        where = self.location()
+        head = f"{where + ': ' if where else ''}{self.severity}: {redact(self.message)}"
         if self.hint:
             head += f"\n  {redact(self.hint)}"
         return head

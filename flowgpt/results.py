@@ -62,9 +62,11 @@ class StepResult:
 
     @property
     def usage(self) -> Usage:
+        """Tokens sent and received; cache hits sent nothing and count none."""
         total = Usage()
         for attempt in self.attempts:
-            total = total + attempt.usage
+            if not attempt.cached:
+                total = total + attempt.usage
         for item in self.items:
             total = total + item.usage
         return total

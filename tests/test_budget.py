@@ -112,7 +112,8 @@ def workflows(draw: st.DrawFn) -> tuple[str, dict[str, list[str]]]:
         for ref in refs:
             ref_json = steps[int(ref[1:])]["json"]
             if ref_json:
-                body = " ".join(draw(words))
+                # No "{" here: next to a Jinja tag it would change the tag.
+                body = " ".join(w for w in draw(words) if w != "{")
                 parts.append(
                     f"{{{{ steps.{ref}.output.title }}}}"
                     f"{{% for x in steps.{ref}.output['items'] %}}- {{{{ x }}}} {body}\n"

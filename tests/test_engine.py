@@ -315,3 +315,31 @@ def test_context_window_overflow_is_refused_before_the_call(
     message = info.value.format()
     assert "context window of 8,192" in message and "step `a`" in message
     assert info.value.exit_code == 1
+
+
+def test_concurrent_runs_share_one_request_limit() -> None:
+    import asyncio
+
+    class Counting(MockProvider):
+        def __init__(self) -> None:
+            super().__init__(latency_s=0.02)
+            self.in_flight = 0
+            self.most = 0
+
+        async def complete(self, request: Any, *, on_text: Any = None) -> Any:
+            self.in_flight += 1
+            self.most = max(self.most, self.in_flight)
+            try:
+                return await super().complete(request, on_text=on_text)
+            finally:
+                self.in_flight -= 1
+
+    provider = Counting()
+    engine = Engine(provider=provider)
+    wf = parse_workflow(PARALLEL)  # concurrency 4
+
+    async def many() -> None:
+        await asyncio.gather(*(engine.run(wf) for _ in range(10)))
+
+    asyncio.run(many())
+    assert provider.most == 4 and len(provider.requests) == 40
