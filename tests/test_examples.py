@@ -80,3 +80,16 @@ def test_example_runs_through_the_sdk_and_loopback_server(
     }
     # A local base_url is not billed by OpenAI: unpriced, never $0 (unless priced above).
     assert (result.cost_usd is not None) == priced
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_example_estimate_bounds_its_mock_run(path: Path) -> None:
+    from flowgpt.estimate import estimate
+
+    wf = load_workflow(path)
+    est = estimate(wf, INPUTS[path.stem])
+    result = Engine(provider=MockProvider()).run_sync(wf, INPUTS[path.stem])
+    assert est.worst_cost_usd is not None and result.cost_usd is not None
+    assert result.cost_usd <= est.worst_cost_usd
+    for step in est.steps:
+        assert result.steps[step.id].usage.prompt_tokens <= step.prompt_tokens
