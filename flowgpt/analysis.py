@@ -115,6 +115,14 @@ class _Checker:
                     f"a step has: {', '.join(templating.STEP_FIELDS)}",
                     code="reference",
                 )
+        for name, line in templating.private_attributes(source.text, expression=expression):
+            self.add(
+                self.wf.locate_template_line(source, line),
+                f"{label}: the template reads the unsafe attribute `{name}`",
+                "templates read data only (inputs, steps.<id>.output/text/usage/skipped); "
+                "names starting with `_` are blocked",
+                code="sandbox",
+            )
         for ref in refs.names:
             name = ref.name or ""
             suggestion = _close(name, ["inputs", "steps", *([as_name] if as_name else [])])

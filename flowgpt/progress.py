@@ -95,10 +95,14 @@ class Progress:
         elif event.kind == "step_finished" and result is not None:
             self.states[step] = "ok"
             usage = result.usage
-            self.notes[step] = (
-                f"{result.latency_s:.1f}s  {usage.prompt_tokens:,}→{usage.completion_tokens:,}"
-                f" tokens  {format_usd(result.cost_usd)}"
-            )
+            if result.status in ("reused", "cached"):
+                saved = format_usd(result.saved_usd)
+                self.notes[step] = f"{result.status}, $0 (saved {saved})"
+            else:
+                self.notes[step] = (
+                    f"{result.latency_s:.1f}s  {usage.prompt_tokens:,}→"
+                    f"{usage.completion_tokens:,} tokens  {format_usd(result.cost_usd)}"
+                )
             if self.live is None:
                 self._line(f"✓ {step}  {self.notes[step]}")
         elif event.kind == "step_skipped":

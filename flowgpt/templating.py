@@ -789,6 +789,26 @@ def _collect(body: Sequence[nodes.Node], skip_loops: bool) -> tuple[str, int, se
     return "".join(text), outputs, inputs
 
 
+def private_attributes(source: str, *, expression: bool = False) -> list[tuple[str, int]]:
+    """Attributes starting with ``_`` a template reads (``x.__class__``, ``x['_y']``), with
+    their lines: the sandbox refuses them at run time, validation reports them earlier."""
+    template = parse_expression(source) if expression else parse_template(source)
+    found: list[tuple[str, int]] = []
+    by_line: dict[int, str] = {}
+    for node in template._ast.find_all((nodes.Getattr, nodes.Getitem)):
+        name: object = None
+        if isinstance(node, nodes.Getattr):
+            name = node.attr
+        elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
+            name = node.arg.value
+        if isinstance(name, str) and name.startswith("_"):
+            # The walk meets a chain's outer end first: the last one met on a line is the
+            # first written (``x.__class__.__mro__`` -> ``__class__``); one per line is enough.
+            by_line[node.lineno] = name
+    found = [(name, line) for line, name in sorted(by_line.items())]
+    return found
+
+
 def dynamic_blocks(source: str) -> list[DynamicBlock]:
     """The loops and conditions of a template that depend on step replies."""
     template = parse_template(source)
