@@ -144,6 +144,16 @@ class _Checker:
         for index, step in enumerate(self.spec.steps):
             for t in step_templates(self.wf, step):
                 self._step_template(step, t)
+            if step.history is not None and step.history in ids:
+                target_step = self.spec.step(step.history)
+                if target_step.for_each is not None:
+                    self.add(
+                        self.at("steps", index, "history"),
+                        f"step `{step.id}`: `history` cannot continue `{step.history}`, a "
+                        "for_each step has one conversation per item",
+                        "read its output instead, e.g. `{{ steps." + step.history + ".output }}`",
+                        code="reference",
+                    )
             for key, target in (("history", step.history),):
                 if target is not None and target not in ids:
                     self.add(
@@ -324,17 +334,5 @@ def check_runnable(workflow: Workflow) -> None:
     """Raise SpecError when a workflow cannot be run: any static error, or a feature this
     version does not run yet. Used by the engine and by estimates, before any call."""
     errors = [d for d in analyze(workflow, prices=False) if d.severity == "error"]
-    for index, step in enumerate(workflow.spec.steps):
-        if step.for_each is not None:
-            loc = workflow.locate(("steps", index, "for_each"))
-            errors.append(
-                Diagnostic(
-                    f"step `{step.id}`: `for_each` is not run by this version of flowgpt yet",
-                    loc.file,
-                    loc.line,
-                    loc.col,
-                    hint="remove `for_each`/`as` and loop inside the prompt with {% for %}",
-                )
-            )
     if errors:
         raise SpecError(f"{workflow.display_path}: the workflow is not valid", diagnostics=errors)

@@ -361,7 +361,9 @@ def estimate(
     for s in result.steps:
         rows.append(
             (
-                s.id,
+                s.id
+                if s.items is None
+                else f"{s.id} ×{'≤' if not s.prompt_exact else ''}{s.items}",
                 s.model,
                 f"{'' if s.prompt_exact else '≤'}{s.prompt_tokens:,}",
                 "unbounded" if s.max_output_tokens is None else f"{s.max_output_tokens:,}",

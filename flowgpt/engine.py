@@ -28,6 +28,7 @@ from flowgpt.errors import (
     FlowgptError,
     OutputValidationError,
     SpecError,
+    TemplateError,
 )
 from flowgpt.graph import step_dependencies
 from flowgpt.inputs import resolve_inputs
@@ -477,6 +478,14 @@ class _Run:
                 return
             self.emit("step_started", step.id)
             started = time.perf_counter()
+            if step.for_each is not None:
+                try:
+                    await self.run_items(step, ctx, result)
+                finally:
+                    result.latency_s = time.perf_counter() - started
+                result.status = "ok"
+                self.emit("step_finished", step.id, result=result)
+                return
             messages = self.build_messages(step, ctx)
             result.messages = [dict(m) for m in messages]
             if self.store is not None:
@@ -508,6 +517,49 @@ class _Run:
                     fingerprint=self.fingerprints.get(step.id),
                     price=self.price_of(result.model),
                 )
+
+    async def run_items(self, step: StepSpec, ctx: dict[str, Any], result: StepResult) -> None:
+        """A for_each step: one call per item, all at once within the request limit; the
+        output is the list of the items' outputs, in item order."""
+        items = templating.evaluate(step.for_each or "", ctx, step=step.id, where="for_each")
+        if items is None:
+            raise TemplateError(
+                f"step `{step.id}`: `for_each` gave null (a skipped step's output?)",
+                hint="guard the step with `when:` so it only runs when the list exists",
+                step=step.id,
+            )
+        if not isinstance(items, (list, tuple)):
+            raise TemplateError(
+                f"step `{step.id}`: `for_each` must give a list, not {type(items).__name__}",
+                hint="point it at a list, e.g. `for_each: steps.outline.output.sections`",
+                step=step.id,
+            )
+        name = step.as_ or "item"
+        result.items = [
+            StepResult(id=f"{step.id}[{i}]", model=result.model) for i in range(len(items))
+        ]
+
+        async def one(sub: StepResult, item: Any) -> None:
+            messages = self.build_messages(step, {**ctx, name: item})
+            sub.messages = [dict(m) for m in messages]
+            started = time.perf_counter()
+            try:
+                await self.attempt_loop(step, messages, sub)
+                sub.status = "ok"
+            except FlowgptError as exc:
+                sub.status, sub.error = "failed", exc.message
+                raise
+            finally:
+                sub.latency_s = time.perf_counter() - started
+
+        outcomes = await asyncio.gather(
+            *(one(sub, item) for sub, item in zip(result.items, items, strict=True)),
+            return_exceptions=True,
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome  # the first failing item, after every item has finished
+        result.output = [sub.output for sub in result.items]
 
     async def run_chain(self, step_id: str, waiting: dict[str, set[str]]) -> None:
         """Run a step, then whatever it unblocks: the first such step in this same task

@@ -55,6 +55,7 @@ class StepEstimate:
     worst_cost_usd: Decimal | None
     price: ModelPrice | None
     tokenizer_exact: bool = True
+    items: int | None = None  # for_each: the items (an upper bound when from a reply)
 
 
 @dataclass
@@ -94,6 +95,7 @@ class WorkflowEstimate:
                     "worst_tokens": s.worst_tokens,
                     "worst_cost_usd": money(s.worst_cost_usd),
                     "tokenizer_exact": s.tokenizer_exact,
+                    "items": s.items,
                 }
                 for s in self.steps
             ],
@@ -130,7 +132,8 @@ class _Estimator:
         self.model_override = model
         self.deps = step_dependencies(workflow)
         self.first_prompt: dict[str, int] = {}
-        self.max_out: dict[str, int | None] = {}
+        # The most tokens a step's reply (all items' replies, for for_each) can hold.
+        self.reply_bound: dict[str, int] = {}
 
     def _view(self, step: StepSpec) -> dict[str, Any]:
         is_json = step.output is not None and step.output.is_json
@@ -162,19 +165,14 @@ class _Estimator:
                 text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
                 per_pass += count_text(text, model) + 2
             if block.kind == "for":
-                bounds = [self.max_out.get(s) for s in block.step_ids]
-                items = max((b or 0 for b in bounds), default=0)
+                items = max((self.reply_bound.get(s, 0) for s in block.step_ids), default=0)
                 extra += items * per_pass
             else:
                 extra += per_pass
         return extra
 
-    def step(self, step: StepSpec) -> StepEstimate:
-        model = self.model_override or step.setting("model", self.spec.defaults) or "gpt-4o-mini"
-        ctx = {
-            "inputs": self.inputs,
-            "steps": {s.id: self._view(s) for s in self.spec.steps if s.id in self.deps[step.id]},
-        }
+    def _prompt(self, step: StepSpec, ctx: dict[str, Any], model: str) -> tuple[int, bool]:
+        """An upper bound of one call's prompt tokens, and whether it is exact."""
         messages: list[dict[str, str]] = []
         dynamic = 0
         exact = True
@@ -190,29 +188,89 @@ class _Estimator:
             dynamic += self._blocks(t.source.text, model)
             refs = templating.references(t.source.text, known=[step.as_] if step.as_ else [])
             for ref in refs.steps:
-                if ref.name is None or ref.name not in self.max_out:
+                if ref.name is None or ref.name not in self.reply_bound:
                     continue
                 exact = False
                 upstream = self.spec.step(ref.name)
                 factor = (
                     JSON_FACTOR if upstream.output is not None and upstream.output.is_json else 1
                 )
-                bound = self.max_out[ref.name]
-                dynamic += factor * (bound if bound is not None else 0) + 2
+                dynamic += factor * self.reply_bound[ref.name] + 2
         prompt = count_tokens(messages, model) + dynamic
         if step.history is not None and step.history in self.first_prompt:
             exact = False
-            prompt += self.first_prompt[step.history] + (self.max_out[step.history] or 0) + 4
+            prompt += self.first_prompt[step.history] + self.reply_bound[step.history] + 4
         response_format = response_format_for(step.id, step.output)
         if response_format is not None:
             prompt += count_text(json.dumps(response_format), model)
+        return prompt, exact
+
+    def _item_prompts(
+        self, step: StepSpec, ctx: dict[str, Any], model: str
+    ) -> tuple[list[int], bool, int]:
+        """For a for_each step: the prompt bound of each item (one entry standing for
+        every item when the list comes from a reply), whether exact, and the item count."""
+        name = step.as_ or "item"
+        expression = step.for_each or ""
+        refs = templating.references(expression, expression=True)
+        upstream = [s for s in refs.step_ids if s in self.reply_bound]
+        if not upstream:
+            items = templating.evaluate(expression, ctx, step=step.id, where="for_each")
+            items = list(items) if isinstance(items, (list, tuple)) else []
+            prompts = [self._prompt(step, {**ctx, name: item}, model)[0] for item in items]
+            exact = all(self._prompt(step, {**ctx, name: i}, model)[1] for i in items[:1])
+            return prompts, exact, len(items)
+        # A reply of M tokens holds at most M items, and each printed item is part of it;
+        # a validated schema's maxItems is a tighter bound on the count.
+        bound = max(self.reply_bound[s] for s in upstream)
+        count = min(bound, self._max_items(refs) or bound)
+        static, _ = self._prompt(step, {**ctx, name: _Blank()}, model)
+        uses = sum(
+            1
+            for t in step_templates(self.wf, step)
+            if not t.expression
+            for ref in templating.references(t.source.text).names
+            if ref.name == name
+        )
+        return [static + uses * (JSON_FACTOR * bound + 2)], False, count
+
+    def _max_items(self, refs: templating.References) -> int | None:
+        """``maxItems`` of the schema at a single `steps.<id>.output.<path>` reference."""
+        if len(refs.steps) != 1:
+            return None
+        ref = refs.steps[0]
+        upstream = self.spec.step(ref.name) if ref.name in self.reply_bound else None
+        if upstream is None or upstream.output is None or ref.path[1:2] != ("output",):
+            return None
+        schema: Any = upstream.output.schema_
+        for key in ref.path[2:]:
+            if not isinstance(schema, dict) or not isinstance(key, str):
+                return None
+            schema = (schema.get("properties") or {}).get(key)
+        if isinstance(schema, dict) and isinstance(schema.get("maxItems"), int):
+            return int(schema["maxItems"])
+        return None
+
+    def step(self, step: StepSpec) -> StepEstimate:
+        model = self.model_override or step.setting("model", self.spec.defaults) or "gpt-4o-mini"
+        ctx: dict[str, Any] = {
+            "inputs": self.inputs,
+            "steps": {s.id: self._view(s) for s in self.spec.steps if s.id in self.deps[step.id]},
+        }
+        if step.for_each is not None:
+            prompts, exact, n_items = self._item_prompts(step, ctx, model)
+            calls = n_items if len(prompts) == 1 and not exact else 1
+        else:
+            prompt, exact = self._prompt(step, ctx, model)
+            prompts, n_items, calls = [prompt], 1, 1
+        first = max(prompts, default=0)
         override = self.spec.pricing.get(model)
         window = context_window(model, override.context_window if override else None)
         max_out: int | None = step.setting("max_tokens", self.spec.defaults)
         if max_out is None and window is not None:
-            max_out = max(window - prompt, 0)
-        self.first_prompt[step.id] = prompt
-        self.max_out[step.id] = max_out
+            max_out = max(window - first, 0)
+        self.first_prompt[step.id] = first
+        self.reply_bound[step.id] = (max_out or 0) * max(n_items, 1)
         attempts = 1 + (step.output.retries if step.output is not None else 0)
         price = resolve_price(
             model, base_url=self.spec.provider.base_url, overrides=self.spec.pricing
@@ -222,15 +280,17 @@ class _Estimator:
         if max_out is not None:
             worst_tokens = 0
             costs: list[Decimal | None] = []
-            for k in range(attempts):
-                p = prompt + k * (max_out + _RETRY_OVERHEAD)
-                worst_tokens += p + max_out
-                costs.append(worst_case_cost(p, max_out, price))
+            for prompt in prompts:
+                for k in range(attempts):
+                    p = prompt + k * (max_out + _RETRY_OVERHEAD)
+                    worst_tokens += (p + max_out) * calls
+                    one = worst_case_cost(p, max_out, price)
+                    costs.append(None if one is None else one * calls)
             worst_cost = sum_costs(costs)
         return StepEstimate(
             id=step.id,
             model=model,
-            prompt_tokens=prompt,
+            prompt_tokens=first,
             prompt_exact=exact,
             max_output_tokens=max_out,
             attempts=attempts,
@@ -238,6 +298,7 @@ class _Estimator:
             worst_cost_usd=worst_cost,
             price=price,
             tokenizer_exact=is_exact_for(model),
+            items=n_items if step.for_each is not None else None,
         )
 
 

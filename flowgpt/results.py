@@ -92,7 +92,8 @@ class StepResult:
         """What templates see as ``steps.<id>``."""
         return {
             "output": self.output,
-            "text": self.text,
+            # A for_each step's raw replies are a list, in item order, like its output.
+            "text": [i.text for i in self.items] if self.items else self.text,
             "usage": self.usage.to_dict(),
             "skipped": self.skipped,
         }

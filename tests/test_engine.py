@@ -274,10 +274,6 @@ def test_validation_retries_spent_keeps_last_output_and_cost() -> None:
             "cycle",
         ),
         ("  - id: a\n    prompt: '{{ steps.outlin.output }}'\n", "unknown step `outlin`"),
-        (
-            "  - id: a\n    for_each: inputs.xs\n    as: x\n    prompt: '{{ x }}'\n",
-            "for_each",
-        ),
     ],
 )
 def test_run_refuses_static_errors_before_any_call(steps: str, words: str) -> None:

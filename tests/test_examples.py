@@ -23,6 +23,7 @@ INPUTS: dict[str, dict[str, Any]] = {
     "translate": {"text": "The cat sleeps on the warm windowsill."},
     "codegen": {"task": "parse an ISO date"},
     "analysis": {"text": "ACME sold 5 tons of tea to Globex on 3 May 2026."},
+    "report": {"subject": "tea in Japan"},
 }
 
 
@@ -74,7 +75,8 @@ def test_example_runs_through_the_sdk_and_loopback_server(
         result = Engine(provider=provider).run_sync(wf, INPUTS[path.stem])
         sent = server.chat_requests
     assert result.ok
-    assert len(sent) == len(wf.spec.steps)
+    # One request per step, or per item for a for_each step.
+    assert len(sent) == sum(max(len(s.items), 1) for s in result.steps.values())
     assert {r.body["model"] for r in sent} <= {
         s.model or wf.spec.defaults.model for s in wf.spec.steps
     }
