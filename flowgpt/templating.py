@@ -45,6 +45,7 @@ from types import TracebackType
 from typing import Any, Literal, NoReturn
 
 from jinja2 import meta, nodes
+from jinja2.compiler import CodeGenerator, Frame
 from jinja2.environment import Template as _JinjaTemplate
 from jinja2.exceptions import (
     SecurityError,
@@ -243,11 +244,122 @@ def _finalize(value: Any) -> Any:
     raise _NotAValue(value)
 
 
+class _CodeGenerator(CodeGenerator):
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        # `a ~ b` joins through a size check instead of Jinja's plain str_join.
+        self.write("environment.checked_concat((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+
+# Widths in `%`-format and str.format specs: each pads the text to that many characters.
+_PERCENT_WIDTH = re.compile(r"%[#0\- +]*(\d+)|%[#0\- +]*\d*\.(\d+)")
+_FORMAT_SPEC = re.compile(r"\{[^{}]*:([^{}]*)\}")
+_PADDING_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
+
+
+def _check_size(size: int, what: str) -> None:
+    if size > MAX_SEQUENCE_ITEMS:
+        raise OverflowError(
+            f"{what} would be {size:,} characters, too large for a template "
+            f"(limit {MAX_SEQUENCE_ITEMS:,})"
+        )
+
+
+def _check_widths(fmt: str) -> None:
+    widths = [int(n) for m in _PERCENT_WIDTH.finditer(fmt) for n in m.groups() if n]
+    for spec in _FORMAT_SPEC.findall(fmt):
+        widths += [int(n) for n in re.findall(r"\d+", spec)]
+    for width in widths:
+        _check_size(width, "a formatting width")
+
+
+def _joined_size(items: Any, sep: str) -> tuple[list[str], int]:
+    texts: list[str] = []
+    size = 0
+    for item in items:
+        text = str(item)
+        size += len(text) + (len(sep) if texts else 0)
+        _check_size(size, "the joined text")
+        texts.append(text)
+    return texts, size
+
+
+def _checked_join(value: Any, d: str = "", attribute: Any = None) -> str:
+    if attribute is not None:
+        value = [v.get(attribute) if isinstance(v, dict) else v for v in value]
+    texts, _ = _joined_size(value, str(d))
+    return str(d).join(texts)
+
+
+def _checked_replace(value: Any, old: str, new: str, count: int | None = None) -> str:
+    text = str(value)
+    hits = text.count(old) if old else len(text) + 1
+    if count is not None and count >= 0:
+        hits = min(hits, count)
+    _check_size(len(text) + hits * max(len(new) - len(old), 0), "the replaced text")
+    return text.replace(old, new) if count is None else text.replace(old, new, count)
+
+
+def _checked_center(value: Any, width: int = 80) -> str:
+    _check_size(int(width), "the centred text")
+    return str(value).center(width)
+
+
+def _checked_format(value: Any, *args: Any, **kwargs: Any) -> str:
+    _check_widths(str(value))
+    if args and kwargs:
+        raise TypeError("format takes either positional or keyword arguments, not both")
+    return str(value) % (kwargs or args)
+
+
+def _check_call(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Refuse str method calls that would build a string past the limit."""
+    owner = getattr(obj, "__self__", None)
+    name = getattr(obj, "__name__", "")
+    if not isinstance(owner, str):
+        return
+    if name in _PADDING_METHODS:
+        sizes = [a for a in (*args, *kwargs.values()) if isinstance(a, int)]
+        factor = owner.count("\t") if name == "expandtabs" else 1
+        for size in sizes:
+            _check_size(size * max(factor, 1), f"str.{name}")
+    elif name == "join" and args:
+        _joined_size(args[0], owner)
+    elif name == "replace" and len(args) >= 2:
+        _checked_replace(owner, str(args[0]), str(args[1]), *args[2:3])
+    elif name in ("format", "format_map"):
+        _check_widths(owner)
+
+
 class _Environment(ImmutableSandboxedEnvironment):
     """The immutable sandbox: step outputs are shared by steps rendering concurrently and
-    are stored, so no template may change them (``list.append``, ``dict.update``...)."""
+    are stored, so no template may change them (``list.append``, ``dict.update``...).
 
-    intercepted_binops = frozenset({"*", "**"})
+    It also bounds the size of every string a template can build: repetition and powers,
+    concatenation (`+`, `~`), `%` and str.format widths, padding, join and replace, and
+    the rendered text as a whole."""
+
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+    code_generator_class = _CodeGenerator
+
+    def wrap_str_format(self, value: Any) -> Any:
+        # str.format is wrapped when it is looked up, not when it is called: check the
+        # widths in the format string here.
+        owner = getattr(value, "__self__", None)
+        if isinstance(owner, str) and getattr(value, "__name__", "") in ("format", "format_map"):
+            _check_widths(owner)
+        return super().wrap_str_format(value)
+
+    def checked_concat(self, values: tuple[Any, ...]) -> str:
+        texts, _ = _joined_size(values, "")
+        return "".join(texts)
+
+    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        _check_call(__obj, args, kwargs)
+        return super().call(__context, __obj, *args, **kwargs)
 
     def make_globals(self, d: MutableMapping[str, Any] | None) -> MutableMapping[str, Any]:
         # A plain dict instead of Jinja's ChainMap: every render copies the globals, and
@@ -265,6 +377,11 @@ class _Environment(ImmutableSandboxedEnvironment):
             _check_repeat(left, right)
         elif operator == "**":
             _check_power(left, right)
+        elif operator == "+" and isinstance(left, (str, list, tuple)):
+            if isinstance(right, (str, list, tuple)):
+                _check_size(len(left) + len(right), "the concatenation")
+        elif operator == "%" and isinstance(left, str):
+            _check_widths(left)
         return super().call_binop(context, operator, left, right)
 
 
@@ -307,7 +424,27 @@ def _make_env() -> _Environment:
     # lipsum(n=10**7) is a cheap way to build a huge prompt and has no use in one.
     env.globals.pop("lipsum", None)
     env.filters["tojson"] = _tojson
+    env.filters["join"] = _checked_join
+    env.filters["replace"] = _checked_replace
+    env.filters["center"] = _checked_center
+    env.filters["format"] = _checked_format
     return env
+
+
+def _render_bounded(compiled: _JinjaTemplate, context: Mapping[str, Any]) -> str:
+    """Render, refusing output longer than the limit before it is all built."""
+    ctx = compiled.new_context(dict(context))
+    parts: list[str] = []
+    size = 0
+    try:
+        for piece in compiled.root_render_func(ctx):
+            size += len(piece)
+            _check_size(size, "the rendered text")
+            parts.append(piece)
+    except Exception:
+        # Rewrites the traceback so its frames carry template line numbers.
+        _ENV.handle_exception()
+    return "".join(parts)
 
 
 _ENV = _make_env()
@@ -486,7 +623,7 @@ class Template:
         try:
             if self.expression:
                 return str(_finalize_text(self._run(context)))
-            return self._compiled.render(dict(context))
+            return _render_bounded(self._compiled, context)
         except Exception as exc:
             raise self._problem(exc, context, step, where) from exc
 
@@ -503,7 +640,7 @@ class Template:
 
     def _run(self, context: Mapping[str, Any]) -> Any:
         if not self.expression:
-            return self._compiled.render(dict(context))
+            return _render_bounded(self._compiled, context)
         ctx = self._compiled.new_context(dict(context))
         try:
             for _ in self._compiled.root_render_func(ctx):
