@@ -420,6 +420,10 @@ def runs_list(store_path: str | None, limit: int, as_json: bool) -> None:
 
     with _open_store(store_path, False) as store:
         found = store.list_runs(limit)
+        where = store.path
+    if not found and not as_json:
+        click.echo(f"no runs yet in {where}", err=True)
+        return
     if as_json:
         rows = [
             {
@@ -473,3 +477,5 @@ def runs_show(run_id: str, store_path: str | None, as_json: bool) -> None:
         return
     console = Console(width=max(Console().width, 120), highlight=False)
     console.print(cost_table(result))
+    if result.error:
+        click.echo(f"error: {result.error}")

@@ -221,3 +221,34 @@ def test_killed_run_resumes_without_paying_again(tmp_path: Path, how: str) -> No
         path = Path(str(store_path) + suffix)
         if path.exists():
             assert key.encode() not in path.read_bytes()
+
+
+def test_runs_list_on_an_empty_store_and_show_of_a_failed_run(tmp_path: Path) -> None:
+    env = {**os.environ, "FLOWGPT_STORE": str(tmp_path / "runs.sqlite3")}
+
+    def flowgpt(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "flowgpt", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=60,
+        )
+
+    empty = flowgpt("runs", "list")
+    assert empty.returncode == 0 and "no runs yet" in empty.stderr
+    failed = flowgpt(
+        "run",
+        str(ROOT / "workflows" / "article.yaml"),
+        "-i",
+        "topic=tea",
+        "--mock",
+        "--max-cost",
+        "0.0001",
+    )
+    assert failed.returncode == 1
+    run_id = json.loads(flowgpt("runs", "list", "--json").stdout)[0]["run_id"]
+    shown = flowgpt("runs", "show", run_id)
+    assert "FAILED" in shown.stdout and "error: step `" in shown.stdout
+    assert "could break the budget" in shown.stdout
