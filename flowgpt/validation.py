@@ -163,7 +163,7 @@ def _schema_cache_key(schema: dict[str, Any]) -> str | None:
 
 
 def _cache_file(key: str) -> str:
-    from flowgpt.pricing import user_cache_dir
+    from flowgpt.caches import user_cache_dir
 
     return os.path.join(user_cache_dir(), "schema-checks", f"{key}.json")
 
@@ -187,23 +187,11 @@ def _cached_problems(key: str) -> SchemaProblems | None:
 
 def _store_problems(key: str, problems: SchemaProblems) -> None:
     """Save an answer atomically; a cache folder that cannot be written only costs speed."""
-    import tempfile
+    from flowgpt.caches import write_atomic
 
-    path = _cache_file(key)
     payload = json.dumps({"problems": [[list(p), m] for p, m in problems]}, ensure_ascii=False)
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".flowgpt-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(payload)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):
+        write_atomic(_cache_file(key), payload.encode("utf-8"))
 
 
 def _schema_failures(instance: Any, schema: dict[str, Any]) -> list[str]:

@@ -1,0 +1,40 @@
+"""flowgpt's cache folder and the one safe way to write a file in it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+
+__all__ = ["user_cache_dir", "write_atomic"]
+
+
+def user_cache_dir() -> str:
+    """flowgpt's cache folder: $FLOWGPT_CACHE_DIR, else $XDG_CACHE_HOME/flowgpt, else
+    ~/.cache/flowgpt."""
+    explicit = os.environ.get("FLOWGPT_CACHE_DIR")
+    if explicit:
+        return explicit
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = xdg if xdg else os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "flowgpt")
+
+
+def write_atomic(path: str, data: bytes, *, mode: int | None = None) -> None:
+    """Write via a temporary file and a rename, so readers never see half a file.
+
+    ``mode`` changes the permissions (mkstemp creates files readable by the owner only).
+    """
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".flowgpt-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
