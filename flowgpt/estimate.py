@@ -26,7 +26,7 @@ from decimal import Decimal
 from typing import Any
 
 from flowgpt import templating
-from flowgpt.errors import FlowgptError
+from flowgpt.errors import FlowgptError, TemplateError
 from flowgpt.graph import step_dependencies, step_templates, topological_order
 from flowgpt.inputs import resolve_inputs
 from flowgpt.pricing import ModelPrice, resolve_price, worst_case_cost
@@ -216,10 +216,15 @@ class _Estimator:
         upstream = [s for s in refs.step_ids if s in self.reply_bound]
         if not upstream:
             items = templating.evaluate(expression, ctx, step=step.id, where="for_each")
-            items = list(items) if isinstance(items, (list, tuple)) else []
-            prompts = [self._prompt(step, {**ctx, name: item}, model)[0] for item in items]
-            exact = all(self._prompt(step, {**ctx, name: i}, model)[1] for i in items[:1])
-            return prompts, exact, len(items)
+            if not isinstance(items, (list, tuple)):
+                # The run would refuse it (engine.run_items): so does the estimate.
+                raise TemplateError(
+                    f"step `{step.id}`: `for_each` must give a list, not {type(items).__name__}",
+                    step=step.id,
+                )
+            counted = [self._prompt(step, {**ctx, name: item}, model) for item in items]
+            exact = all(is_exact for _, is_exact in counted)
+            return [tokens for tokens, _ in counted], exact, len(items)
         # A reply of M tokens holds at most M items, and each printed item is part of it;
         # a validated schema's maxItems is a tighter bound on the count.
         bound = max(self.reply_bound[s] for s in upstream)

@@ -194,3 +194,9 @@ steps:
     assert result.usage.total_tokens <= (est.worst_tokens or 0)
     assert result.cost_usd is not None and est.worst_cost_usd is not None
     assert result.cost_usd <= est.worst_cost_usd
+
+
+def test_estimate_refuses_a_for_each_that_is_not_a_list() -> None:
+    text = MAP.replace("for_each: inputs.topics", "for_each: inputs.topics | length")
+    with pytest.raises(TemplateError, match="must give a list, not int"):
+        estimate(parse_workflow(text))
