@@ -181,6 +181,26 @@ def _print_outputs(outputs: dict[str, Any]) -> None:
         click.echo(f"== {name} ==\n{text}\n")
 
 
+def _provider_options(func: F) -> F:
+    """The options that choose where requests go, shared by run, batch and chat."""
+    func = click.option(
+        "--mock",
+        is_flag=True,
+        help="Answer with the offline mock provider (no API key, no network; "
+        "tokens and prices are counted as for the real model).",
+    )(func)
+    return func
+
+
+def _make_provider(*, mock: bool) -> Any:
+    """The provider the options ask for; None means the workflow's own (OpenAI-compatible)."""
+    if mock:
+        from flowgpt.providers.mock import MockProvider
+
+        return MockProvider()
+    return None
+
+
 @main.command()
 @click.argument("workflow", type=click.Path(dir_okay=False))
 @click.option("-i", "--input", "pairs", multiple=True, metavar="KEY=VALUE", help="An input.")
@@ -215,12 +235,7 @@ def _print_outputs(outputs: dict[str, Any]) -> None:
     metavar="USD",
     help="Stop before any call that could take the run past USD (on top of `budget:`).",
 )
-@click.option(
-    "--mock",
-    is_flag=True,
-    help="Answer with the offline mock provider (no API key, no network; "
-    "tokens and prices are counted as for the real model).",
-)
+@_provider_options
 @_handle_errors
 def run(
     workflow: str,
@@ -248,11 +263,7 @@ def run(
     wf = load_workflow(workflow)
     given: dict[str, Any] = _read_inputs_file(inputs_file) if inputs_file else {}
     given.update(parse_assignments(list(pairs)))
-    provider = None
-    if mock:
-        from flowgpt.providers.mock import MockProvider
-
-        provider = MockProvider()
+    provider = _make_provider(mock=mock)
     store = _open_store(store_path, no_store, needed_by="--resume" if resume else None)
 
     def resume_command(run_id: str) -> str:
@@ -399,6 +410,12 @@ def estimate(
             "step uses all of its max_tokens.",
             err=True,
         )
+
+
+# -- batch (rows of inputs through one workflow) ------------------------------------------
+
+
+# -- chat (an interactive conversation) ---------------------------------------------------
 
 
 @main.group()
