@@ -22,12 +22,24 @@ class Reservation:
     step: str
     tokens: int
     cost: Decimal
+    outer: Reservation | None = None  # the same call held in the enclosing budget
 
 
 class Budget:
     """Limits for one run (either may be None: no limit of that kind)."""
 
-    def __init__(self, max_cost_usd: Decimal | None, max_tokens: int | None) -> None:
+    def __init__(
+        self,
+        max_cost_usd: Decimal | None,
+        max_tokens: int | None,
+        *,
+        outer: Budget | None = None,
+        label: str = "the budget",
+    ) -> None:
+        # A budget shared by many runs (a batch's --max-cost): every call must fit both.
+        self.outer = outer if outer is not None and outer.active else None
+        self.label = label
+        self.refusals = 0  # calls refused (a batch stops starting rows after the first)
         self.max_cost_usd = max_cost_usd
         self.max_tokens = max_tokens
         self.spent_cost = Decimal(0)
@@ -38,7 +50,9 @@ class Budget:
 
     @property
     def active(self) -> bool:
-        return self.max_cost_usd is not None or self.max_tokens is not None
+        return (
+            self.max_cost_usd is not None or self.max_tokens is not None or (self.outer is not None)
+        )
 
     def _spent_lines(self) -> str:
         if not self.spent_by_step:
@@ -50,6 +64,15 @@ class Budget:
         self, step: str, model: str, tokens: int, worst_cost: Decimal | None
     ) -> Reservation:
         """Hold a call's worst case, or raise BudgetExceededError without holding anything."""
+        try:
+            return self._reserve(step, model, tokens, worst_cost)
+        except BudgetExceededError:
+            self.refusals += 1
+            raise
+
+    def _reserve(
+        self, step: str, model: str, tokens: int, worst_cost: Decimal | None
+    ) -> Reservation:
         if self.max_cost_usd is not None and worst_cost is None:
             raise BudgetExceededError(
                 f"step `{step}`: model `{model}` has no known price, so the cost budget "
@@ -65,7 +88,7 @@ class Budget:
                 raise BudgetExceededError(
                     f"step `{step}`: the next call could cost up to {format_usd(cost)} "
                     f"({tokens:,} tokens at {model}'s price); with {format_usd(committed)} "
-                    f"spent or in flight, that could break the budget of "
+                    f"spent or in flight, that could break {self.label} of "
                     f"{format_usd(self.max_cost_usd)}, so it was not made; " + self._spent_lines(),
                     hint="raise `budget.max_cost_usd` (or --max-cost), lower the step's "
                     "max_tokens, or use a cheaper model; `flowgpt estimate` shows the "
@@ -77,17 +100,22 @@ class Budget:
             if committed_tokens + tokens > self.max_tokens:
                 raise BudgetExceededError(
                     f"step `{step}`: the next call could use up to {tokens:,} tokens; with "
-                    f"{committed_tokens:,} used or in flight that could break the budget of "
+                    f"{committed_tokens:,} used or in flight that could break {self.label} of "
                     f"{self.max_tokens:,} tokens, so it was not made; " + self._spent_lines(),
                     hint="raise `budget.max_tokens`, or lower the step's max_tokens",
                     step=step,
                 )
+        outer = None
+        if self.outer is not None:
+            outer = self.outer.reserve(step, model, tokens, worst_cost)
         self.reserved_cost += cost
         self.reserved_tokens += tokens
-        return Reservation(step, tokens, cost)
+        return Reservation(step, tokens, cost, outer)
 
     def settle(self, reservation: Reservation, tokens: int, cost: Decimal | None) -> None:
         """Replace a reservation by what the call really used (0 when it failed unbilled)."""
+        if reservation.outer is not None and self.outer is not None:
+            self.outer.settle(reservation.outer, tokens, cost)
         self.reserved_cost -= reservation.cost
         self.reserved_tokens -= reservation.tokens
         self.spent_tokens += tokens

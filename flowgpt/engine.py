@@ -12,7 +12,14 @@ import json
 import random
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Collection,
+    Iterable,
+    Mapping,
+)
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -34,6 +41,7 @@ from flowgpt.graph import step_dependencies
 from flowgpt.inputs import resolve_inputs
 from flowgpt.pricing import ModelPrice
 from flowgpt.providers.base import ChatRequest, ChatResponse, Message, Provider
+from flowgpt.ratelimit import RequestLimiter
 from flowgpt.results import AttemptResult, RunResult, StepResult
 from flowgpt.spec import MODEL_SETTING_NAMES, StepSpec, WorkflowSpec
 from flowgpt.tokens import count_text, truncate_text
@@ -46,6 +54,7 @@ from flowgpt.validation import (
 from flowgpt.workflow import Workflow
 
 if TYPE_CHECKING:
+    from flowgpt.batch import BatchRowResult, DataRow
     from flowgpt.store import RunStore
 
 __all__ = ["Engine", "EngineEvent"]
@@ -142,6 +151,7 @@ class _Run:
         provider: Provider,
         run_id: str,
         previous: dict[str, tuple[str | None, StepResult]] | None = None,
+        outer_budget: Budget | None = None,
     ) -> None:
         self.engine = engine
         self.workflow = workflow
@@ -149,14 +159,14 @@ class _Run:
         self.inputs = inputs
         self.provider = provider
         self.plan = _Plan.of(workflow)
-        self.semaphore = engine.limiter(provider, self.spec.provider.concurrency)
+        self.limiter = engine.limiter(provider, self.spec.provider.concurrency)
         limits = self.spec.budget
         max_cost = limits.max_cost_usd if limits else None
         if engine.max_cost_usd is not None:
             max_cost = (
                 engine.max_cost_usd if max_cost is None else min(max_cost, engine.max_cost_usd)
             )
-        self.budget = Budget(max_cost, limits.max_tokens if limits else None)
+        self.budget = Budget(max_cost, limits.max_tokens if limits else None, outer=outer_budget)
         # Prices follow where requests really go: OPENAI_BASE_URL pointing at a local
         # server makes "gpt-4o" unpriced, not billed at OpenAI's rate.
         resolver = getattr(provider, "resolved_base_url", None)
@@ -370,7 +380,13 @@ class _Run:
     # -- one step ----------------------------------------------------------------------
 
     async def call(self, request: ChatRequest) -> tuple[ChatResponse, float]:
-        async with self.semaphore:
+        tokens = 0
+        if self.limiter.counts_tokens:
+            from flowgpt.tokens import count_tokens
+
+            # What tokens-per-minute limits count: the prompt plus the most it may reply.
+            tokens = count_tokens(request.messages, request.model) + (request.max_tokens or 0)
+        async with self.limiter.slot(tokens):
             started = time.perf_counter()
             response = await self.provider.complete(request)
             return response, time.perf_counter() - started
@@ -676,8 +692,16 @@ class Engine:
         on_event: Callable[[EngineEvent], None] | None = None,
         store: RunStore | None = None,
         cache: bool = False,
+        concurrency: int | None = None,
+        rpm: float | None = None,
+        tpm: float | None = None,
     ) -> None:
         self.provider = provider
+        # Request limits for everything this engine runs at once; `concurrency` overrides
+        # the workflow's `provider.concurrency`. rpm/tpm: requests/tokens per minute.
+        self.concurrency = concurrency
+        self.rpm = rpm
+        self.tpm = tpm
         self.store = store  # where runs are recorded (needed for resume and the cache)
         self.cache = cache  # answer identical deterministic requests from the store
         # A cost limit for every run, on top of the workflow's `budget:` (the lower wins).
@@ -687,22 +711,38 @@ class Engine:
         # One request limiter per provider and event loop, shared by every run this engine
         # makes at once (so concurrent runs respect `provider.concurrency` together).
         self._limiters: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, dict[int, asyncio.Semaphore]
+            asyncio.AbstractEventLoop, weakref.WeakKeyDictionary[Provider, RequestLimiter]
         ] = weakref.WeakKeyDictionary()
 
-    def limiter(self, provider: Provider, concurrency: int) -> asyncio.Semaphore:
-        per_loop = self._limiters.setdefault(asyncio.get_running_loop(), {})
-        key = id(provider)  # a provider the engine makes for one run gets its own
-        if key not in per_loop:
-            per_loop[key] = asyncio.Semaphore(concurrency)
-        return per_loop[key]
+    def limiter(self, provider: Provider, concurrency: int) -> RequestLimiter:
+        """The request limiter shared by every call to ``provider`` on this event loop."""
+        per_loop = self._limiters.setdefault(
+            asyncio.get_running_loop(), weakref.WeakKeyDictionary()
+        )
+        limiter = per_loop.get(provider)
+        if limiter is None:
+            limiter = per_loop[provider] = RequestLimiter(
+                self.concurrency or concurrency, rpm=self.rpm, tpm=self.tpm
+            )
+        return limiter
 
-    def _provider_for(self, spec: WorkflowSpec) -> tuple[Provider, bool]:
+    def _provider_for(
+        self, spec: WorkflowSpec, base_dir: Path | None = None
+    ) -> tuple[Provider, bool]:
+        """The provider for a run, and whether the run owns it (and must close it).
+
+        ``base_dir``: where a relative ``provider.model_path`` starts (the workflow's
+        folder); None means the current folder.
+        """
         if self.provider is not None:
             return self.provider, False
+        p = spec.provider
+        if p.type == "local":
+            from flowgpt.providers.local import LocalProvider
+
+            return LocalProvider(p.model_path, n_ctx=p.n_ctx, base_dir=base_dir), True
         from flowgpt.providers.openai import OpenAIProvider
 
-        p = spec.provider
         provider = OpenAIProvider(
             base_url=p.base_url,
             api_key_env=p.api_key_env,
@@ -727,6 +767,26 @@ class Engine:
         """
         wf = _as_workflow(workflow)
         _Plan.of(wf)  # static errors are refused before anything runs
+        provider, owned = self._provider_for(wf.spec)
+        try:
+            return await self._run(
+                wf, inputs, provider, inputs_from_cli=inputs_from_cli, run_id=run_id, resume=resume
+            )
+        finally:
+            if owned:
+                await provider.aclose()
+
+    async def _run(
+        self,
+        wf: Workflow,
+        inputs: Mapping[str, Any] | None,
+        provider: Provider,
+        *,
+        inputs_from_cli: bool = False,
+        run_id: str | None = None,
+        resume: str | None = None,
+        outer_budget: Budget | None = None,
+    ) -> RunResult:
         previous = None
         if resume is not None:
             if self.store is None:
@@ -738,17 +798,43 @@ class Engine:
             # The original inputs, with any given now taken instead.
             inputs = {**self.store.load_run(resume).inputs, **(inputs or {})}
         resolved = resolve_inputs(wf.spec, inputs or {}, from_cli=inputs_from_cli)
-        provider, owned = self._provider_for(wf.spec)
-        state = _Run(self, wf, resolved, provider, run_id or _new_run_id(), previous)
-        try:
-            result = await state.execute(resumed_from=resume)
-        finally:
-            if owned:
-                await provider.aclose()
+        state = _Run(self, wf, resolved, provider, run_id or _new_run_id(), previous, outer_budget)
+        result = await state.execute(resumed_from=resume)
         if state.failure is not None:
             state.failure.result = result
             raise state.failure
         return result
+
+    def run_batch(
+        self,
+        workflow: Workflow | WorkflowSpec | str | Path,
+        rows: Iterable[Mapping[str, Any] | DataRow] | AsyncIterable[Mapping[str, Any] | DataRow],
+        *,
+        concurrency: int | None = None,
+        max_cost_usd: Decimal | float | str | None = None,
+        skip: Collection[int] = (),
+        inputs_from_cli: bool = False,
+    ) -> AsyncIterator[BatchRowResult]:
+        """Run a workflow once per row of inputs; an async iterator of each row's result
+        (a ``BatchRowResult``), in the order rows finish.
+
+        Rows run ``concurrency`` at a time (default: the engine's, else the workflow's
+        ``provider.concurrency``) under one request limiter for the whole batch.
+        ``max_cost_usd`` is one budget shared by every row: once it refuses a call, no new
+        row is started. A failed row does not stop the others. ``skip`` names rows (by
+        1-based number) to leave out, e.g. the ones an earlier run already finished.
+        """
+        from flowgpt.batch import run_rows
+
+        return run_rows(
+            self,
+            _as_workflow(workflow),
+            rows,
+            concurrency=concurrency,
+            max_cost_usd=None if max_cost_usd is None else Decimal(str(max_cost_usd)),
+            skip=skip,
+            inputs_from_cli=inputs_from_cli,
+        )
 
     def run_sync(
         self,

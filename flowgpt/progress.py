@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from decimal import Decimal
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.live import Live
@@ -16,7 +17,10 @@ from flowgpt.report import cost_table
 from flowgpt.results import RunResult
 from flowgpt.spec import WorkflowSpec
 
-__all__ = ["Progress"]
+if TYPE_CHECKING:
+    from flowgpt.batch import BatchRowResult
+
+__all__ = ["BatchProgress", "Progress"]
 
 _ICONS = {
     "waiting": "·",
@@ -120,3 +124,82 @@ class Progress:
 
     def print_table(self, result: RunResult, **kwargs: Any) -> None:
         self.console.print(cost_table(result), **kwargs)
+
+
+class BatchProgress:
+    """A batch's progress on stderr: rows done and failed, tokens and dollars so far, and
+    the time left. A live bar on a terminal; a line per tenth of the rows otherwise."""
+
+    def __init__(self, total: int, console: Console | None = None) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import Progress as Bar
+
+        self.console = console or Console(stderr=True, highlight=False)
+        self.total = total
+        self.done = self.failed = self.tokens = 0
+        self.cost: Decimal | None = Decimal(0)
+        self.started = time.perf_counter()
+        self._every = max(1, total // 10)
+        self.bar: Bar | None = None
+        if self.console.is_terminal:
+            self.bar = Bar(
+                TextColumn("rows"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn(
+                    "{task.fields[failed]} failed · {task.fields[tokens]} tokens · "
+                    "{task.fields[cost]}"
+                ),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=True,
+            )
+            self._task = self.bar.add_task("rows", total=total)
+            self._show()
+
+    def _show(self) -> None:
+        assert self.bar is not None
+        self.bar.update(
+            self._task,
+            completed=self.done,
+            failed=self.failed,
+            tokens=f"{self.tokens:,}",
+            cost=self.money,
+        )
+
+    @property
+    def money(self) -> str:
+        return format_usd(self.cost)
+
+    def __enter__(self) -> BatchProgress:
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def update(self, row: BatchRowResult) -> None:
+        self.done += 1
+        self.failed += not row.ok
+        self.tokens += row.usage.total_tokens
+        if self.cost is not None:
+            self.cost = None if row.cost_usd is None else self.cost + row.cost_usd
+        if self.bar is not None:
+            self._show()
+        elif self.done % self._every == 0 or self.done == self.total:
+            elapsed = time.perf_counter() - self.started
+            left = elapsed / self.done * (self.total - self.done)
+            self.console.print(
+                f"rows {self.done}/{self.total} · {self.failed} failed · {self.tokens:,} "
+                f"tokens · {self.money} · {elapsed:.1f} s, about {left:.0f} s left"
+            )

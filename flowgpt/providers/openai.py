@@ -60,6 +60,7 @@ from flowgpt.errors import (
     redact,
 )
 from flowgpt.providers.base import ChatRequest, ChatResponse, OnText
+from flowgpt.ratelimit import note_rate_limited
 from flowgpt.usage import Usage
 
 if TYPE_CHECKING:
@@ -113,17 +114,30 @@ async def _count_attempt(request: httpx2.Request) -> None:
         call.current += 1
 
 
-async def _mark_quota_not_retryable(response: httpx2.Response) -> None:
+async def _on_429(response: httpx2.Response) -> None:
     if response.status_code != 429:
         return
     await response.aread()  # streamed requests have not read the body yet
     try:
         error = json.loads(response.content).get("error") or {}
     except (ValueError, AttributeError):
-        return
+        error = {}
     if isinstance(error, dict) and "insufficient_quota" in (error.get("code"), error.get("type")):
         # The SDK obeys this header before its status-code rules.
         response.headers["x-should-retry"] = "false"
+        return
+    # Seen here, before the SDK's own retry: every request sharing the limiter slows down.
+    note_rate_limited(_retry_after_s(response.headers))
+
+
+def _retry_after_s(headers: httpx2.Headers) -> float | None:
+    """The wait a 429 asks for (``retry-after-ms`` or ``retry-after`` in seconds)."""
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        try:
+            return float(headers[name]) / scale
+        except (KeyError, ValueError):
+            continue
+    return None
 
 
 class _Client(openai.AsyncOpenAI):
@@ -243,7 +257,7 @@ class OpenAIProvider:
         timeout = httpx2.Timeout(self.timeout_s, connect=min(self.timeout_s, 10.0))
         http_client = openai.DefaultAsyncHttpxClient(
             timeout=timeout,
-            event_hooks={"request": [_count_attempt], "response": [_mark_quota_not_retryable]},
+            event_hooks={"request": [_count_attempt], "response": [_on_429]},
         )
         client = _Client(
             api_key=key,
