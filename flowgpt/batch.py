@@ -210,7 +210,8 @@ def scan_rows(path: str | os.PathLike[str], workflow: Workflow) -> int:
     if problems:
         more = f" ({bad - len(problems)} more not shown)" if bad > len(problems) else ""
         summary = (
-            f"{bad} row{'s' * (bad != 1)} of {path} do not fit the workflow's inputs{more}; "
+            f"{bad} row{'s' * (bad != 1)} of {path} "
+            f"{'does' if bad == 1 else 'do'} not fit the workflow's inputs{more}; "
             "nothing was run"
         )
         problems.append(
