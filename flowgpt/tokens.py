@@ -22,7 +22,7 @@ import functools
 import os
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from flowgpt.caches import write_atomic
@@ -30,6 +30,8 @@ from flowgpt.errors import FlowgptError
 
 if TYPE_CHECKING:
     import tiktoken
+
+    from flowgpt.bpe import PureCounter
 
 __all__ = [
     "context_window",
@@ -352,6 +354,15 @@ def _load_slow(name: str) -> dict[str, Any]:
 
 
 @functools.cache
+def _fast_kwargs(name: str) -> dict[str, Any] | None:
+    """The Encoding arguments from the marshal file, when it exists (see the module doc)."""
+    import tiktoken
+
+    path = _fast_cache_path(name, tiktoken.__version__)
+    return _load_fast(path, name) if path else None
+
+
+@functools.cache
 def _get_encoding_locked(name: str) -> tiktoken.Encoding:
     import marshal
 
@@ -360,7 +371,7 @@ def _get_encoding_locked(name: str) -> tiktoken.Encoding:
     if name not in _BLOBS:  # not shipped offline: plain tiktoken (may download)
         return tiktoken.get_encoding(name)
     path = _fast_cache_path(name, tiktoken.__version__)
-    kwargs = _load_fast(path, name) if path else None
+    kwargs = _fast_kwargs(name)
     if kwargs is None:
         kwargs = _load_slow(name)
         if path:
@@ -373,12 +384,46 @@ def _get_encoding_locked(name: str) -> tiktoken.Encoding:
 def get_encoding(name: str) -> tiktoken.Encoding:
     """The tiktoken Encoding ``name`` (cached per process), working offline."""
     with _lock:  # one load per encoding even when steps count tokens from several threads
-        return _get_encoding_locked(name)
+        encoding = _get_encoding_locked(name)
+        _BUILT.add(name)
+        return encoding
 
 
 def encoding_for(model: str) -> tiktoken.Encoding:
     """The tiktoken Encoding used to count tokens for ``model``."""
     return get_encoding(encoding_name_for(model))
+
+
+# Characters a process may count with the pure-Python counter before building tiktoken's
+# encoder: a CLI estimate or a short run never pays the build; a long run soon does.
+_PURE_CHARS = 200_000
+_pure_left = _PURE_CHARS
+_BUILT: set[str] = set()  # encodings whose tiktoken encoder exists in this process
+
+
+@functools.cache
+def _pure_counter_locked(name: str) -> PureCounter | None:
+    from flowgpt.bpe import PureCounter
+
+    kwargs = _fast_kwargs(name) if name in _BLOBS else None
+    if kwargs is None:
+        return None
+    return PureCounter(kwargs["pat_str"], kwargs["mergeable_ranks"])
+
+
+def _counter(model: str, chars: int) -> Callable[[str], int]:
+    """Something that counts tokens like ``len(encode_ordinary(text))`` for ``model``:
+    the pure-Python counter for short work before the encoder exists, else the encoder."""
+    global _pure_left
+    name = encoding_name_for(model)
+    with _lock:
+        if name not in _BUILT and chars <= _pure_left:
+            pure = _pure_counter_locked(name)
+            if pure is not None:
+                _pure_left -= chars
+                return pure.count
+    encode = get_encoding(name).encode_ordinary
+    return lambda text: len(encode(text))
 
 
 # --------------------------------------------------------------------------------------
@@ -389,7 +434,7 @@ def encoding_for(model: str) -> tiktoken.Encoding:
 def count_text(text: str, model: str = "gpt-4o-mini") -> int:
     """Tokens in a bare text (e.g. a completion), as ``model``'s tokenizer splits it."""
     # encode_ordinary: text that looks like "<|endoftext|>" is ordinary text to the API
-    return len(encoding_for(model).encode_ordinary(text))
+    return _counter(model, len(text))(text)
 
 
 def count_tokens(messages: Sequence[Mapping[str, Any]], model: str = "gpt-4o-mini") -> int:
@@ -401,7 +446,7 @@ def count_tokens(messages: Sequence[Mapping[str, Any]], model: str = "gpt-4o-min
     gpt-3.5-turbo-0613+, gpt-4 and gpt-4o families and used as-is for newer models.
     Values that are None (an assistant message without content) count nothing.
     """
-    enc = encoding_for(model)
+    count = _counter(model, sum(len(str(v)) for m in messages for v in m.values() if v is not None))
     tokens_per_message, tokens_per_name = 3, 1
     if _base_model(model).startswith("gpt-3.5-turbo-0301"):
         tokens_per_message, tokens_per_name = 4, -1  # the name replaced the role then
@@ -411,7 +456,7 @@ def count_tokens(messages: Sequence[Mapping[str, Any]], model: str = "gpt-4o-min
         for key, value in message.items():
             if value is None:
                 continue
-            total += len(enc.encode_ordinary(str(value)))
+            total += count(str(value))
             if key == "name":
                 total += tokens_per_name
     return total

@@ -67,6 +67,9 @@ COOKBOOK_MESSAGES = [
 
 def _clear_loaded() -> None:
     tokens._get_encoding_locked.cache_clear()
+    tokens._fast_kwargs.cache_clear()
+    tokens._pure_counter_locked.cache_clear()
+    tokens._BUILT.clear()
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,66 @@
+"""The pure-Python counter gives exactly tiktoken's counts (it stands in for it in short
+commands such as `flowgpt estimate`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flowgpt import tokens
+from flowgpt.bpe import PureCounter
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module", params=["o200k_base", "cl100k_base"])
+def pair(request: pytest.FixtureRequest) -> tuple[PureCounter, object]:
+    encoding = tokens.get_encoding(request.param)  # writes the marshal file the counter reads
+    kwargs = tokens._fast_kwargs.__wrapped__(request.param)
+    assert kwargs is not None
+    return PureCounter(kwargs["pat_str"], kwargs["mergeable_ranks"]), encoding
+
+
+def _same(pair: tuple[PureCounter, object], text: str) -> None:
+    counter, encoding = pair
+    assert counter.count(text) == len(encoding.encode_ordinary(text))  # type: ignore[attr-defined]
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(max_size=200))
+def test_random_text_counts_the_same(pair: tuple[PureCounter, object], text: str) -> None:
+    _same(pair, text)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    pieces=st.lists(
+        st.sampled_from([*"aeiou xyzTHE\n\t.,;:!?'\"0123456789", "ing", "tion", "  ", "\n\n"]),
+        max_size=120,
+    )
+)
+def test_word_like_text_counts_the_same(
+    pair: tuple[PureCounter, object], pieces: list[str]
+) -> None:
+    _same(pair, "".join(pieces))
+
+
+def test_real_files_count_the_same(pair: tuple[PureCounter, object]) -> None:
+    for path in [*ROOT.glob("docs/*.md"), *ROOT.glob("workflows/**/*.yaml"), ROOT / "README.md"]:
+        _same(pair, path.read_text(encoding="utf-8"))
+    _same(pair, "绿茶是什么？请用三句话回答。 " * 20 + "Ünïcödé — emoji 🍵🍵 <|endoftext|>")
+
+
+def test_count_tokens_is_the_same_before_and_after_the_encoder_is_built() -> None:
+    messages = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "What is green tea? 绿茶 🍵", "name": "ada"},
+    ]
+    counter = tokens._counter("gpt-4o-mini", 10)
+    encode = tokens.get_encoding("o200k_base").encode_ordinary
+    assert counter("What is green tea? 绿茶 🍵") == len(encode("What is green tea? 绿茶 🍵"))
+    assert tokens.count_tokens(messages, "gpt-4o-mini") == 3 + 2 * 3 + 1 + sum(
+        len(encode(v)) for m in messages for v in m.values()
+    )
