@@ -14,6 +14,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from flowgpt import Engine, MockProvider, ServerError, parse_workflow
 from flowgpt.batch import BatchOutput, BatchRowResult, read_rows
 from flowgpt.providers.base import ChatRequest, ChatResponse, OnText
@@ -207,7 +209,10 @@ def _rows_in(path: Path) -> Counter[int]:
     return Counter(json.loads(x)["row"] for x in path.read_text(encoding="utf-8").splitlines())
 
 
-def test_a_killed_batch_run_again_has_every_row_exactly_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT])
+def test_a_killed_batch_run_again_has_every_row_exactly_once(
+    tmp_path: Path, how: signal.Signals
+) -> None:
     (tmp_path / "wf.yaml").write_text(WF, encoding="utf-8")
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps({"topic": f"t{i}"}) + "\n" for i in range(60)))
@@ -225,8 +230,11 @@ def test_a_killed_batch_run_again_has_every_row_exactly_once(tmp_path: Path) -> 
         while not out.exists() or len(out.read_bytes().splitlines()) < 10:
             assert time.monotonic() < deadline and proc.poll() is None
             time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)  # nothing gets to clean up
-        proc.communicate(timeout=30)
+        proc.send_signal(how)  # SIGKILL: nothing gets to clean up; SIGINT: Ctrl-C
+        _, err = proc.communicate(timeout=30)
+        if how == signal.SIGINT:
+            assert proc.returncode == 130
+            assert b"run the same command again" in err and b"Traceback" not in err
         first = _rows_in(out)
         assert 10 <= len(first) < 60
         sent_before = len(server.chat_requests)
