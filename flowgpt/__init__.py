@@ -14,6 +14,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from flowgpt.chat import ChatSession, ChatTurn
     from flowgpt.engine import Engine, EngineEvent
     from flowgpt.errors import (
         AuthenticationError,
@@ -66,6 +67,8 @@ _EXPORTS: dict[str, str] = {
     "BudgetSpec": "flowgpt.spec",
     "ChatRequest": "flowgpt.providers.base",
     "ChatResponse": "flowgpt.providers.base",
+    "ChatSession": "flowgpt.chat",
+    "ChatTurn": "flowgpt.chat",
     "CheckSpec": "flowgpt.spec",
     "ConnectionError": "flowgpt.errors",
     "ContextWindowError": "flowgpt.errors",
@@ -114,6 +117,8 @@ __all__ = [
     "BudgetSpec",
     "ChatRequest",
     "ChatResponse",
+    "ChatSession",
+    "ChatTurn",
     "CheckSpec",
     "ConnectionError",
     "ContextWindowError",

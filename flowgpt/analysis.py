@@ -299,7 +299,7 @@ class _Checker:
                 continue
             seen.add(model)
             price = resolve_price(
-                model, base_url=self.spec.provider.base_url, overrides=self.spec.pricing
+                model, base_url=self.spec.provider.price_base_url, overrides=self.spec.pricing
             )
             if price is None:
                 path = ("steps", index, "model") if step.model else ("defaults", "model")

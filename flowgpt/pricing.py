@@ -3,7 +3,9 @@
 Where a price comes from, first match wins:
 
 1. the workflow's ``pricing:`` section (source ``"workflow"``);
-2. genai-prices' OpenAI table (source ``"genai-prices"``), but only for requests that go to
+2. the in-process local provider (``base_url`` ``"local"`` or ``"local:<model file>"``):
+   zero, with source ``"local"`` — nobody bills for it, and that is known, not guessed;
+3. genai-prices' OpenAI table (source ``"genai-prices"``), but only for requests that go to
    api.openai.com: a model called "gpt-4o" behind another server is not billed by OpenAI.
 
 Anything else is unpriced: None, never 0, so reports can say "unpriced" instead of "$0".
@@ -34,9 +36,12 @@ if TYPE_CHECKING:
     from flowgpt.spec import PriceSpec
 
 __all__ = [
+    "LOCAL_BASE_URL",
+    "LOCAL_PRICE",
     "ModelPrice",
     "cost_of",
     "format_usd",
+    "is_local_url",
     "is_openai_url",
     "resolve_price",
     "user_cache_dir",
@@ -89,6 +94,18 @@ class ModelPrice:
         )
 
 
+# Where the local provider's requests "go": its resolved_base_url() is this, optionally
+# followed by ":" and the model file (so cached replies of two models stay apart).
+LOCAL_BASE_URL = "local"
+
+
+def is_local_url(base_url: str | None) -> bool:
+    """True for the in-process local provider (``"local"`` or ``"local:<model file>"``)."""
+    return base_url is not None and (
+        base_url == LOCAL_BASE_URL or base_url.startswith(LOCAL_BASE_URL + ":")
+    )
+
+
 def is_openai_url(base_url: str | None) -> bool:
     """True for OpenAI's own API (None means the SDK default, which is OpenAI).
 
@@ -116,6 +133,12 @@ def _from_override(spec: PriceSpec) -> ModelPrice:
     )
 
 
+# A model run in-process costs nothing per token; a workflow may still set its own price.
+LOCAL_PRICE = ModelPrice(
+    input=Decimal(0), cached_input=Decimal(0), output=Decimal(0), source="local"
+)
+
+
 def resolve_price(
     model: str,
     *,
@@ -125,6 +148,8 @@ def resolve_price(
     """The price of ``model``, or None when it is unpriced (never a made-up zero)."""
     if overrides and model in overrides:
         return _from_override(overrides[model])
+    if is_local_url(base_url):
+        return LOCAL_PRICE
     if not is_openai_url(base_url):
         return None
     return _price_cache().get(model)
@@ -150,6 +175,8 @@ def cost_of(
             + usage.cached_tokens * price.cached_input
             + usage.completion_tokens * price.output
         ) / _MILLION
+    if is_local_url(base_url):
+        return Decimal(0)
     if not is_openai_url(base_url):
         return None
     import genai_prices

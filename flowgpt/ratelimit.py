@@ -21,8 +21,7 @@ import asyncio
 import contextvars
 import math
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from types import TracebackType
 
 __all__ = ["RequestLimiter", "note_rate_limited"]
 
@@ -102,29 +101,10 @@ class RequestLimiter:
             wait = max(wait, self._tokens.wait_for(tokens, self.factor))
         return wait
 
-    @asynccontextmanager
-    async def slot(self, tokens: int = 0) -> AsyncIterator[None]:
-        """Hold one request's place; ``tokens`` is its worst case (prompt + max_tokens)."""
-        if (
-            self.in_flight < self.allowed
-            and self._requests is None
-            and self._tokens is None
-            and time.monotonic() >= self._paused_until
-        ):
-            self.in_flight += 1  # the common case: no waiting, no bookkeeping
-        else:
-            await self._acquire(tokens)
-        reset = _CURRENT.set(self)
-        ok = False
-        try:
-            yield
-            ok = True
-        finally:
-            _CURRENT.reset(reset)
-            self.in_flight -= 1
-            if ok and self.factor < 1.0:
-                self.factor = min(1.0, self.factor + _RECOVERY_STEP)
-            self._wake()
+    def slot(self, tokens: int = 0) -> _Slot:
+        """Hold one request's place (``async with limiter.slot(tokens):``); ``tokens`` is
+        its worst case (prompt + max_tokens)."""
+        return _Slot(self, tokens)
 
     async def _acquire(self, tokens: int) -> None:
         while True:
@@ -158,6 +138,49 @@ class RequestLimiter:
         pause = _DEFAULT_PAUSE_S if retry_after_s is None else retry_after_s
         until = time.monotonic() + min(max(pause, 0.0), _MAX_PAUSE_S)
         self._paused_until = max(self._paused_until, until)
+
+
+class _Slot:
+    """One request's place in a limiter, as an async context manager.
+
+    A plain class rather than ``@asynccontextmanager``: it is entered for every request,
+    and a generator-based context manager costs several times as much.
+    """
+
+    __slots__ = ("_limiter", "_reset", "_tokens")
+
+    def __init__(self, limiter: RequestLimiter, tokens: int) -> None:
+        self._limiter = limiter
+        self._tokens = tokens
+        self._reset: contextvars.Token[RequestLimiter | None] | None = None
+
+    async def __aenter__(self) -> None:
+        limiter = self._limiter
+        if (
+            limiter.in_flight < limiter.allowed
+            and limiter._requests is None
+            and limiter._tokens is None
+            and time.monotonic() >= limiter._paused_until
+        ):
+            limiter.in_flight += 1  # the common case: no waiting, no bookkeeping
+        else:
+            await limiter._acquire(self._tokens)
+        self._reset = _CURRENT.set(limiter)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        limiter = self._limiter
+        if self._reset is not None:
+            _CURRENT.reset(self._reset)
+            self._reset = None
+        limiter.in_flight -= 1
+        if exc_type is None and limiter.factor < 1.0:
+            limiter.factor = min(1.0, limiter.factor + _RECOVERY_STEP)
+        limiter._wake()
 
 
 _CURRENT: contextvars.ContextVar[RequestLimiter | None] = contextvars.ContextVar(

@@ -63,13 +63,12 @@ class StepResult:
     @property
     def usage(self) -> Usage:
         """Tokens sent and received; cache hits sent nothing and count none."""
-        total = Usage()
-        for attempt in self.attempts:
-            if not attempt.cached:
-                total = total + attempt.usage
-        for item in self.items:
-            total = total + item.usage
-        return total
+        attempts = self.attempts
+        if len(attempts) == 1 and not self.items:  # the common case: nothing to add up
+            return Usage() if attempts[0].cached else attempts[0].usage
+        return Usage.total(
+            [a.usage for a in attempts if not a.cached] + [i.usage for i in self.items]
+        )
 
     @property
     def cost_usd(self) -> Decimal | None:
@@ -118,10 +117,7 @@ class RunResult:
 
     @property
     def usage(self) -> Usage:
-        total = Usage()
-        for step in self.steps.values():
-            total = total + step.usage
-        return total
+        return Usage.total([step.usage for step in self.steps.values()])
 
     @property
     def cost_usd(self) -> Decimal | None:

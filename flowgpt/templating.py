@@ -42,7 +42,7 @@ from collections.abc import Collection, Iterator, Mapping, MutableMapping, Seque
 from dataclasses import dataclass
 from decimal import Decimal
 from types import TracebackType
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal, NoReturn, cast
 
 from jinja2 import meta, nodes
 from jinja2.compiler import CodeGenerator, Frame
@@ -433,13 +433,15 @@ def _make_env() -> _Environment:
 
 def _render_bounded(compiled: _JinjaTemplate, context: Mapping[str, Any]) -> str:
     """Render, refusing output longer than the limit before it is all built."""
-    ctx = compiled.new_context(dict(context))
+    # new_context copies the variables itself (into a dict with the globals).
+    ctx = compiled.new_context(cast("dict[str, Any]", context))
     parts: list[str] = []
     size = 0
     try:
         for piece in compiled.root_render_func(ctx):
             size += len(piece)
-            _check_size(size, "the rendered text")
+            if size > MAX_SEQUENCE_ITEMS:
+                _check_size(size, "the rendered text")
             parts.append(piece)
     except Exception:
         # Rewrites the traceback so its frames carry template line numbers.
@@ -576,6 +578,14 @@ class Template:
         self._multiline = "\n" in source.strip()
         self._uses: tuple[_Use, ...] | None = None
         self._free: frozenset[str] | None = None
+        # Plain text (no expression, tag or variable anywhere) renders the same every time:
+        # the text is kept after its first render (a system prompt, mostly).
+        self._plain = not expression and all(
+            isinstance(node, nodes.Output)
+            and all(isinstance(child, nodes.TemplateData) for child in node.nodes)
+            for node in ast.body
+        )
+        self._text: str | None = None
 
     def __repr__(self) -> str:
         kind = "expression" if self.expression else "template"
@@ -620,12 +630,17 @@ class Template:
         self, context: Mapping[str, Any], *, step: str | None = None, where: str | None = None
     ) -> str:
         """Render to text. Raises :class:`TemplateRenderProblem` (a ``TemplateError``)."""
+        if self._text is not None:
+            return self._text
         try:
             if self.expression:
                 return str(_finalize_text(self._run(context)))
-            return _render_bounded(self._compiled, context)
+            text = _render_bounded(self._compiled, context)
         except Exception as exc:
             raise self._problem(exc, context, step, where) from exc
+        if self._plain:
+            self._text = text
+        return text
 
     def evaluate(
         self, context: Mapping[str, Any], *, step: str | None = None, where: str | None = None
@@ -641,7 +656,7 @@ class Template:
     def _run(self, context: Mapping[str, Any]) -> Any:
         if not self.expression:
             return _render_bounded(self._compiled, context)
-        ctx = self._compiled.new_context(dict(context))
+        ctx = self._compiled.new_context(cast("dict[str, Any]", context))  # copied there
         try:
             for _ in self._compiled.root_render_func(ctx):
                 pass

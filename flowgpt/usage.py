@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,17 @@ class Usage:
             self.cached_tokens + other.cached_tokens,
             self.reasoning_tokens + other.reasoning_tokens,
         )
+
+    @classmethod
+    def total(cls, usages: Iterable[Usage]) -> Usage:
+        """The sum of some usages, built once (``a + b + c`` builds one per ``+``)."""
+        prompt = completion = cached = reasoning = 0
+        for u in usages:
+            prompt += u.prompt_tokens
+            completion += u.completion_tokens
+            cached += u.cached_tokens
+            reasoning += u.reasoning_tokens
+        return cls(prompt, completion, cached, reasoning)
 
     def to_dict(self) -> dict[str, int]:
         # A literal, not dataclasses.asdict (which deep-copies): this is on the hot path.

