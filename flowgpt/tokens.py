@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sqlite3
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -403,11 +404,26 @@ _BUILT: set[str] = set()  # encodings whose tiktoken encoder exists in this proc
 
 @functools.cache
 def _pure_counter_locked(name: str) -> PureCounter | None:
-    from flowgpt.bpe import PureCounter
+    import tiktoken
 
-    kwargs = _fast_kwargs(name) if name in _BLOBS else None
+    from flowgpt.bpe import PureCounter, RanksFile, write_ranks_file
+
+    if name not in _BLOBS:
+        return None
+    marshal_path = _fast_cache_path(name, tiktoken.__version__)
+    if marshal_path is None:
+        return None
+    path = marshal_path.removesuffix(".marshal") + ".ranks.sqlite3"
+    with contextlib.suppress(OSError, sqlite3.Error, TypeError):
+        if _trusted(path):
+            ranks = RanksFile(path)
+            return PureCounter(ranks.pat_str, ranks)
+    kwargs = _fast_kwargs(name)
     if kwargs is None:
         return None
+    # Written once, so later processes look ranks up instead of loading them all.
+    with contextlib.suppress(OSError, sqlite3.Error):
+        write_ranks_file(path, kwargs["pat_str"], kwargs["mergeable_ranks"])
     return PureCounter(kwargs["pat_str"], kwargs["mergeable_ranks"])
 
 

@@ -10,17 +10,30 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flowgpt import tokens
-from flowgpt.bpe import PureCounter
+from flowgpt.bpe import PureCounter, RanksFile, write_ranks_file
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module", params=["o200k_base", "cl100k_base"])
-def pair(request: pytest.FixtureRequest) -> tuple[PureCounter, object]:
-    encoding = tokens.get_encoding(request.param)  # writes the marshal file the counter reads
-    kwargs = tokens._fast_kwargs.__wrapped__(request.param)
+@pytest.fixture(
+    scope="module",
+    params=[(n, k) for n in ("o200k_base", "cl100k_base") for k in ("dict", "file")],
+    ids=lambda p: "-".join(p),
+)
+def pair(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[PureCounter, object]:
+    name, kind = request.param
+    encoding = tokens.get_encoding(name)  # writes the marshal file the counter reads
+    kwargs = tokens._fast_kwargs.__wrapped__(name)
     assert kwargs is not None
-    return PureCounter(kwargs["pat_str"], kwargs["mergeable_ranks"]), encoding
+    if kind == "dict":
+        return PureCounter(kwargs["pat_str"], kwargs["mergeable_ranks"]), encoding
+    path = str(tmp_path_factory.mktemp("ranks") / f"{name}.sqlite3")
+    write_ranks_file(path, kwargs["pat_str"], kwargs["mergeable_ranks"])
+    ranks = RanksFile(path)
+    assert ranks.pat_str == kwargs["pat_str"]
+    return PureCounter(ranks.pat_str, ranks), encoding
 
 
 def _same(pair: tuple[PureCounter, object], text: str) -> None:
@@ -64,3 +77,24 @@ def test_count_tokens_is_the_same_before_and_after_the_encoder_is_built() -> Non
     assert tokens.count_tokens(messages, "gpt-4o-mini") == 3 + 2 * 3 + 1 + sum(
         len(encode(v)) for m in messages for v in m.values()
     )
+
+
+def test_a_second_process_counts_from_the_ranks_file(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "from flowgpt import tokens\n"
+        "n = tokens.count_text('Green tea, 绿茶 🍵', 'gpt-4o-mini')\n"
+        "assert not tokens._BUILT  # tiktoken's encoder was never built\n"
+        "print(n)\n"
+    )
+    counts = [
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+        ).stdout.strip()
+        for _ in range(2)  # the first may write the ranks file, the second reads it
+    ]
+    expected = len(tokens.get_encoding("o200k_base").encode_ordinary("Green tea, 绿茶 🍵"))
+    assert counts == [str(expected)] * 2
+    assert list((Path(tokens.tiktoken_cache_dir() or "") / "flowgpt").glob("o200k*.sqlite3"))
