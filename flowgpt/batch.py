@@ -49,6 +49,8 @@ __all__ = [
 _MAX_LISTED = 10
 # json.dumps(doc, ensure_ascii=False, default=str), without building an encoder per line.
 _LINE_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
+# json.dumps(inputs, sort_keys=True, ensure_ascii=False, default=str): a row's digest.
+_DIGEST_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=str)
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ class BatchRowResult:
 
 def row_digest(inputs: Mapping[str, Any]) -> str:
     """A short fingerprint of a row's inputs, so a resumed batch notices changed data."""
-    text = json.dumps(inputs, sort_keys=True, ensure_ascii=False, default=str)
+    text = _DIGEST_ENCODER.encode(inputs)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -376,7 +378,20 @@ async def run_rows(
     async def worker() -> None:
         try:
             while (row := await next_row()) is not None:
-                await done.put(await _run_row(engine, workflow, provider, row, shared))
+                # The row's run is awaited right here (no coroutine of its own between):
+                # every level is crossed again whenever one of its requests suspends.
+                try:
+                    state, _ = engine._start(
+                        workflow,
+                        row.inputs,
+                        provider,
+                        inputs_from_cli=row.from_text,
+                        outer_budget=shared,
+                    )
+                    outcome = _succeeded(row, state.outcome(await state.execute()))
+                except FlowgptError as exc:
+                    outcome = _failed(row, exc)
+                await done.put(outcome)
         except Exception as exc:  # not a row's failure (those are results): a bug
             await done.put(exc)
         await done.put(None)
@@ -421,15 +436,7 @@ async def _numbered(
             yield item if isinstance(item, DataRow) else DataRow(number, dict(item), 0, from_text)
 
 
-async def _run_row(
-    engine: Engine, workflow: Workflow, provider: Any, row: DataRow, shared: Budget
-) -> BatchRowResult:
-    try:
-        result = await engine._run(
-            workflow, row.inputs, provider, inputs_from_cli=row.from_text, outer_budget=shared
-        )
-    except FlowgptError as exc:
-        return _failed(row, exc)
+def _succeeded(row: DataRow, result: RunResult) -> BatchRowResult:
     return BatchRowResult(
         row=row.number,
         inputs=row.inputs,

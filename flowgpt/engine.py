@@ -150,6 +150,8 @@ _FINISHED = frozenset({"ok", "failed", "skipped", "reused", "cached"})
 class _Run:
     """The state of one run of one workflow."""
 
+    tasks: list[asyncio.Future[None]]  # steps running in tasks of their own (execute)
+
     def __init__(
         self,
         engine: Engine,
@@ -377,22 +379,12 @@ class _Run:
 
     # -- one step ----------------------------------------------------------------------
 
-    async def call(self, request: ChatRequest) -> tuple[ChatResponse, float]:
-        tokens = 0
-        if self.limiter.counts_tokens:
-            # What tokens-per-minute limits count: the prompt plus the most it may reply.
-            tokens = count_tokens(request.messages, request.model) + (request.max_tokens or 0)
-        async with self.limiter.slot(tokens):
-            started = time.perf_counter()
-            response = await self.provider.complete(request)
-            return response, time.perf_counter() - started
-
     async def attempt_loop(
         self, step: StepSpec, messages: list[Message], result: StepResult
     ) -> None:
         spec = step.output
         retries = spec.retries if spec is not None else 0
-        conversation = list(messages)
+        conversation = messages  # never changed in place: a repair builds a new list
         failures: list[str] = []
         for _ in range(retries + 1):
             request = self.request_for(step, conversation)
@@ -401,7 +393,18 @@ class _Run:
             while hit is None:
                 reservation = self.preflight(step, request)
                 try:
-                    response, latency = await self.call(request)
+                    # The call, inline (every request passes here: one coroutine fewer).
+                    tokens = 0
+                    if self.limiter.counts_tokens:
+                        # What tokens-per-minute limits count: the prompt plus the most it
+                        # may reply.
+                        tokens = count_tokens(request.messages, request.model) + (
+                            request.max_tokens or 0
+                        )
+                    async with self.limiter.slot(tokens):
+                        started = time.perf_counter()
+                        response = await self.provider.complete(request)
+                        latency = time.perf_counter() - started
                     break
                 except BadRequestError as exc:
                     if reservation is not None:
@@ -592,21 +595,6 @@ class _Run:
             for other in ready[1:]:
                 self.tasks.append(asyncio.ensure_future(self.run_chain(other, waiting)))
 
-    async def run_all(self) -> None:
-        waiting = {sid: set(p.deps) for sid, p in self.plan.steps.items()}
-        roots = [sid for sid, needs in waiting.items() if not needs]
-        self.tasks: list[asyncio.Future[None]] = [
-            asyncio.ensure_future(self.run_chain(sid, waiting)) for sid in roots[1:]
-        ]
-        try:
-            if roots:
-                await self.run_chain(roots[0], waiting)
-            while self.tasks:
-                await self.tasks.pop()
-        finally:
-            for task in self.tasks:
-                task.cancel()
-
     def compute_outputs(self) -> dict[str, Any]:
         ctx = self.context()
         outputs: dict[str, Any] = {}
@@ -632,8 +620,21 @@ class _Run:
                 resumed_from=resumed_from,
             )
         self.emit("run_started", message=run_id)
+        # Every step runs as soon as the steps it needs have finished: the first root's
+        # chain in this task, any other root's in a task of its own. (Inline rather than a
+        # method: each coroutine level is crossed again whenever a request suspends.)
+        waiting = {sid: set(p.deps) for sid, p in self.plan.steps.items()}
+        roots = [sid for sid, needs in waiting.items() if not needs]
+        self.tasks = [asyncio.ensure_future(self.run_chain(sid, waiting)) for sid in roots[1:]]
         try:
-            await self.run_all()
+            try:
+                if roots:
+                    await self.run_chain(roots[0], waiting)
+                while self.tasks:
+                    await self.tasks.pop()
+            finally:
+                for task in self.tasks:
+                    task.cancel()
         except (asyncio.CancelledError, KeyboardInterrupt):
             # Ctrl-C: finished steps are already stored; mark the run so --resume can go on.
             self.result.status = "interrupted"
@@ -655,6 +656,13 @@ class _Run:
         self.finish()
         self.emit("run_finished", message=self.result.status)
         return self.result
+
+    def outcome(self, result: RunResult) -> RunResult:
+        """The result of ``execute``; raises the run's failure (carrying it) if it failed."""
+        if self.failure is not None:
+            self.failure.result = result
+            raise self.failure
+        return result
 
     def finish(self) -> None:
         if self.store is None:
@@ -784,6 +792,32 @@ class Engine:
         resume: str | None = None,
         outer_budget: Budget | None = None,
     ) -> RunResult:
+        state, resume = self._start(
+            wf,
+            inputs,
+            provider,
+            inputs_from_cli=inputs_from_cli,
+            run_id=run_id,
+            resume=resume,
+            outer_budget=outer_budget,
+        )
+        return state.outcome(await state.execute(resumed_from=resume))
+
+    def _start(
+        self,
+        wf: Workflow,
+        inputs: Mapping[str, Any] | None,
+        provider: Provider,
+        *,
+        inputs_from_cli: bool = False,
+        run_id: str | None = None,
+        resume: str | None = None,
+        outer_budget: Budget | None = None,
+    ) -> tuple[_Run, str | None]:
+        """A run ready to execute, and the full id of the run it resumes (if any).
+
+        Apart from ``_run`` so that a batch's rows can await ``execute`` themselves: one
+        coroutine level fewer under every request."""
         previous = None
         if resume is not None:
             if self.store is None:
@@ -796,11 +830,7 @@ class Engine:
             inputs = {**self.store.load_run(resume).inputs, **(inputs or {})}
         resolved = resolve_inputs(wf.spec, inputs or {}, from_cli=inputs_from_cli)
         state = _Run(self, wf, resolved, provider, run_id or _new_run_id(), previous, outer_budget)
-        result = await state.execute(resumed_from=resume)
-        if state.failure is not None:
-            state.failure.result = result
-            raise state.failure
-        return result
+        return state, resume
 
     def run_batch(
         self,

@@ -591,10 +591,10 @@ def test_fake_server_runs_as_a_process():
         assert proc.stdout is not None
         base_url = proc.stdout.readline().strip()
         assert base_url.startswith("http://127.0.0.1:") and base_url.endswith("/v1")
-        with urllib.request.urlopen(f"{base_url}/models", timeout=5) as answer:
+        with urllib.request.urlopen(f"{base_url}/models", timeout=30) as answer:
             assert b"gpt-4o-mini" in answer.read()
     finally:
         proc.terminate()
-        _, err = proc.communicate(timeout=10)
+        _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0
     assert "served 1 requests" in err

@@ -208,4 +208,5 @@ def test_the_startup_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
         "flowgpt --help",
         "flowgpt validate",
         "flowgpt schema",
+        "flowgpt estimate",
     ]  # the times themselves are not checked

@@ -313,48 +313,38 @@ class OpenAIProvider:
         client = self._client_for(key)
         call = _Call(max_backoff_s=self.max_backoff_s)
         token = _CALL.set(call)
-        try:
-            return await self._complete(client, key, call, request, on_text)
-        finally:
-            _CALL.reset(token)
-
-    async def _complete(
-        self,
-        client: _Client,
-        key: str,
-        call: _Call,
-        request: ChatRequest,
-        on_text: OnText | None,
-    ) -> ChatResponse:
         sdk: openai.AsyncOpenAI = client
         reread = False
-        while True:
-            try:
-                if on_text is None:
-                    response = await self._create(sdk, request)
-                else:
-                    response = await self._stream(sdk, request, on_text)
-            except _Unreadable as exc:
-                remaining = self.max_retries - call.retries
-                if reread or remaining <= 0 or exc.emitted:
-                    raise self._unreadable_error(exc, call) from None
-                # One more try, inside the same retry budget as the SDK's own retries.
-                reread = True
-                call.next_create()
-                backoff = 0.5 if self.max_backoff_s is None else min(0.5, self.max_backoff_s)
-                await asyncio.sleep(backoff)
-                sdk = client.with_options(max_retries=remaining - 1)
-                continue
-            except openai.OpenAIError as exc:
-                raise self._translate(exc, key, request.model, call) from None
-            return ChatResponse(
-                text=response.text,
-                usage=response.usage,
-                finish_reason=response.finish_reason,
-                model=response.model,
-                retries=call.retries,
-                extra=response.extra,
-            )
+        try:
+            while True:
+                try:
+                    if on_text is None:
+                        response = await self._create(sdk, request)
+                    else:
+                        response = await self._stream(sdk, request, on_text)
+                except _Unreadable as exc:
+                    remaining = self.max_retries - call.retries
+                    if reread or remaining <= 0 or exc.emitted:
+                        raise self._unreadable_error(exc, call) from None
+                    # One more try, inside the same retry budget as the SDK's own retries.
+                    reread = True
+                    call.next_create()
+                    backoff = 0.5 if self.max_backoff_s is None else min(0.5, self.max_backoff_s)
+                    await asyncio.sleep(backoff)
+                    sdk = client.with_options(max_retries=remaining - 1)
+                    continue
+                except openai.OpenAIError as exc:
+                    raise self._translate(exc, key, request.model, call) from None
+                return ChatResponse(
+                    text=response.text,
+                    usage=response.usage,
+                    finish_reason=response.finish_reason,
+                    model=response.model,
+                    retries=call.retries,
+                    extra=response.extra,
+                )
+        finally:
+            _CALL.reset(token)
 
     async def _create(self, sdk: openai.AsyncOpenAI, request: ChatRequest) -> _Reply:
         try:

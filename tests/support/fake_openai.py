@@ -529,10 +529,11 @@ class FakeOpenAI:
         with self._lock:
             if self.record:
                 self._requests.append(record)
+            # Counted before the reply goes out: a client that has its answer must never
+            # find it uncounted.
+            self._served += 1
         keep_alive = await self._dispatch(record, writer)
         record.completed = time.monotonic()
-        with self._lock:
-            self._served += 1
         return keep_alive and headers.get("connection", "").lower() != "close"
 
     async def _dispatch(self, rec: RecordedRequest, writer: asyncio.StreamWriter) -> bool:
