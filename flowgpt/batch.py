@@ -349,8 +349,8 @@ async def run_rows(
     another: a finished row's place is taken again at once, in the same task, so the
     number of rows in flight stays at the limit even when the event loop is busy (a task
     per row would wait for the loop to wake this generator and start its successor).
-    Results wait for the caller in a queue of at most ``concurrency``, so a slow caller
-    holds the workers back instead of letting results pile up.
+    At most ``concurrency`` results wait for the caller, so a slow caller holds the
+    workers back instead of letting results pile up.
     """
     from flowgpt.engine import _Plan
 
@@ -362,7 +362,9 @@ async def run_rows(
     reading = asyncio.Lock()  # an async source may suspend in anext(): one reader at a time
     exhausted = False
     # A row's result, a worker's unexpected exception, or None when a worker is done.
-    done: asyncio.Queue[BatchRowResult | BaseException | None] = asyncio.Queue(limit)
+    # Unbounded, so that a worker's last word always fits; `room` bounds the results.
+    done: asyncio.Queue[BatchRowResult | BaseException | None] = asyncio.Queue()
+    room = asyncio.Semaphore(limit)  # results not yet taken by the caller: at most `limit`
 
     async def next_row() -> DataRow | None:
         nonlocal exhausted
@@ -391,10 +393,12 @@ async def run_rows(
                     outcome = _succeeded(row, state.outcome(await state.execute()))
                 except FlowgptError as exc:
                     outcome = _failed(row, exc)
-                await done.put(outcome)
+                await room.acquire()
+                done.put_nowait(outcome)
         except Exception as exc:  # not a row's failure (those are results): a bug
-            await done.put(exc)
-        await done.put(None)
+            done.put_nowait(exc)
+        finally:
+            done.put_nowait(None)
 
     workers = [asyncio.ensure_future(worker()) for _ in range(limit)]
     running = len(workers)
@@ -411,6 +415,7 @@ async def run_rows(
                     raise item
                 else:
                     finished.append(item)
+                    room.release()
             for result in sorted(finished, key=lambda r: r.row):
                 yield result
     finally:

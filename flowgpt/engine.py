@@ -23,7 +23,8 @@ from collections.abc import (
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from flowgpt import templating
 from flowgpt.analysis import check_runnable
@@ -145,6 +146,7 @@ class _Plan:
 
 
 _FINISHED = frozenset({"ok", "failed", "skipped", "reused", "cached"})
+_NO_PREVIOUS: Mapping[str, tuple[str | None, StepResult]] = MappingProxyType({})
 
 
 class _Run:
@@ -188,10 +190,10 @@ class _Run:
         # What templates see as `steps.<id>`, filled as each step finishes.
         self.views: dict[str, dict[str, Any]] = {}
         self.store = engine.store
-        self.previous = previous or {}
+        self.previous: Mapping[str, tuple[str | None, StepResult]] = previous or _NO_PREVIOUS
         self.fingerprints: dict[str, str] = {}
         # response_format types the endpoint refused (then not sent again this run).
-        self.refused_formats: set[str] = set()
+        self.refused_formats: frozenset[str] = frozenset()
         self.failure: FlowgptError | None = None
         self.result = RunResult(
             workflow=self.spec.name, inputs=inputs, steps=self.results, run_id=run_id
@@ -266,7 +268,7 @@ class _Run:
         text = error.message.lower()
         if kind is None or not ("response_format" in text or "json_schema" in text):
             return None
-        self.refused_formats.add(kind)
+        self.refused_formats = self.refused_formats | {kind}
         downgraded = _downgrade_format(request)
         now = (downgraded.response_format or {}).get("type", "instructions in the prompt")
         self.emit(
@@ -503,7 +505,10 @@ class _Run:
                 self.emit("step_finished", step.id, result=result)
                 return
             messages = self.build_messages(step, ctx)
-            result.messages = [dict(m) for m in messages]
+            # The request's own messages, not a copy (nothing changes them in place: a
+            # repair or a format fallback builds a new list); a batch would otherwise hold
+            # two of each for every row in flight.
+            result.messages = cast("list[dict[str, Any]]", messages)
             if self.store is not None:
                 self.fingerprints[step.id] = self.fingerprint(self.request_for(step, messages))
                 if self.reuse(step, result):
@@ -774,34 +779,13 @@ class Engine:
         _Plan.of(wf)  # static errors are refused before anything runs
         provider, owned = self._provider_for(wf.spec, wf.base_dir)
         try:
-            return await self._run(
+            state, resume = self._start(
                 wf, inputs, provider, inputs_from_cli=inputs_from_cli, run_id=run_id, resume=resume
             )
+            return state.outcome(await state.execute(resumed_from=resume))
         finally:
             if owned:
                 await provider.aclose()
-
-    async def _run(
-        self,
-        wf: Workflow,
-        inputs: Mapping[str, Any] | None,
-        provider: Provider,
-        *,
-        inputs_from_cli: bool = False,
-        run_id: str | None = None,
-        resume: str | None = None,
-        outer_budget: Budget | None = None,
-    ) -> RunResult:
-        state, resume = self._start(
-            wf,
-            inputs,
-            provider,
-            inputs_from_cli=inputs_from_cli,
-            run_id=run_id,
-            resume=resume,
-            outer_budget=outer_budget,
-        )
-        return state.outcome(await state.execute(resumed_from=resume))
 
     def _start(
         self,
@@ -814,10 +798,10 @@ class Engine:
         resume: str | None = None,
         outer_budget: Budget | None = None,
     ) -> tuple[_Run, str | None]:
-        """A run ready to execute, and the full id of the run it resumes (if any).
+        """A run ready to ``execute``, and the full id of the run it resumes (if any).
 
-        Apart from ``_run`` so that a batch's rows can await ``execute`` themselves: one
-        coroutine level fewer under every request."""
+        Callers await ``execute`` themselves rather than through a helper coroutine: every
+        coroutine level is crossed again each time a request suspends and resumes."""
         previous = None
         if resume is not None:
             if self.store is None:

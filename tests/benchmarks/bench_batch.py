@@ -19,7 +19,8 @@ repeat runs the whole batch on both sides, one after the other, swapping which g
 ``ratio`` is flowgpt / raw: the median of the per-repeat ratios, with their range;
 ``cpu ratio`` is the same for this process's CPU time (the client alone: the server is
 another process). The ideal wall time is rows x steps x latency / concurrency (3 s); on a
-small machine the client's CPU (the SDK's own ~1 ms per request) can be the limit instead.
+small machine the client's CPU is the limit instead (the SDK alone spends about 3.5 ms of
+CPU per request on a 2-core VM, so both sides take ~11 s there).
 
 **Memory.** The peak RSS (``ru_maxrss``) of a batch of ``--mem-rows`` 1,000 and 10,000
 rows, each in a fresh Python process so the peaks do not mix, through the same code path
@@ -30,11 +31,20 @@ per request (SDK, httpx, flowgpt) is in the figure, and the server's memory is n
 (A constant-reply provider inside the process would be faster but would leave the SDK and
 its connection pool out; MockProvider records every request by design.)
 
+**Instructions** (``--mode instructions``, not part of the default run). Seconds on a
+shared machine vary by 10-20% from one batch to the next even with nothing else running,
+so a 5% target is hard to see in them. This mode runs ``--instr-rows`` (150) rows of each
+side at once, each in its own process under valgrind's callgrind, counting only the
+measured batch, and prints the client's instructions per call and their ratio: the same
+on every run to a fraction of a percent, whatever the load. (Instructions are not time:
+memory stalls, e.g. in the garbage collector, cost more than their count says.)
+
 Issue 6's targets: throughput ratio <= 1.05; peak RSS at 10,000 rows within 10% of
 1,000 rows. Run it from the repository root::
 
     .venv/bin/python -m tests.benchmarks.bench_batch
     .venv/bin/python -m tests.benchmarks.bench_batch --mode throughput --repeat 5 -v
+    .venv/bin/python -m tests.benchmarks.bench_batch --mode instructions
 
 ``--profile FILE`` runs the flowgpt side once more under cProfile (not measured), writes
 the stats to FILE and prints the flowgpt functions that took longest.
@@ -46,7 +56,9 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -125,9 +137,10 @@ def rows(n: int) -> Iterator[dict[str, Any]]:
     return ({"topic": topic(i)} for i in range(n))
 
 
-def _count_lines(path: Path) -> int:
+def _ok_rows(path: Path) -> int:
+    """Rows written with status ok (a failed row costs less: it must not count)."""
     with open(path, encoding="utf-8") as f:
-        return sum(1 for _ in f)
+        return sum(json.loads(line)["status"] == "ok" for line in f)
 
 
 # -- the two sides ------------------------------------------------------------------------
@@ -235,55 +248,83 @@ async def _timed(run: Callable[[], Awaitable[None]]) -> Sample:
     return Sample(time.perf_counter() - wall0, time.process_time() - cpu0)
 
 
-async def measure_throughput(args: argparse.Namespace, base_url: str, tmp: Path) -> Throughput:
-    workflow = parse_workflow(workflow_text(args.steps, args.concurrency))
-    client = openai.AsyncOpenAI(
-        api_key=KEY, base_url=base_url, timeout=TIMEOUT_S, max_retries=MAX_RETRIES
-    )
-    raw = Raw(client, args.steps, args.concurrency)
-    provider = make_provider(base_url)
-    engine = Engine(provider=provider)
-    width = args.concurrency
+@dataclass
+class Batches:
+    """Both sides against one server, each with its own client; each batch writes a fresh
+    output file in ``tmp``."""
 
-    async def run_raw(n: int) -> None:
-        with open(tmp / "raw.jsonl", "w", encoding="utf-8") as out:
-            await raw.batch(rows(n), out)
+    tmp: Path
+    raw: Raw
+    engine: Engine
+    provider: OpenAIProvider
+    workflow: Workflow
+    concurrency: int
 
-    async def run_flowgpt(n: int) -> None:
-        (tmp / "flowgpt.jsonl").unlink(missing_ok=True)  # a fresh file: nothing to resume
-        with BatchOutput(tmp / "flowgpt.jsonl", workflow.spec.name) as output:
-            await flowgpt_batch(engine, workflow, rows(n), output, width)
+    @classmethod
+    def make(cls, base_url: str, tmp: Path, steps: int, concurrency: int) -> Batches:
+        client = openai.AsyncOpenAI(
+            api_key=KEY, base_url=base_url, timeout=TIMEOUT_S, max_retries=MAX_RETRIES
+        )
+        provider = make_provider(base_url)
+        workflow = parse_workflow(workflow_text(steps, concurrency))
+        raw = Raw(client, steps, concurrency)
+        return cls(tmp, raw, Engine(provider=provider), provider, workflow, concurrency)
 
-    try:
-        # Warm-up: the same final text on both sides, connection pools filled.
-        await run_raw(2)
-        await run_flowgpt(2)
-        a = [json.loads(line) for line in (tmp / "raw.jsonl").read_text().splitlines()]
-        b = [json.loads(line) for line in (tmp / "flowgpt.jsonl").read_text().splitlines()]
-        if sorted((d["row"], d["outputs"]) for d in a) != sorted(
-            (d["row"], d["outputs"]) for d in b
-        ):
+    async def run_raw(self, n: int) -> None:
+        with open(self.tmp / "raw.jsonl", "w", encoding="utf-8") as out:
+            await self.raw.batch(rows(n), out)
+
+    async def run_flowgpt(self, n: int) -> None:
+        out = self.tmp / "flowgpt.jsonl"
+        out.unlink(missing_ok=True)  # a fresh file: nothing to resume
+        with BatchOutput(out, self.workflow.spec.name) as output:
+            await flowgpt_batch(self.engine, self.workflow, rows(n), output, self.concurrency)
+
+    def _outputs(self, side: str) -> list[tuple[int, Any]]:
+        with open(self.tmp / f"{side}.jsonl", encoding="utf-8") as f:
+            return sorted((d["row"], d["outputs"]) for d in map(json.loads, f))
+
+    def written(self, side: str) -> int:
+        """The rows of the last batch written with status ok."""
+        return _ok_rows(self.tmp / f"{side}.jsonl")
+
+    async def warm_up(self, n: int) -> None:
+        """The same final text on both sides; tokenizer, caches and connection pools
+        filled."""
+        await self.run_raw(2)
+        await self.run_flowgpt(2)
+        a, b = (self._outputs(side) for side in ("raw", "flowgpt"))
+        if a != b:
             raise AssertionError(f"the two sides disagree: {a} != {b}")
-        await run_raw(min(args.rows, 2 * width))
-        await run_flowgpt(min(args.rows, 2 * width))
+        await self.run_raw(min(n, 2 * self.concurrency))
+        await self.run_flowgpt(min(n, 2 * self.concurrency))
 
+    async def close(self) -> None:
+        await self.raw.client.close()
+        await self.provider.aclose()
+
+
+async def measure_throughput(args: argparse.Namespace, base_url: str, tmp: Path) -> Throughput:
+    batches = Batches.make(base_url, tmp, args.steps, args.concurrency)
+    try:
+        await batches.warm_up(args.rows)
         result = Throughput(args.rows)
-        sides = (lambda: run_raw(args.rows), lambda: run_flowgpt(args.rows))
+        sides = (lambda: batches.run_raw(args.rows), lambda: batches.run_flowgpt(args.rows))
         for r in range(args.repeat):
             for k in (0, 1) if r % 2 == 0 else (1, 0):  # swap who goes first
                 sample = await _timed(sides[k])
                 (result.raw, result.flowgpt)[k].append(sample)
+                side = ("raw", "flowgpt")[k]
+                if batches.written(side) != args.rows:
+                    ok = batches.written(side)
+                    raise AssertionError(f"{side}: {ok} of {args.rows} rows ok")
             if args.verbose:
                 print(f"repeat {r + 1}: {result.brief()}", file=sys.stderr)
-        written = _count_lines(tmp / "flowgpt.jsonl")
-        if written != args.rows:
-            raise AssertionError(f"flowgpt wrote {written} rows, not {args.rows}")
         if args.profile:
-            await _profile(args, lambda: run_flowgpt(args.rows))
+            await _profile(args, lambda: batches.run_flowgpt(args.rows))
         return result
     finally:
-        await client.close()
-        await provider.aclose()
+        await batches.close()
 
 
 async def _profile(args: argparse.Namespace, run: Callable[[], Awaitable[None]]) -> None:
@@ -303,6 +344,74 @@ async def _profile(args: argparse.Namespace, run: Callable[[], Awaitable[None]])
     stats = pstats.Stats(profiler, stream=out)
     stats.sort_stats("cumulative").print_stats(r"flowgpt[/\\]", 30)
     print(out.getvalue(), file=sys.stderr)
+
+
+# -- instructions -------------------------------------------------------------------------
+
+
+@dataclass
+class Instructions:
+    rows: int
+    calls: int
+    raw: int  # instructions executed by the measured batch
+    flowgpt: int
+
+
+def _instructions_child(args: argparse.Namespace) -> dict[str, Any]:
+    """One side's batch, inside ``operator.call`` so that callgrind counts only it."""
+    import operator
+
+    side = args.instructions_child
+    tmp = Path(tempfile.mkdtemp(prefix="bench-batch-"))
+    loop = asyncio.new_event_loop()
+    batches = Batches.make(args.base_url, tmp, args.steps, args.concurrency)
+    run = batches.run_raw if side == "raw" else batches.run_flowgpt
+    try:
+        loop.run_until_complete(batches.warm_up(args.rows))
+        # --toggle-collect=_operator_call: the C function behind operator.call.
+        operator.call(loop.run_until_complete, run(args.rows))
+        return {"rows": batches.written(side)}
+    finally:
+        loop.run_until_complete(batches.close())
+        loop.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def measure_instructions(args: argparse.Namespace, base_url: str, tmp: Path) -> Instructions:
+    """Both sides at once, each in its own process under callgrind (instructions do not
+    depend on what else the machine runs, unlike seconds)."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None or sys.version_info < (3, 11):
+        raise SystemExit("--mode instructions needs valgrind and Python 3.11+ (operator.call)")
+    n = args.instr_rows
+    procs = {}
+    for side in ("raw", "flowgpt"):
+        command = [
+            valgrind,
+            "--tool=callgrind",
+            "--collect-atstart=no",
+            "--toggle-collect=_operator_call",
+            f"--callgrind-out-file={tmp / f'callgrind.{side}'}",
+            *(sys.executable, "-m", "tests.benchmarks.bench_batch"),
+            *("--instructions-child", side, "--base-url", base_url, "--rows", str(n)),
+            *("--steps", str(args.steps), "--concurrency", str(args.concurrency)),
+        ]
+        procs[side] = subprocess.Popen(
+            command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+    counts = {}
+    for side, proc in procs.items():
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"the {side} callgrind run failed:\n{err[-3000:]}")
+        if json.loads(out.strip().splitlines()[-1])["rows"] != n:
+            raise AssertionError(f"the {side} callgrind run did not run {n} rows ok")
+        text = (tmp / f"callgrind.{side}").read_text(encoding="utf-8", errors="replace")
+        found = re.search(r"^(?:totals|summary):\s*(\d+)", text, re.MULTILINE)
+        counts[side] = int(found.group(1)) if found else 0
+        if not counts[side]:
+            raise RuntimeError(f"callgrind counted nothing for {side} (no _operator_call symbol?)")
+    return Instructions(n, n * args.steps, counts["raw"], counts["flowgpt"])
 
 
 # -- memory -------------------------------------------------------------------------------
@@ -336,12 +445,11 @@ async def _memory_child(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         await provider.aclose()
     seconds = time.perf_counter() - started
-    written = _count_lines(out)
+    written = _ok_rows(out)
     return {
         "rows": written,
         "peak_kb": _peak_kb(),
         "start_kb": before,
-        "end_kb": _rss_kb(),
         "seconds": seconds,
     }
 
@@ -351,7 +459,6 @@ class Memory:
     rows: int
     peak_kb: int
     start_kb: int
-    end_kb: int
     seconds: float
 
 
@@ -375,8 +482,8 @@ def measure_memory(args: argparse.Namespace, base_url: str, tmp: Path) -> list[M
             raise RuntimeError(f"the {n}-row memory run failed:\n{done.stderr}")
         doc = json.loads(done.stdout.strip().splitlines()[-1])
         if doc["rows"] != n:
-            raise AssertionError(f"the {n}-row memory run wrote {doc['rows']} rows")
-        results.append(Memory(n, doc["peak_kb"], doc["start_kb"], doc["end_kb"], doc["seconds"]))
+            raise AssertionError(f"the {n}-row memory run had {doc['rows']} rows ok")
+        results.append(Memory(n, doc["peak_kb"], doc["start_kb"], doc["seconds"]))
         if args.verbose:
             print(f"memory {n} rows: {doc}", file=sys.stderr)
     return results
@@ -390,9 +497,28 @@ def _mb(kb: int) -> str:
 
 
 def report(
-    args: argparse.Namespace, throughput: Throughput | None, memory: list[Memory] | None
+    args: argparse.Namespace,
+    throughput: Throughput | None,
+    memory: list[Memory] | None,
+    instructions: Instructions | None = None,
 ) -> str:
     lines: list[str] = []
+    if instructions is not None:
+        i = instructions
+        header = (
+            f"{'instructions':<12} {'rows':>6} {'raw /call':>10} {'flowgpt /call':>13} "
+            f"{'extra /call':>11} {'ratio':>6}"
+        )
+        raw, flow = i.raw / i.calls, i.flowgpt / i.calls
+        lines += [
+            header,
+            "-" * len(header),
+            f"{'batch':<12} {i.rows:>6} {raw:>10,.0f} {flow:>13,.0f} {flow - raw:>11,.0f} "
+            f"{i.flowgpt / i.raw:>6.3f}",
+            "Instructions the client executed for the measured batch (valgrind callgrind, "
+            "both sides at once, each in its own process).",
+            "",
+        ]
     if throughput is not None:
         ratios, cpu = throughput.ratios(), throughput.ratios("cpu")
         header = (
@@ -419,7 +545,7 @@ def report(
         if lines:
             lines.append("")
         header = (
-            f"{'memory':<10} {'rows':>6} {'peak MB':>8} {'start MB':>8} {'end MB':>8} "
+            f"{'memory':<10} {'rows':>6} {'peak MB':>8} {'start MB':>8} "
             f"{'seconds':>8} {'peak ratio':>10}"
         )
         lines += [header, "-" * len(header)]
@@ -427,7 +553,7 @@ def report(
         for m in memory:
             lines.append(
                 f"{'batch':<10} {m.rows:>6} {_mb(m.peak_kb):>8} {_mb(m.start_kb):>8} "
-                f"{_mb(m.end_kb):>8} {m.seconds:>8.1f} {m.peak_kb / first:>10.3f}"
+                f"{m.seconds:>8.1f} {m.peak_kb / first:>10.3f}"
             )
         if len(memory) > 1:
             grown = (memory[-1].peak_kb - first) * 1024
@@ -471,19 +597,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="batch sizes whose peak RSS is compared (default 1000,10000)",
     )
     parser.add_argument(
-        "--mode", choices=("both", "throughput", "memory"), default="both", help="what to run"
+        "--mode",
+        choices=("both", "throughput", "memory", "instructions"),
+        default="both",
+        help="what to run (both: throughput and memory; instructions: count each side's "
+        "instructions under valgrind, which machine load does not change)",
+    )
+    parser.add_argument(
+        "--instr-rows", type=int, default=150, help="rows per side in --mode instructions"
     )
     parser.add_argument("--profile", metavar="FILE", help="also cProfile flowgpt into FILE")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every repeat")
     # The memory runs call this module again, one process per size.
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--instructions-child", choices=("raw", "flowgpt"), help=argparse.SUPPRESS)
     parser.add_argument("--base-url", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for name in ("rows", "steps", "concurrency", "repeat"):
+    for name in ("rows", "steps", "concurrency", "repeat", "instr_rows"):
         if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1")
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.latency_ms < 0:
         parser.error("--latency-ms must not be negative")
     return args
@@ -494,18 +628,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.memory_child:
         print(json.dumps(asyncio.run(_memory_child(args))))
         return 0
+    if args.instructions_child:
+        print(json.dumps(_instructions_child(args)))
+        return 0
     os.environ.pop("OPENAI_BASE_URL", None)  # both sides get their base_url explicitly
     throughput: Throughput | None = None
     memory: list[Memory] | None = None
+    instructions: Instructions | None = None
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmpdir:
         tmp = Path(tmpdir)
+        if args.mode == "instructions":
+            with fake_server(args.latency_ms) as base_url:
+                instructions = measure_instructions(args, base_url, tmp)
         if args.mode in ("both", "throughput"):
             with fake_server(args.latency_ms) as base_url:
                 throughput = asyncio.run(measure_throughput(args, base_url, tmp))
         if args.mode in ("both", "memory"):
             with fake_server(0.0) as base_url:  # records nothing: its memory stays flat
                 memory = measure_memory(args, base_url, tmp)
-    print(report(args, throughput, memory))
+    print(report(args, throughput, memory, instructions))
     return 0
 
 
