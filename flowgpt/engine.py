@@ -777,7 +777,10 @@ class Engine:
         """
         wf = _as_workflow(workflow)
         _Plan.of(wf)  # static errors are refused before anything runs
-        provider, owned = self._provider_for(wf.spec, wf.base_dir)
+        if self.provider is not None:  # the common case: no provider to make or close
+            provider, owned = self.provider, False
+        else:
+            provider, owned = self._provider_for(wf.spec, wf.base_dir)
         try:
             state, resume = self._start(
                 wf, inputs, provider, inputs_from_cli=inputs_from_cli, run_id=run_id, resume=resume

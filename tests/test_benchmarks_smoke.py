@@ -3,6 +3,9 @@ no timings."""
 
 from __future__ import annotations
 
+import json
+import sys
+
 import pytest
 
 from tests.benchmarks import bench_batch, bench_chain
@@ -18,6 +21,30 @@ def test_bench_chain_runs_both_modes(capsys: pytest.CaptureFixture[str]) -> None
     for mode, chains in (("sequential", "2"), ("concurrent", "4")):
         assert rows[mode][1] == chains
         assert float(rows[mode][4]) > 0  # a ratio was computed; its value is not checked
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="operator.call is Python 3.11+")
+def test_bench_chain_instructions_children_run(capsys: pytest.CaptureFixture[str]) -> None:
+    # --mode instructions itself needs valgrind and minutes (each child spends about a
+    # minute importing under callgrind), so only its children run here, without valgrind:
+    # each side and shape does its chains and reports the same headlines.
+    digests = {}
+    with bench_chain.fake_server(1) as base_url:
+        for shape in ("sequential", "concurrent"):
+            for side in ("raw", "flowgpt"):
+                args = ["--instructions-child", side, "--instructions-shape", shape]
+                args += ["--base-url", base_url, "--concurrency", "2"]
+                args += ["--instr-chains-seq", "3", "--instr-chains-conc", "3"]
+                assert bench_chain.main(args) == 0
+                doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+                assert doc["chains"] == 3
+                digests[shape, side] = doc["digest"]
+    assert len(set(digests.values())) == 1  # chains 0-2 end alike whatever runs them
+    counts = [bench_chain.Instructions("sequential", 2, 600, 660)]
+    table = bench_chain.instructions_table(counts, bench_chain.parse_args([]))
+    row = next(line.split() for line in table.splitlines() if line.startswith("sequential"))
+    assert row == ["sequential", "2", "100", "110", "10", "1.100"]
 
 
 def test_both_sides_send_the_same_chain() -> None:

@@ -271,6 +271,23 @@ async def test_key_and_base_url_can_come_from_a_given_environ(fake_openai: FakeO
     assert fake_openai.chat_requests[0].api_key == KEY
 
 
+async def test_a_changed_key_is_used_by_the_next_call(fake_openai: FakeOpenAI):
+    # A long-lived engine (a server embedding flowgpt) whose key is rotated in its
+    # environment must send the new key at once, not the one its cached client holds.
+    environ = {"TEAM_KEY": KEY, "OPENAI_BASE_URL": fake_openai.base_url}
+    provider = OpenAIProvider(api_key_env="TEAM_KEY", environ=environ)
+    try:
+        await provider.complete(request("one"))
+        environ["TEAM_KEY"] = "sk-rotated-key"
+        await provider.complete(request("two"))
+        environ["TEAM_KEY"] = KEY
+        await provider.complete(request("three"))
+    finally:
+        await provider.aclose()
+    keys = [r.api_key for r in fake_openai.chat_requests]
+    assert keys == [KEY, "sk-rotated-key", KEY]
+
+
 async def test_403_is_an_authentication_error(fake_openai: FakeOpenAI, make_provider: MakeProvider):
     fake_openai.queue(Fault.forbidden())
     with pytest.raises(AuthenticationError) as caught:

@@ -232,6 +232,9 @@ class OpenAIProvider:
         self._environ = environ
         # (base_url, sha256 of the key) -> (client, the loop its connections belong to)
         self._clients: dict[tuple[str, str], tuple[_Client, asyncio.AbstractEventLoop]] = {}
+        # (base_url, loop, client) the last call used: most calls need the same one again,
+        # found without hashing the key (the client holds the key anyway).
+        self._last: tuple[str, asyncio.AbstractEventLoop, _Client] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -270,10 +273,14 @@ class OpenAIProvider:
 
     def _client_for(self, key: str) -> _Client:
         base_url = self.resolved_base_url()
-        cache_key = (base_url, _key_digest(key))
         loop = asyncio.get_running_loop()
+        last = self._last
+        if last is not None and last[1] is loop and last[0] == base_url and last[2].api_key == key:
+            return last[2]
+        cache_key = (base_url, _key_digest(key))
         cached = self._clients.get(cache_key)
         if cached is not None and cached[1] is loop:
+            self._last = (base_url, loop, cached[0])
             return cached[0]
         # A client made under another (now finished) event loop cannot be reused: its
         # pooled connections belong to that loop. Drop it; its loop cannot close it now.
@@ -290,10 +297,11 @@ class OpenAIProvider:
             http_client=http_client,
         )
         self._clients[cache_key] = (client, loop)
+        self._last = (base_url, loop, client)
         return client
 
     async def aclose(self) -> None:
-        clients, self._clients = self._clients, {}
+        clients, self._clients, self._last = self._clients, {}, None
         loop = asyncio.get_running_loop()
         for client, client_loop in clients.values():
             if client_loop is loop:

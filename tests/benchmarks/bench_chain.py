@@ -10,7 +10,7 @@ against the loopback OpenAI-compatible server (tests/support/fake_openai.py), in
   validation, templating, token counting before each call, cost, per-step results.
 
 Both sides send the same requests (model, messages, settings) and get the same replies;
-the warm-up checks that both produce the same final text. Two modes:
+the warm-up checks that both produce the same final text. Two timed modes:
 
 * **sequential**: ``--chains-seq`` chains (default 200) one after another, no server
   latency. This shows flowgpt's CPU cost per step next to the SDK's own.
@@ -32,10 +32,23 @@ times. Machines running other work are noisy over seconds, so the two sides take
 ``cpu ratio`` is the same for this process's CPU time (the client alone). Issue 3's
 targets: sequential <= 1.10, concurrent <= 1.05.
 
+**Instructions** (``--mode instructions``, not part of the default run). Seconds on a
+shared machine vary by 10-20% between identical runs, so a 5% target is hard to see in
+them. This mode runs each shape in turn: ``--instr-chains-seq`` (50) chains one after
+another (no server latency), then ``--instr-chains-conc`` (100) chains with
+``asyncio.gather`` (``--latency-ms`` server latency, ``--concurrency`` chains in flight).
+For each shape, raw and flowgpt run at once, each in its own process under valgrind's
+callgrind, counting only the measured chains (after a warm-up like the one above), and it
+prints the client's instructions per call and their ratio: about the same on every run,
+whatever the load. (Instructions are not time: memory stalls, e.g. in the garbage
+collector, cost more than their count says.) It takes about 4 minutes on a 2-core VM,
+about a minute of it per child process importing and warming up under callgrind.
+
 Run it from the repository root::
 
     .venv/bin/python -m tests.benchmarks.bench_chain
     .venv/bin/python -m tests.benchmarks.bench_chain --mode concurrent --repeat 9 -v
+    .venv/bin/python -m tests.benchmarks.bench_chain --mode instructions
 
 ``--profile FILE`` runs flowgpt once more per mode under cProfile (this run is not
 measured), writes the stats to FILE and prints the flowgpt functions that took longest.
@@ -46,15 +59,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
+import json
 import os
+import re
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # run as a script: make `flowgpt` importable from the checkout
@@ -74,6 +93,7 @@ TIMEOUT_S = 60.0
 SYSTEM = "You are a concise technical writer."
 KEY_ENV = "FLOWGPT_BENCH_API_KEY"
 KEY = "bench-not-a-real-key"
+CALLS = 3  # per chain: a, b, c
 
 # The workflow and raw_chain() below must stay the same chain: same messages, same
 # settings. The prices are an override so that flowgpt's cost path runs: the loopback
@@ -186,9 +206,8 @@ class Sample:
     cpu: float  # this process's CPU seconds: the client (the server is another process)
 
 
-async def run_sequential(chain: Chain, n: int) -> None:
-    for i in range(n):
-        await chain(i)
+async def run_sequential(chain: Chain, n: int) -> list[str]:
+    return [await chain(i) for i in range(n)]
 
 
 async def sequential_pair(raw: Chain, flow: Chain, n: int) -> tuple[Sample, Sample]:
@@ -204,7 +223,7 @@ async def sequential_pair(raw: Chain, flow: Chain, n: int) -> tuple[Sample, Samp
     return Sample(wall[0], cpu[0]), Sample(wall[1], cpu[1])
 
 
-async def run_concurrent(chain: Chain, n: int, concurrency: int) -> Sample:
+async def gather_chains(chain: Chain, n: int, concurrency: int) -> list[str]:
     # Fairness: flowgpt's `provider.concurrency` bounds the requests of ONE run (each run
     # has its own semaphore), so 500 concurrent engine.run() calls would have up to 500
     # requests in flight. Both sides therefore get the same outer limit: at most
@@ -217,8 +236,12 @@ async def run_concurrent(chain: Chain, n: int, concurrency: int) -> Sample:
         async with limit:
             return await chain(i)
 
+    return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+async def run_concurrent(chain: Chain, n: int, concurrency: int) -> Sample:
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    await asyncio.gather(*(one(i) for i in range(n)))
+    await gather_chains(chain, n, concurrency)
     return Sample(time.perf_counter() - wall0, time.process_time() - cpu0)
 
 
@@ -327,6 +350,140 @@ async def _profile(args: argparse.Namespace, sides: dict[str, Sides]) -> None:
     print(out.getvalue(), file=sys.stderr)
 
 
+# -- instructions -------------------------------------------------------------------------
+
+SHAPES = ("sequential", "concurrent")
+
+
+@dataclass
+class Instructions:
+    shape: str
+    chains: int
+    raw: int  # instructions executed by the measured chains
+    flowgpt: int
+
+    @property
+    def calls(self) -> int:
+        return self.chains * CALLS
+
+
+def _instr_chains(args: argparse.Namespace, shape: str) -> int:
+    n: int = args.instr_chains_conc if shape == "concurrent" else args.instr_chains_seq
+    return n
+
+
+def _instructions_child(args: argparse.Namespace) -> dict[str, Any]:
+    """One side's chains of one shape, inside ``operator.call`` so that callgrind counts
+    only them."""
+    import operator
+
+    side, shape = args.instructions_child, args.instructions_shape
+    n, width = _instr_chains(args, shape), args.concurrency
+    loop = asyncio.new_event_loop()
+    sides = make_sides(args.base_url, parse_workflow(WORKFLOW))
+    chain = sides.raw if side == "raw" else sides.flowgpt
+
+    def run(k: int) -> Awaitable[list[str]]:
+        if shape == "concurrent":
+            return gather_chains(chain, k, width)
+        return run_sequential(chain, k)
+
+    try:
+        # Warm-up, as in measure(): same output on both sides, tokenizer loaded,
+        # connection pool filled.
+        loop.run_until_complete(_same_output(sides))
+        loop.run_until_complete(run(min(n, 2 * width if shape == "concurrent" else 20)))
+        if sys.version_info < (3, 11):  # checked by the parent; operator.call is 3.11+
+            raise SystemExit("operator.call needs Python 3.11+")
+        # --toggle-collect=_operator_call: the C function behind operator.call.
+        headlines = operator.call(loop.run_until_complete, run(n))
+        text = json.dumps(headlines, ensure_ascii=False).encode()
+        return {
+            "chains": sum(bool(h) for h in headlines),  # a headline per chain
+            "digest": hashlib.sha256(text).hexdigest(),  # the same on both sides
+        }
+    finally:
+        loop.run_until_complete(sides.client.close())
+        loop.run_until_complete(sides.provider.aclose())
+        loop.close()
+
+
+def callgrind(commands: dict[str, list[str]], tmp: Path) -> dict[str, tuple[int, Any]]:
+    """Runs the commands at once, each in its own process under callgrind, counting only
+    what runs inside ``operator.call``. Returns, per name, the instructions counted and
+    the JSON document on the command's last stdout line."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None or sys.version_info < (3, 11):
+        raise SystemExit("--mode instructions needs valgrind and Python 3.11+ (operator.call)")
+    procs = {}
+    for name, command in commands.items():
+        valgrind_args = [
+            valgrind,
+            "--tool=callgrind",
+            "--collect-atstart=no",
+            "--toggle-collect=_operator_call",
+            f"--callgrind-out-file={tmp / f'callgrind.{name}'}",
+        ]
+        procs[name] = subprocess.Popen(
+            [*valgrind_args, *command],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    results = {}
+    try:
+        for name, proc in procs.items():
+            out, err = proc.communicate()
+            if proc.returncode != 0:
+                raise RuntimeError(f"the {name} callgrind run failed:\n{err[-3000:]}")
+            doc = json.loads(out.strip().splitlines()[-1])
+            text = (tmp / f"callgrind.{name}").read_text(encoding="utf-8", errors="replace")
+            found = re.search(r"^(?:totals|summary):\s*(\d+)", text, re.MULTILINE)
+            count = int(found.group(1)) if found else 0
+            if not count:
+                raise RuntimeError(f"callgrind counted nothing for {name} (no _operator_call?)")
+            results[name] = (count, doc)
+    finally:  # one failed (or Ctrl-C): do not leave the others running for minutes
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return results
+
+
+def measure_instructions(
+    args: argparse.Namespace, shape: str, base_url: str, tmp: Path
+) -> Instructions:
+    """Both sides of one shape at once, each in its own process under callgrind
+    (instructions do not depend on what else the machine runs, unlike seconds)."""
+    n = _instr_chains(args, shape)
+    commands = {
+        side: [
+            *(sys.executable, "-m", "tests.benchmarks.bench_chain"),
+            *("--instructions-child", side, "--instructions-shape", shape),
+            *("--base-url", base_url, "--concurrency", str(args.concurrency)),
+            *("--instr-chains-seq", str(args.instr_chains_seq)),
+            *("--instr-chains-conc", str(args.instr_chains_conc)),
+        ]
+        for side in ("raw", "flowgpt")
+    }
+    started = time.perf_counter()
+    results = callgrind(commands, tmp)
+    for side, (_, doc) in results.items():
+        if doc["chains"] != n:
+            raise AssertionError(f"the {side} {shape} run made {doc['chains']} of {n} headlines")
+    (raw, raw_doc), (flow, flow_doc) = results["raw"], results["flowgpt"]
+    if raw_doc["digest"] != flow_doc["digest"]:
+        raise AssertionError(f"the two sides wrote different headlines in the {shape} run")
+    if args.verbose:
+        seconds = time.perf_counter() - started
+        print(
+            f"instructions {shape}: raw {raw:,} flowgpt {flow:,} ({seconds:.0f} s)", file=sys.stderr
+        )
+    return Instructions(shape, n, raw, flow)
+
+
 # -- the servers --------------------------------------------------------------------------
 
 
@@ -384,6 +541,28 @@ def table(rows: Sequence[Row], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def instructions_table(counts: Sequence[Instructions], args: argparse.Namespace) -> str:
+    header = (
+        f"{'instructions':<12} {'chains':>6} {'raw /call':>10} {'flowgpt /call':>13} "
+        f"{'extra /call':>11} {'ratio':>6}"
+    )
+    lines = [header, "-" * len(header)]
+    for i in counts:
+        raw, flow = i.raw / i.calls, i.flowgpt / i.calls
+        lines.append(
+            f"{i.shape:<12} {i.chains:>6} {raw:>10,.0f} {flow:>13,.0f} {flow - raw:>11,.0f} "
+            f"{i.flowgpt / i.raw:>6.3f}"
+        )
+    lines += [
+        f"Instructions the client executed for the measured chains, per call ({CALLS} calls "
+        "per chain; valgrind callgrind, client only: the server is another process; both "
+        "sides at once, each in its own process).",
+        f"sequential: no server latency. concurrent: {args.latency_ms:g} ms server latency, "
+        f"{args.concurrency} chains in flight. ratio: flowgpt / raw.",
+    ]
+    return "\n".join(lines)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tests.benchmarks.bench_chain",
@@ -397,12 +576,33 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=50, help="chains in flight")
     parser.add_argument("--repeat", type=int, default=5, help="measurements per mode")
     parser.add_argument(
-        "--mode", choices=("both", "sequential", "concurrent"), default="both", help="what to run"
+        "--mode",
+        choices=("both", "sequential", "concurrent", "instructions"),
+        default="both",
+        help="what to run (both: sequential and concurrent; instructions: count each side's "
+        "instructions under valgrind, which machine load does not change)",
+    )
+    parser.add_argument(
+        "--instr-chains-seq",
+        type=int,
+        default=50,
+        help="sequential chains per side in --mode instructions",
+    )
+    parser.add_argument(
+        "--instr-chains-conc",
+        type=int,
+        default=100,
+        help="concurrent chains per side in --mode instructions",
     )
     parser.add_argument("--profile", metavar="FILE", help="also cProfile flowgpt into FILE")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every repeat")
+    # --mode instructions calls this module again, one process per side under callgrind.
+    parser.add_argument("--instructions-child", choices=("raw", "flowgpt"), help=argparse.SUPPRESS)
+    parser.add_argument("--instructions-shape", choices=SHAPES, help=argparse.SUPPRESS)
+    parser.add_argument("--base-url", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for name in ("chains_seq", "chains_conc", "concurrency", "repeat"):
+    names = ("chains_seq", "chains_conc", "concurrency", "repeat")
+    for name in (*names, "instr_chains_seq", "instr_chains_conc"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.latency_ms < 0:
@@ -412,8 +612,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.instructions_child:
+        print(json.dumps(_instructions_child(args)))
+        return 0
     os.environ.pop("OPENAI_BASE_URL", None)  # both sides get their base_url explicitly
     latency = {"sequential": 0.0, "concurrent": args.latency_ms}
+    if args.mode == "instructions":
+        counts = []
+        with tempfile.TemporaryDirectory(prefix="bench-chain-") as tmp:
+            for shape in SHAPES:  # one after the other: each pair has both cores
+                with fake_server(latency[shape]) as base_url:
+                    counts.append(measure_instructions(args, shape, base_url, Path(tmp)))
+        print(instructions_table(counts, args))
+        return 0
     modes = ["sequential", "concurrent"] if args.mode == "both" else [args.mode]
     with contextlib.ExitStack() as stack:
         urls = {mode: stack.enter_context(fake_server(latency[mode])) for mode in modes}
