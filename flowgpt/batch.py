@@ -352,7 +352,7 @@ async def run_rows(
     At most ``concurrency`` results wait for the caller, so a slow caller holds the
     workers back instead of letting results pile up.
     """
-    from flowgpt.engine import _Plan
+    from flowgpt.plan import _Plan
 
     _Plan.of(workflow)  # static errors before anything runs
     provider, owned = engine._provider_for(workflow.spec, workflow.base_dir)

@@ -1,4 +1,9 @@
-"""The SQLite run store and response cache: the only module that touches the database.
+"""The SQLite run store and response cache: RunStore, its runs, steps and cached replies.
+
+Together with :mod:`flowgpt._store_db` (the file: where it lives, its permissions, schema,
+connection and transactions) and :mod:`flowgpt._store_rows` (the values written, redacted,
+and read back) it is the only code that touches the database. :func:`request_fingerprint`,
+the cache key, lives in :mod:`flowgpt.fingerprint` and is re-exported here.
 
 Where it lives
     ``$FLOWGPT_STORE`` when set; otherwise ``$XDG_DATA_HOME/flowgpt/runs.sqlite3``, or
@@ -37,21 +42,30 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sqlite3
-import threading
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from collections.abc import Iterable
 from decimal import Decimal
-from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-from flowgpt.errors import InputError, redact
-from flowgpt.providers.base import ChatRequest, ChatResponse
-from flowgpt.results import AttemptResult, RunResult, StepResult, StepStatus, sum_costs
+from flowgpt._store_db import SCHEMA_VERSION, StoreDatabase, StoreError, default_store_path
+from flowgpt._store_rows import (
+    RunSummary,
+    _decimal,
+    _json,
+    _load,
+    _money,
+    _now,
+    _step_doc,
+    _step_from_doc,
+    _summary,
+    _text,
+    _usage_of,
+)
+from flowgpt.errors import redact
+from flowgpt.fingerprint import request_fingerprint
+from flowgpt.providers.base import ChatResponse
+from flowgpt.results import AttemptResult, RunResult, StepResult
 from flowgpt.usage import Usage
 
 if TYPE_CHECKING:
@@ -66,377 +80,24 @@ __all__ = [
     "request_fingerprint",
 ]
 
-SCHEMA_VERSION = 1
-
 # A step in one of these states has a usable result: `--resume` may reuse it.
 _REUSABLE = ("ok", "reused", "cached")
-# ... and in one of these it needs no more work (counted as "done" by `runs list`).
-_DONE = ("ok", "reused", "cached", "skipped")
 _RUN_STATUSES = ("ok", "failed", "interrupted", "running")
 _SUMMARY_COLUMNS = (
     "run_id, workflow, status, started_at, finished_at, cost_usd, prompt_tokens,"
     " completion_tokens, workflow_sha256, resumed_from, workflow_path"
 )
-_USAGE_COLUMNS = ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS schema_version (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    version INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS runs (
-    -- Small columns first, large text last: listing runs never reads the large ones.
-    run_id TEXT PRIMARY KEY,
-    workflow TEXT NOT NULL,
-    status TEXT NOT NULL,
-    started_at TEXT NOT NULL,             -- UTC ISO 8601
-    finished_at TEXT,
-    cost_usd TEXT,                        -- Decimal as text, NULL = unpriced
-    prompt_tokens INTEGER NOT NULL DEFAULT 0,
-    completion_tokens INTEGER NOT NULL DEFAULT 0,
-    cached_tokens INTEGER NOT NULL DEFAULT 0,
-    reasoning_tokens INTEGER NOT NULL DEFAULT 0,
-    latency_s REAL NOT NULL DEFAULT 0,
-    workflow_sha256 TEXT,
-    resumed_from TEXT,
-    workflow_path TEXT,
-    error TEXT,
-    inputs TEXT NOT NULL,                 -- JSON
-    outputs TEXT,                         -- JSON
-    workflow_text TEXT
-);
-CREATE INDEX IF NOT EXISTS runs_by_start ON runs (started_at);
-CREATE TABLE IF NOT EXISTS steps (
-    run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
-    step_id TEXT NOT NULL,
-    position INTEGER NOT NULL,            -- the order of the run's steps
-    status TEXT NOT NULL,
-    finished_at TEXT,
-    cost_usd TEXT,                        -- the step total, NULL = unpriced
-    saved_usd TEXT,
-    prompt_tokens INTEGER NOT NULL DEFAULT 0,
-    completion_tokens INTEGER NOT NULL DEFAULT 0,
-    cached_tokens INTEGER NOT NULL DEFAULT 0,
-    reasoning_tokens INTEGER NOT NULL DEFAULT 0,
-    latency_s REAL NOT NULL DEFAULT 0,
-    exact_tokens INTEGER NOT NULL DEFAULT 1,
-    fingerprint TEXT,
-    model TEXT,
-    price TEXT,                           -- JSON ModelPrice.to_dict(), NULL = unpriced
-    error TEXT,
-    output TEXT,                          -- JSON
-    text TEXT,
-    messages TEXT NOT NULL DEFAULT '[]',  -- JSON
-    items TEXT,                           -- JSON, the results of a for_each step
-    PRIMARY KEY (run_id, step_id)
-);
-CREATE INDEX IF NOT EXISTS steps_by_position ON steps (run_id, position);
-CREATE TABLE IF NOT EXISTS attempts (
-    run_id TEXT NOT NULL,
-    step_id TEXT NOT NULL,
-    n INTEGER NOT NULL,
-    prompt_tokens INTEGER NOT NULL DEFAULT 0,
-    completion_tokens INTEGER NOT NULL DEFAULT 0,
-    cached_tokens INTEGER NOT NULL DEFAULT 0,
-    reasoning_tokens INTEGER NOT NULL DEFAULT 0,
-    cost_usd TEXT,
-    latency_s REAL NOT NULL DEFAULT 0,
-    finish_reason TEXT,
-    retries INTEGER NOT NULL DEFAULT 0,
-    failures TEXT NOT NULL DEFAULT '[]',  -- JSON
-    text TEXT NOT NULL,
-    PRIMARY KEY (run_id, step_id, n),
-    FOREIGN KEY (run_id, step_id) REFERENCES steps (run_id, step_id) ON DELETE CASCADE
-);
-CREATE TABLE IF NOT EXISTS cache (
-    fingerprint TEXT PRIMARY KEY,
-    text TEXT NOT NULL,
-    model TEXT,
-    finish_reason TEXT,
-    prompt_tokens INTEGER NOT NULL DEFAULT 0,
-    completion_tokens INTEGER NOT NULL DEFAULT 0,
-    cached_tokens INTEGER NOT NULL DEFAULT 0,
-    reasoning_tokens INTEGER NOT NULL DEFAULT 0,
-    created_at TEXT NOT NULL
-);
-"""
-
-_STORE_HINT = "set FLOWGPT_STORE (or --store) to a writable file, or pass --no-store"
-
-
-class StoreError(InputError):
-    """The run store cannot be used, or holds no such run (exit 2)."""
-
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
-
-    def format(self) -> str:
-        # Not a mistake in a workflow file: no "<workflow>:" location in front.
-        return f"{self.message}\n  {self.hint}" if self.hint else self.message
-
-
-def default_store_path() -> Path:
-    """$FLOWGPT_STORE, else $XDG_DATA_HOME/flowgpt/runs.sqlite3, else
-    ~/.local/share/flowgpt/runs.sqlite3."""
-    explicit = os.environ.get("FLOWGPT_STORE")
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_DATA_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
-    return base / "flowgpt" / "runs.sqlite3"
-
-
-_FLOAT_PARAMS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
-
-
-def request_fingerprint(
-    request: ChatRequest, *, base_url: str | None, provider: str | None = None
-) -> str:
-    """A sha256 (hex) of everything that determines the reply to ``request``.
-
-    It covers where the request goes (``base_url``; None means the default endpoint), the
-    model, the messages and every setting that is set, ``response_format`` included.
-    Numbers are normalised (``temperature: 1`` equals ``1.0``) and a single ``stop`` string
-    equals a one-item list. The request holds no API key, so none is hashed. ``provider``
-    (e.g. ``"mock"``) keeps replies of different providers apart; when None it is left
-    out, so fingerprints stay comparable between versions that do not pass it.
-    """
-    params = request.params()
-    for key in _FLOAT_PARAMS:
-        if key in params:
-            params[key] = float(params[key])
-    if isinstance(params.get("stop"), str):
-        params["stop"] = [params["stop"]]
-    document: dict[str, Any] = {
-        "v": 1,
-        "base_url": base_url.strip().rstrip("/") if base_url else "default",
-        "model": request.model,
-        "messages": [dict(m) for m in request.messages],
-        "params": params,
-    }
-    if provider is not None:
-        document["provider"] = provider
-    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """One line of ``flowgpt runs list``."""
-
-    run_id: str
-    workflow: str
-    status: str
-    started_at: str
-    finished_at: str | None
-    cost_usd: Decimal | None  # None: unpriced
-    total_tokens: int
-    steps_done: int  # ok, reused, cached or skipped
-    steps_total: int
-    workflow_path: str | None = None
-    workflow_sha256: str | None = None
-    resumed_from: str | None = None
-
-
-# -- encoding helpers -------------------------------------------------------------------
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def _scrub(value: Any) -> Any:
-    """``value`` as plain JSON data with every string redacted."""
-    if isinstance(value, str):
-        return redact(value)
-    if value is None or isinstance(value, (bool, int, float)):
-        return value
-    if isinstance(value, dict):
-        return {redact(str(k)): _scrub(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_scrub(v) for v in value]
-    return redact(str(value))  # Decimal, datetime, ...: their text
-
-
-def _json(value: Any) -> str:
-    return json.dumps(_scrub(value), ensure_ascii=False)
-
-
-def _text(value: str | None) -> str | None:
-    return None if value is None else redact(value)
-
-
-def _money(value: Decimal | None) -> str | None:
-    return None if value is None else str(value)
-
-
-def _decimal(value: str | None) -> Decimal | None:
-    return None if value is None else Decimal(value)
-
-
-def _load(value: str | None, default: Any = None) -> Any:
-    return default if value is None else json.loads(value)
-
-
-def _usage_of(row: sqlite3.Row | dict[str, Any]) -> Usage:
-    return Usage(*(int(row[c] or 0) for c in _USAGE_COLUMNS))
-
-
-def _attempt_doc(attempt: AttemptResult) -> dict[str, Any]:
-    return {
-        "text": attempt.text,
-        "usage": attempt.usage.to_dict(),
-        "cost_usd": _money(attempt.cost_usd),
-        "latency_s": attempt.latency_s,
-        "finish_reason": attempt.finish_reason,
-        "retries": attempt.retries,
-        "failures": list(attempt.failures),
-    }
-
-
-def _attempt_from_doc(doc: dict[str, Any]) -> AttemptResult:
-    return AttemptResult(
-        text=doc["text"],
-        usage=Usage.from_dict(doc.get("usage") or {}),
-        cost_usd=_decimal(doc.get("cost_usd")),
-        latency_s=float(doc.get("latency_s") or 0.0),
-        finish_reason=doc.get("finish_reason"),
-        retries=int(doc.get("retries") or 0),
-        failures=list(doc.get("failures") or []),
-    )
-
-
-def _step_doc(step: StepResult) -> dict[str, Any]:
-    """A whole StepResult as JSON data (used for the items of a for_each step)."""
-    return {
-        "id": step.id,
-        "model": step.model,
-        "status": step.status,
-        "output": step.output,
-        "text": step.text,
-        "messages": step.messages,
-        "attempts": [_attempt_doc(a) for a in step.attempts],
-        "items": [_step_doc(i) for i in step.items],
-        "latency_s": step.latency_s,
-        "error": step.error,
-        "exact_tokens": step.exact_tokens,
-        "saved_usd": _money(step.saved_usd),
-    }
-
-
-def _step_from_doc(doc: dict[str, Any]) -> StepResult:
-    return StepResult(
-        id=doc["id"],
-        model=doc.get("model"),
-        status=cast(StepStatus, doc.get("status", "pending")),
-        output=doc.get("output"),
-        text=doc.get("text"),
-        messages=list(doc.get("messages") or []),
-        attempts=[_attempt_from_doc(a) for a in doc.get("attempts") or []],
-        items=[_step_from_doc(i) for i in doc.get("items") or []],
-        latency_s=float(doc.get("latency_s") or 0.0),
-        error=doc.get("error"),
-        exact_tokens=bool(doc.get("exact_tokens", True)),
-        saved_usd=_decimal(doc.get("saved_usd")),
-    )
 
 
 # -- the store --------------------------------------------------------------------------
 
 
-class RunStore:
+class RunStore(StoreDatabase):
     """The run store and response cache in one SQLite file.
 
     ``RunStore(path)`` creates the folder, the file and the schema as needed. Use it as a
     context manager, or call :meth:`close`. Every method commits before it returns.
     """
-
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
-        self.path = Path(path).expanduser() if path is not None else default_store_path()
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
-        try:
-            self._conn = self._open()
-            with self._tx() as conn:
-                self._migrate(conn)
-        except sqlite3.Error as exc:
-            self.close()
-            raise StoreError(
-                f"cannot open the run store {self.path}: {exc}", hint=_STORE_HINT
-            ) from None
-        except OSError as exc:
-            self.close()
-            raise StoreError(
-                f"cannot create the run store {self.path}: {exc.strerror or exc}",
-                hint=_STORE_HINT,
-            ) from None
-
-    def _open(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not self.path.exists():
-            # Owner-only from the start; SQLite gives the -wal/-shm files the same mode.
-            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-        conn = sqlite3.connect(
-            str(self.path), timeout=5.0, isolation_level=None, check_same_thread=False
-        )
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA busy_timeout = 5000")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("PRAGMA foreign_keys = ON")
-        return conn
-
-    @staticmethod
-    def _migrate(conn: sqlite3.Connection) -> None:
-        # One statement at a time: executescript() would commit the open transaction.
-        for statement in _SCHEMA.split(";\n"):
-            if statement.strip():
-                conn.execute(statement)
-        row = conn.execute("SELECT version FROM schema_version WHERE id = 1").fetchone()
-        if row is None:
-            conn.execute(
-                "INSERT INTO schema_version (id, version) VALUES (1, ?)", (SCHEMA_VERSION,)
-            )
-        elif row["version"] > SCHEMA_VERSION:
-            raise sqlite3.DatabaseError(
-                f"it was written by a newer flowgpt (schema {row['version']}, "
-                f"this one knows {SCHEMA_VERSION}); upgrade flowgpt"
-            )
-
-    @contextmanager
-    def _tx(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
-        """One transaction under the lock: committed on success, rolled back on error.
-
-        Writes take SQLite's write lock up front (BEGIN IMMEDIATE), so two processes never
-        deadlock upgrading a read lock; reads see one consistent snapshot.
-        """
-        with self._lock:
-            conn = self._conn
-            if conn is None:
-                raise StoreError(f"the run store {self.path} is closed")
-            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-
-    @contextmanager
-    def _guard(self, doing: str) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.Error as exc:
-            raise StoreError(
-                f"run store {self.path}: could not {doing}: {exc}", hint=_STORE_HINT
-            ) from None
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
 
     def __enter__(self) -> RunStore:
         return self
@@ -653,7 +314,7 @@ class RunStore:
                     list(steps),
                 ):
                     steps[row["run_id"]].append(row)
-        return [self._summary(run, steps[run["run_id"]]) for run in runs]
+        return [_summary(run, steps[run["run_id"]]) for run in runs]
 
     def run_summary(self, run_id: str) -> RunSummary:
         """The summary of one run (a full id or a unique prefix)."""
@@ -667,31 +328,7 @@ class RunStore:
                 " FROM steps WHERE run_id = ?",
                 (full,),
             ).fetchall()
-        return self._summary(run, steps)
-
-    @staticmethod
-    def _summary(run: sqlite3.Row, steps: list[sqlite3.Row]) -> RunSummary:
-        if run["finished_at"] is not None:
-            cost = _decimal(run["cost_usd"])
-            tokens = int(run["prompt_tokens"]) + int(run["completion_tokens"])
-        else:  # still running, or the process died: add up what its steps recorded
-            recorded = [s for s in steps if s["finished_at"] is not None]
-            cost = sum_costs([_decimal(s["cost_usd"]) for s in recorded])
-            tokens = sum(int(s["prompt_tokens"]) + int(s["completion_tokens"]) for s in steps)
-        return RunSummary(
-            run_id=run["run_id"],
-            workflow=run["workflow"],
-            status=run["status"],
-            started_at=run["started_at"],
-            finished_at=run["finished_at"],
-            cost_usd=cost,
-            total_tokens=tokens,
-            steps_done=sum(1 for s in steps if s["status"] in _DONE),
-            steps_total=len(steps),
-            workflow_path=run["workflow_path"],
-            workflow_sha256=run["workflow_sha256"],
-            resumed_from=run["resumed_from"],
-        )
+        return _summary(run, steps)
 
     def load_run(self, run_id: str) -> RunResult:
         """The run as a RunResult, rebuilt from the rows (``run_id`` may be a unique prefix).

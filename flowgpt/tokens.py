@@ -437,9 +437,15 @@ def _counter(model: str, chars: int) -> Callable[[str], int]:
             pure = _pure_counter_locked(name)
             if pure is not None:
                 _pure_left -= chars
-                return pure.count
+                return functools.partial(_count_pure, pure, name)
     encode = get_encoding(name).encode_ordinary
     return lambda text: len(encode(text))
+
+
+def _count_pure(pure: PureCounter, name: str, text: str) -> int:
+    if pure.agrees_on(text):
+        return pure.count(text)
+    return len(get_encoding(name).encode_ordinary(text))  # rare: a very new character
 
 
 # --------------------------------------------------------------------------------------
