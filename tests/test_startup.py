@@ -24,7 +24,15 @@ ROOT = Path(__file__).resolve().parent.parent
 ARTICLE = str(ROOT / "workflows" / "article.yaml")
 EXAMPLES = sorted(str(p) for p in (ROOT / "workflows").glob("*.yaml"))
 
-HEAVY = ["openai", "rich", "genai_prices", "flowgpt.engine", "tiktoken", "jsonschema"]
+HEAVY = [
+    "openai",
+    "rich",
+    "genai_prices",
+    "flowgpt.engine",
+    "flowgpt.run",
+    "tiktoken",
+    "jsonschema",
+]
 
 # Runs the CLI in a fresh interpreter, then reports which of the heavy modules it loaded.
 _PROBE = """
