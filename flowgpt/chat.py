@@ -36,13 +36,16 @@ A failed turn (an API error, a context window or budget refusal) raises a
 
 :func:`run_repl` is the interactive loop of ``flowgpt chat`` (standard streams only; the
 command line itself lives in ``flowgpt.cli``).
+
+Together with :mod:`flowgpt.chat_history` (the request a turn sends: the history trimmed
+to fit), :mod:`flowgpt.chat_store` (the conversation recorded as a run) and
+:mod:`flowgpt.chat_setup` (a session from a workflow step).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,19 +54,16 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from flowgpt.budget import Budget, Reservation
-from flowgpt.errors import (
-    BudgetExceededError,
-    ContextWindowError,
-    FlowgptError,
-    SpecError,
-)
+from flowgpt.chat_history import _ChatHistory, _Kept
+from flowgpt.chat_store import _ChatRecorder
+from flowgpt.errors import BudgetExceededError, FlowgptError
 from flowgpt.providers.base import ChatRequest, Message, OnText, Provider
-from flowgpt.results import AttemptResult, StepResult, sum_costs
+from flowgpt.results import sum_costs
 from flowgpt.usage import Usage
 
 if TYPE_CHECKING:
     from flowgpt.pricing import ModelPrice
-    from flowgpt.spec import PriceSpec, StepSpec
+    from flowgpt.spec import PriceSpec
     from flowgpt.store import RunStore
     from flowgpt.workflow import Workflow
 
@@ -84,14 +84,6 @@ EXIT_WORDS = frozenset({"exit", "quit", "退出"})
 
 # ChatRequest settings a session may pass besides model, temperature and max_tokens.
 _SETTINGS = ("top_p", "seed", "stop", "presence_penalty", "frequency_penalty")
-# count_tokens(): 3 tokens prime the reply, on top of every message's own tokens.
-_PRIMING = 3
-
-
-def _new_run_id() -> str:
-    # The engine's format: sortable by time, a random part for runs started in one second.
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    return f"{stamp}-{random.getrandbits(24):06x}"
 
 
 @dataclass(frozen=True)
@@ -112,14 +104,7 @@ class ChatTurn:
     retries: int = 0  # transport retries the provider took
 
 
-@dataclass
-class _Kept:
-    user: Message
-    assistant: Message
-    tokens: int  # both messages, framing included
-
-
-class ChatSession:
+class ChatSession(_ChatHistory, _ChatRecorder):
     """A conversation with one model: streamed turns, trimmed history, running totals.
 
     ``provider``: any :class:`~flowgpt.providers.base.Provider`; None means OpenAI with
@@ -233,82 +218,7 @@ class ChatSession:
         max_history_tokens is set (then nothing is trimmed)."""
         return self._limit()[0]
 
-    def _window(self) -> int | None:
-        from flowgpt.tokens import context_window
-
-        override = self.pricing.get(self._model)
-        return context_window(self._model, override.context_window if override else None)
-
-    def _limit(self) -> tuple[int | None, str]:
-        window = self._window()
-        limit: int | None = None
-        why = ""
-        if window is not None:
-            limit = window - (self.max_tokens or 0)
-            why = "window"
-        if self.max_history_tokens is not None and (
-            limit is None or self.max_history_tokens < limit
-        ):
-            limit, why = self.max_history_tokens, "history"
-        return limit, why
-
-    def _tokens(self, message: Message) -> int:
-        from flowgpt.tokens import count_tokens
-
-        return count_tokens([message], self._model) - _PRIMING
-
     # -- one turn --------------------------------------------------------------------------
-    def _fixed(self) -> list[Message]:
-        fixed: list[Message] = []
-        if self.system is not None:
-            fixed.append(Message(role="system", content=self.system))
-        return fixed + self.pinned
-
-    def _build(self, number: int, user: Message) -> tuple[ChatRequest, int, int]:
-        """The request for this turn, the index of the first kept turn, its prompt tokens."""
-        fixed = self._fixed()
-        base = _PRIMING + sum(self._tokens(m) for m in fixed) + self._tokens(user)
-        first = self._first_kept
-        kept_tokens = sum(k.tokens for k in self._kept[first:])
-        limit, why = self._limit()
-        if limit is not None:
-            if base > limit:
-                raise self._too_long(number, base, limit, why)
-            while base + kept_tokens > limit:
-                kept_tokens -= self._kept[first].tokens
-                first += 1
-        messages = list(fixed)
-        for kept in self._kept[first:]:
-            messages += [kept.user, kept.assistant]
-        messages.append(user)
-        request = ChatRequest(
-            model=self._model,
-            messages=messages,
-            temperature=self.temperature,
-            max_tokens=self.max_tokens,
-            **self.settings,
-        )
-        return request, first, base + kept_tokens
-
-    def _too_long(self, number: int, tokens: int, limit: int, why: str) -> ContextWindowError:
-        what = "your message" if not self._fixed() else "the system prompt and your message"
-        if why == "history":
-            return ContextWindowError(
-                f"turn {number}: {what} take {tokens:,} tokens, more than max_history_tokens "
-                f"({limit:,}), so nothing was sent",
-                hint="shorten the message, or raise max_history_tokens (--max-history-tokens)",
-                step=f"turn-{number}",
-            )
-        window = self._window() or 0
-        return ContextWindowError(
-            f"turn {number}: {what} take {tokens:,} tokens; with max_tokens "
-            f"{self.max_tokens or 0:,} for the reply that does not fit {self._model}'s "
-            f"context window of {window:,} tokens, so nothing was sent",
-            hint="shorten the message, lower max_tokens (--max-tokens), or use a model with "
-            "a larger window",
-            step=f"turn-{number}",
-        )
-
     def _reserve(self, number: int, request: ChatRequest, prompt_tokens: int) -> Reservation | None:
         if not self.budget.active:
             return None
@@ -424,67 +334,6 @@ class ChatSession:
                     await task
 
     # -- the run store ---------------------------------------------------------------------
-    def _ensure_run(self) -> str | None:
-        if self.store is None:
-            return None
-        if self._run_id is None:
-            self._run_id = _new_run_id()
-        if not self._run_started:
-            wf = self.workflow
-            self.store.start_run(
-                self._run_id,
-                workflow_name=self.name,
-                workflow_text=wf.source if wf is not None else None,
-                workflow_path=str(wf.path) if wf is not None and wf.path else None,
-                inputs=self.inputs,
-            )
-            self._run_started = True
-        return self._run_id
-
-    def _record(self, turn: ChatTurn) -> None:
-        run_id = self._ensure_run()
-        if run_id is None or self.store is None:
-            return
-        from flowgpt.tokens import is_exact_for
-
-        step = StepResult(
-            id=f"turn-{turn.number}",
-            model=turn.model,
-            status="ok",
-            output=turn.text,
-            text=turn.text,
-            messages=[dict(m) for m in turn.messages],
-            attempts=[
-                AttemptResult(
-                    text=turn.text,
-                    usage=turn.usage,
-                    cost_usd=turn.cost_usd,
-                    latency_s=turn.latency_s,
-                    finish_reason=turn.finish_reason,
-                    retries=turn.retries,
-                )
-            ],
-            latency_s=turn.latency_s,
-            exact_tokens=is_exact_for(turn.model),
-        )
-        self.store.record_step(run_id, step, fingerprint=None, price=self._price())
-
-    def _record_failure(
-        self, number: int, messages: list[Message], error: FlowgptError, latency: float
-    ) -> None:
-        run_id = self._ensure_run()
-        if run_id is None or self.store is None:
-            return
-        step = StepResult(
-            id=f"turn-{number}",
-            model=self._model,
-            status="failed",
-            messages=[dict(m) for m in messages],
-            latency_s=latency,
-            error=error.message,
-        )
-        self.store.record_step(run_id, step, fingerprint=None, price=None)
-
     def finish(self, status: str = "ok", error: str | None = None) -> None:
         """Record how the chat ended ("ok", "failed" or "interrupted"); later calls and a
         session that stored nothing do nothing. No turn can be sent afterwards."""
@@ -556,127 +405,20 @@ class ChatSession:
         and ``output`` are not used: the user types the messages. A system prompt that
         uses other steps' outputs cannot be rendered and is refused.
         """
-        from flowgpt.inputs import resolve_inputs
+        from flowgpt.chat_setup import session_from_workflow
 
-        if isinstance(workflow, str):
-            from flowgpt.loader import load_workflow
-
-            workflow = load_workflow(workflow)
-        spec = workflow.spec
-        step_spec = _pick_step(workflow, step)
-        templates: list[tuple[str, str]] = []  # (where, source)
-        if system is None:
-            source = workflow.template(step_spec, "system")
-            if source is not None:
-                templates.append(("system", source.text))
-        for i, m in enumerate(step_spec.messages or []):
-            templates.append((f"messages[{i}]", m.content))
-        given = dict(inputs or {})
-        needed = _inputs_needed(workflow, step_spec.id, templates)
-        declared = {k: v for k, v in spec.inputs.items() if k in needed or k in given}
-        subset = spec.model_copy(update={"inputs": declared})
-        resolved = resolve_inputs(subset, given, from_cli=inputs_from_cli)
-        context = {"inputs": resolved, "steps": {}}
-        rendered = {
-            where: _render(source, context, step_spec.id, where) for where, source in templates
-        }
-        pinned: list[Message] = []
-        for i, m in enumerate(step_spec.messages or []):
-            entry = Message(role=m.role, content=rendered[f"messages[{i}]"])
-            if m.name:
-                entry["name"] = m.name
-            pinned.append(entry)
-        defaults = spec.defaults
-        limits = spec.budget
-        cost_limit: Decimal | None = limits.max_cost_usd if limits else None
-        if max_cost_usd is not None:
-            given_limit = Decimal(str(max_cost_usd))
-            cost_limit = given_limit if cost_limit is None else min(cost_limit, given_limit)
-        step_max = step_spec.setting("max_tokens", defaults)
-        owned = False
-        if provider is None:
-            # The workflow's `provider:`, built exactly as a run builds it.
-            from flowgpt.engine import Engine
-
-            provider, owned = Engine()._provider_for(spec, workflow.base_dir)
-        session = cls(
-            provider,
-            model=model or step_spec.setting("model", defaults) or DEFAULT_MODEL,
-            system=system if system is not None else rendered.get("system"),
-            pinned=pinned,
-            max_tokens=max_tokens or step_max or DEFAULT_MAX_TOKENS,
-            temperature=(
-                temperature
-                if temperature is not None
-                else step_spec.setting("temperature", defaults)
-            ),
-            settings={name: step_spec.setting(name, defaults) for name in _SETTINGS},
+        return session_from_workflow(
+            cls,
+            workflow,
+            step,
+            provider=provider,
+            inputs=inputs,
+            inputs_from_cli=inputs_from_cli,
+            model=model,
+            system=system,
+            max_tokens=max_tokens,
+            temperature=temperature,
             max_history_tokens=max_history_tokens,
-            max_cost_usd=cost_limit,
-            max_total_tokens=limits.max_tokens if limits else None,
-            pricing=spec.pricing,
-            price_base_url=spec.provider.base_url,
+            max_cost_usd=max_cost_usd,
             store=store,
-            name=f"{spec.name} (chat)",
-            workflow=workflow,
-            inputs=resolved,
         )
-        session._owns_provider = owned
-        return session
-
-
-def _pick_step(workflow: Workflow, step: str | None) -> StepSpec:
-    spec = workflow.spec
-    ids = spec.step_ids
-    if step is None:
-        if len(ids) == 1:
-            return spec.steps[0]
-        raise SpecError(
-            f"{workflow.display_path} has {len(ids)} steps; say which one to chat with",
-            hint=f"add --step with one of: {', '.join(ids)}",
-        )
-    try:
-        return spec.step(step)
-    except KeyError:
-        import difflib
-
-        close = difflib.get_close_matches(step, ids, n=1)
-        guess = f"; did you mean `{close[0]}`?" if close else ""
-        raise SpecError(
-            f"{workflow.display_path} has no step `{step}`{guess}",
-            hint=f"its steps: {', '.join(ids)}",
-        ) from None
-
-
-def _inputs_needed(workflow: Workflow, step_id: str, templates: list[tuple[str, str]]) -> set[str]:
-    """The inputs the templates use; refuses templates that need earlier steps' outputs."""
-    from flowgpt import templating
-
-    needed: set[str] = set()
-    for where, source in templates:
-        refs = templating.references(source)
-        used = sorted({f"`{r.dotted}`" for r in (*refs.steps, *refs.names)})
-        if used:
-            hint = (
-                "pass --system with the system prompt to use, or chat with a step whose "
-                "system prompt uses only inputs"
-                if where == "system"
-                else "chat with a step whose few-shot messages use only inputs"
-            )
-            raise SpecError(
-                f"step `{step_id}`: its {where} uses {', '.join(used)}, which only exists "
-                "during a run, so it cannot start a chat",
-                hint=hint,
-            )
-        for ref in refs.inputs:
-            if ref.name is None:  # `inputs` as a whole: every input is needed
-                needed |= set(workflow.spec.inputs)
-            else:
-                needed.add(ref.name)
-    return needed
-
-
-def _render(source: str, context: Mapping[str, Any], step: str, where: str) -> str:
-    from flowgpt import templating
-
-    return templating.render(source, context, step=step, where=where)

