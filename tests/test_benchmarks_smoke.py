@@ -73,6 +73,18 @@ def test_bench_batch_runs_throughput_and_memory(capsys: pytest.CaptureFixture[st
     assert float(memory[0][5]) == 1.0  # the peak ratio is relative to the first size
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="operator.call is Python 3.11+")
+def test_bench_batch_instructions_children_run(capsys: pytest.CaptureFixture[str]) -> None:
+    # As for bench_chain: the children of --mode instructions, without valgrind.
+    with bench_batch.fake_server(1) as base_url:
+        for side in ("raw", "flowgpt"):
+            args = ["--instructions-child", side, "--base-url", base_url, "--rows", "4"]
+            assert bench_batch.main([*args, "--steps", "2", "--concurrency", "2"]) == 0
+            doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+            assert doc["rows"] == 4  # every row of the measured batch ended ok
+
+
 def test_bench_batch_chain_matches_the_raw_script() -> None:
     # The comparison is only fair while the workflow and the raw script send the same
     # messages (the benchmark's warm-up also checks that both end with the same text).
