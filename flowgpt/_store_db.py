@@ -19,7 +19,10 @@ from flowgpt.errors import InputError
 
 __all__ = ["SCHEMA_VERSION", "StoreDatabase", "StoreError", "default_store_path"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+# Columns added after schema 1, as (name, type): a schema-1 file gets them by ALTER TABLE.
+_ADDED_RUN_COLUMNS = (("pid", "INTEGER"), ("host", "TEXT"), ("proc_start", "TEXT"))
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (
@@ -42,6 +45,9 @@ CREATE TABLE IF NOT EXISTS runs (
     workflow_sha256 TEXT,
     resumed_from TEXT,
     workflow_path TEXT,
+    pid INTEGER,                          -- who runs it (schema 2): the process id,
+    host TEXT,                            -- socket.gethostname(),
+    proc_start TEXT,                      -- and "boot id:start time" on Linux (else NULL)
     error TEXT,
     inputs TEXT NOT NULL,                 -- JSON
     outputs TEXT,                         -- JSON
@@ -183,6 +189,14 @@ class StoreDatabase:
                 f"it was written by a newer flowgpt (schema {row['version']}, "
                 f"this one knows {SCHEMA_VERSION}); upgrade flowgpt"
             )
+        elif row["version"] < SCHEMA_VERSION:
+            # Schema 1 -> 2: the runs table gains who runs a run (its old rows get NULLs:
+            # their liveness is unknown, so a "running" one stays "running").
+            have = {c["name"] for c in conn.execute("PRAGMA table_info(runs)")}
+            for name, kind in _ADDED_RUN_COLUMNS:
+                if name not in have:
+                    conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
+            conn.execute("UPDATE schema_version SET version = ? WHERE id = 1", (SCHEMA_VERSION,))
 
     @contextmanager
     def _tx(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:

@@ -4,17 +4,23 @@ Every string written goes through :func:`flowgpt.errors.redact` (:func:`_json`,
 :func:`_text`); dollars are the exact ``Decimal`` as text, None when unpriced
 (:func:`_money`, :func:`_decimal`); the items of a for_each step are whole StepResults as
 JSON (:func:`_step_doc`, :func:`_step_from_doc`); :func:`_summary` turns a run's rows into
-the :class:`RunSummary` that ``flowgpt runs list`` shows.
+the :class:`RunSummary` that ``flowgpt runs list`` shows. :func:`_owner` is who runs a run
+(recorded when it starts) and :func:`_run_status` the status a run is read back with: a
+"running" run whose process is gone reads as "interrupted".
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any, cast
+from pathlib import Path
+from typing import Any, Literal, cast
 
 from flowgpt.errors import redact
 from flowgpt.results import AttemptResult, StepResult, StepStatus, sum_costs
@@ -126,6 +132,83 @@ def _step_from_doc(doc: dict[str, Any]) -> StepResult:
     )
 
 
+# -- who runs a run ---------------------------------------------------------------------
+
+
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state, "boot id:start time") of process ``pid`` from Linux's /proc, or None where
+    /proc does not tell (not Linux, no such process).
+
+    The start time (clock ticks after boot) with the boot id names one process: a pid
+    reused later, or after a reboot, gives another value.
+    """
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so count the
+    # fields after the last ")": state is field 3, starttime field 22.
+    fields = stat[stat.rfind(")") + 1 :].split()
+    if len(fields) < 20:
+        return None
+    return fields[0], f"{boot}:{fields[19]}"
+
+
+def _host() -> str:
+    """This machine's name as the store holds it (redacted, like every string written)."""
+    return redact(socket.gethostname())
+
+
+def _owner() -> tuple[int, str, str | None]:
+    """(pid, host, process start) of this process, recorded in the run it starts."""
+    pid = os.getpid()
+    stat = _proc_stat(pid)
+    return pid, _host(), None if stat is None else stat[1]
+
+
+def _process_gone(pid: int | None, host: str | None, started: str | None) -> bool:
+    """True when the process that runs a run is known to be gone.
+
+    The rule: the run was started on this host (same ``socket.gethostname()``) and its pid
+    is not alive (``os.kill(pid, 0)`` raises ProcessLookupError; PermissionError means
+    alive, someone else's), or is a zombie, or (on Linux, where the start is recorded) is
+    now another process: its boot id and start time differ, so the pid was reused. No pid
+    or host (a run recorded by schema 1), another host, or Windows (where ``os.kill``
+    would terminate the process): unknown, so not gone. Limits: without /proc (macOS) a
+    reused pid reads as alive, and two machines or containers with the same host name
+    sharing one store file can misjudge each other's runs.
+    """
+    if pid is None or host is None or pid <= 0 or sys.platform == "win32":
+        return False
+    if host != _host():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # alive, and not ours
+    except OSError:
+        return False
+    stat = _proc_stat(pid)
+    if stat is None:
+        return False
+    state, now = stat
+    return state in ("Z", "X") or (started is not None and now != started)
+
+
+_RunStatus = Literal["ok", "failed", "interrupted", "running"]
+
+
+def _run_status(run: sqlite3.Row) -> _RunStatus:
+    """The run's status as read: "interrupted" for a "running" run whose process is gone."""
+    status: _RunStatus = run["status"]
+    if status == "running" and _process_gone(run["pid"], run["host"], run["proc_start"]):
+        return "interrupted"
+    return status
+
+
 # -- run summaries ---------------------------------------------------------------------
 
 # A step in one of these states needs no more work (counted as "done" by `runs list`).
@@ -134,7 +217,11 @@ _DONE = ("ok", "reused", "cached", "skipped")
 
 @dataclass(frozen=True)
 class RunSummary:
-    """One line of ``flowgpt runs list``."""
+    """One line of ``flowgpt runs list``.
+
+    ``status`` is "interrupted" for a run recorded as "running" whose process is gone
+    (killed, crashed, the machine went down); its ``finished_at`` stays None.
+    """
 
     run_id: str
     workflow: str
@@ -161,7 +248,7 @@ def _summary(run: sqlite3.Row, steps: list[sqlite3.Row]) -> RunSummary:
     return RunSummary(
         run_id=run["run_id"],
         workflow=run["workflow"],
-        status=run["status"],
+        status=_run_status(run),
         started_at=run["started_at"],
         finished_at=run["finished_at"],
         cost_usd=cost,

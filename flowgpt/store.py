@@ -13,9 +13,11 @@ Where it lives
 
 What it holds
     One row per run (workflow name, path, text and its sha256, inputs, status, outputs,
-    usage, cost), one row per step (status, model, output, reply text, messages, usage, cost,
-    the price used, the request fingerprint, latency, error, timings) written the moment the
-    step finishes, one row per attempt (reply, usage, cost, latency, finish reason, transport
+    usage, cost, and who runs it: pid, host name and, on Linux, the process's start — a
+    "running" run whose process on this host is gone reads back as "interrupted"), one
+    row per step (status, model, output, reply text, messages, usage, cost, the price
+    used, the request fingerprint, latency, error, timings) written the moment the step
+    finishes, one row per attempt (reply, usage, cost, latency, finish reason, transport
     retries, validation failures), and the response cache (request fingerprint -> reply).
 
 Durability and concurrency
@@ -56,6 +58,8 @@ from flowgpt._store_rows import (
     _load,
     _money,
     _now,
+    _owner,
+    _run_status,
     _step_doc,
     _step_from_doc,
     _summary,
@@ -85,7 +89,7 @@ _REUSABLE = ("ok", "reused", "cached")
 _RUN_STATUSES = ("ok", "failed", "interrupted", "running")
 _SUMMARY_COLUMNS = (
     "run_id, workflow, status, started_at, finished_at, cost_usd, prompt_tokens,"
-    " completion_tokens, workflow_sha256, resumed_from, workflow_path"
+    " completion_tokens, workflow_sha256, resumed_from, workflow_path, pid, host, proc_start"
 )
 
 
@@ -123,7 +127,8 @@ class RunStore(StoreDatabase):
         steps: Iterable[StepResult] = (),
         resumed_from: str | None = None,
     ) -> None:
-        """Record a new run as "running".
+        """Record a new run as "running", and who runs it: this process (its pid, host
+        and, on Linux, start time), so that readers can tell when it died without finishing.
 
         ``steps``: the run's (pending) step results in workflow order — the engine's
         ``_Run.results.values()``. They fix the order of the steps and let ``runs list``
@@ -133,6 +138,7 @@ class RunStore(StoreDatabase):
         sha = None
         if workflow_text is not None:
             sha = hashlib.sha256(workflow_text.encode("utf-8")).hexdigest()
+        pid, host, proc_start = _owner()
         with self._guard("start the run"), self._tx() as conn:
             exists = conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             if exists:
@@ -142,8 +148,8 @@ class RunStore(StoreDatabase):
                 )
             conn.execute(
                 "INSERT INTO runs (run_id, workflow, workflow_path, workflow_text,"
-                " workflow_sha256, inputs, resumed_from, status, started_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?)",
+                " workflow_sha256, inputs, resumed_from, status, started_at, pid, host,"
+                " proc_start) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
                 (
                     run_id,
                     redact(workflow_name),
@@ -153,6 +159,9 @@ class RunStore(StoreDatabase):
                     _json(inputs),
                     resumed_from,
                     _now(),
+                    pid,
+                    host,
+                    proc_start,
                 ),
             )
             for position, step in enumerate(steps):
@@ -333,19 +342,25 @@ class RunStore(StoreDatabase):
     def load_run(self, run_id: str) -> RunResult:
         """The run as a RunResult, rebuilt from the rows (``run_id`` may be a unique prefix).
 
-        Raises StoreError (an InputError, exit 2) when there is no such run.
+        A "running" run whose process is gone reads as "interrupted", with an error saying
+        so (it can be resumed like any other). Raises StoreError (an InputError, exit 2)
+        when there is no such run.
         """
         with self._guard("read the run"), self._tx(write=False) as conn:
             full = self._resolve(conn, run_id)
             run = conn.execute("SELECT * FROM runs WHERE run_id = ?", (full,)).fetchone()
             steps = self._load_steps(conn, full, "")
+        status = _run_status(run)
+        error = run["error"]
+        if status != run["status"] and error is None:
+            error = f"its process (pid {run['pid']}) is gone: it was killed or crashed"
         return RunResult(
             workflow=run["workflow"],
             inputs=_load(run["inputs"], {}),
             steps=steps,
             outputs=_load(run["outputs"], {}),
-            status=run["status"],
-            error=run["error"],
+            status=status,
+            error=error,
             run_id=full,
             latency_s=float(run["latency_s"] or 0.0),
         )

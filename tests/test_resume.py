@@ -200,6 +200,8 @@ def test_killed_run_resumes_without_paying_again(tmp_path: Path, how: str) -> No
             assert summary.status == "interrupted"
         else:
             assert proc.returncode == -signal.SIGKILL
+            # Never finished, but its process is gone: read back as interrupted.
+            assert (summary.status, summary.finished_at) == ("interrupted", None)
         before = len(server.chat_requests)
         server.responder = lambda body: Reply('{"faithful": true, "differences": []}')
         resumed = subprocess.run(

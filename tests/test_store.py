@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -521,10 +523,158 @@ def test_kill_9_right_after_record_step_loses_nothing(tmp_path: Path) -> None:
     assert child.returncode == -9, err
     with RunStore(path) as store:
         (summary,) = store.list_runs()
-        assert (summary.status, summary.steps_done, summary.steps_total) == ("running", 1, 2)
+        # Its process is gone: the run reads as interrupted (never finished).
+        assert (summary.status, summary.steps_done, summary.steps_total) == ("interrupted", 1, 2)
+        assert summary.finished_at is None
         assert summary.cost_usd == Decimal("0.01")
         fingerprint, step = store.finished_steps("r1")["a"]
         assert (fingerprint, step.output, step.usage) == ("fp-a", "done", Usage(3, 4))
+        loaded = store.load_run("r1")
+        assert loaded.status == "interrupted"
+        assert loaded.error == f"its process (pid {child.pid}) is gone: it was killed or crashed"
+    with sqlite3.connect(path) as conn:  # reading changed nothing in the file
+        assert conn.execute("SELECT status FROM runs").fetchone()[0] == "running"
+    conn.close()
+
+
+def _flowgpt(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "flowgpt", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+
+
+def test_run_of_a_process_that_is_gone_is_interrupted_and_of_a_live_one_running(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "runs.sqlite3"
+    # The child starts a run, then waits for its stdin to close, never finishing the run.
+    code = f"""
+        import sys
+        from flowgpt.results import StepResult
+        from flowgpt.store import RunStore
+        store = RunStore({str(path)!r})
+        store.start_run("r1", workflow_name="w", workflow_text="x", workflow_path=None,
+                        inputs={{}}, steps=[StepResult(id="a")])
+        print("started", flush=True)
+        sys.stdin.read()
+        """
+    waiter = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert waiter.stdout is not None and waiter.stdout.readline() == "started\n"
+        with RunStore(path) as store:
+            assert store.run_summary("r1").status == "running"  # its process is alive
+            assert store.load_run("r1").status == "running"
+            assert store.load_run("r1").error is None
+    finally:
+        waiter.kill()
+        waiter.communicate(timeout=30)
+    with RunStore(path) as store:
+        assert store.run_summary("r1").status == "interrupted"
+    listed = _flowgpt("runs", "list", "--store", str(path))
+    assert listed.returncode == 0, listed.stderr
+    (row,) = [line for line in listed.stdout.splitlines() if "r1" in line]
+    assert "interrupted" in row and "running" not in row
+    as_json = json.loads(_flowgpt("runs", "list", "--json", "--store", str(path)).stdout)
+    assert [(r["run_id"], r["status"], r["finished_at"]) for r in as_json] == [
+        ("r1", "interrupted", None)
+    ]
+    shown = _flowgpt("runs", "show", "r1", "--store", str(path))
+    assert shown.returncode == 0, shown.stderr
+    assert "w: interrupted" in shown.stdout
+    assert f"error: its process (pid {waiter.pid}) is gone" in shown.stdout
+
+
+def _set_owner(path: Path, run_id: str, **columns: object) -> None:
+    with sqlite3.connect(path) as conn:
+        for column, value in columns.items():
+            conn.execute(f"UPDATE runs SET {column} = ? WHERE run_id = ?", (value, run_id))
+    conn.close()
+
+
+def test_who_runs_a_run_is_recorded_and_judged(tmp_path: Path) -> None:
+    path = tmp_path / "runs.sqlite3"
+    with RunStore(path) as store:
+        store.start_run("r1", workflow_name="w", workflow_text=None, workflow_path=None, inputs={})
+    with sqlite3.connect(path) as conn:
+        pid, host, proc_start = conn.execute("SELECT pid, host, proc_start FROM runs").fetchone()
+    conn.close()
+    assert (pid, host) == (os.getpid(), socket.gethostname())
+    linux = Path("/proc/self/stat").exists()
+    assert (proc_start is not None) == linux
+
+    def status() -> str:
+        with RunStore(path) as store:
+            return store.run_summary("r1").status
+
+    assert status() == "running"  # this process
+    dead = _python("pass")
+    dead.communicate(timeout=30)
+    _set_owner(path, "r1", pid=dead.pid, proc_start=None)
+    assert status() == "interrupted"
+    _set_owner(path, "r1", host="another-machine")
+    assert status() == "running"  # cannot know
+    _set_owner(path, "r1", host=None, pid=None)
+    assert status() == "running"  # recorded by schema 1: unknown
+    if linux:
+        # The pid is alive but is another process than the one recorded: pid reuse.
+        _set_owner(path, "r1", host=host, pid=os.getpid(), proc_start="another-boot:1")
+        assert status() == "interrupted"
+        _set_owner(path, "r1", proc_start=proc_start)
+        assert status() == "running"
+
+
+def test_schema_1_store_is_upgraded_and_keeps_its_runs(tmp_path: Path) -> None:
+    path = tmp_path / "runs.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.executescript((REPO / "tests" / "data" / "store_schema_1.sql").read_text())
+        conn.execute("INSERT INTO schema_version (id, version) VALUES (1, 1)")
+        conn.execute(
+            "INSERT INTO runs (run_id, workflow, status, started_at, finished_at, cost_usd,"
+            " prompt_tokens, completion_tokens, inputs, outputs) VALUES"
+            " ('old-ok', 'w', 'ok', '2026-01-01T00:00:00.000+00:00',"
+            " '2026-01-01T00:00:01.000+00:00', '0.5', 10, 5, '{\"n\": 1}', '{}'),"
+            " ('old-running', 'w', 'running', '2026-01-01T00:00:02.000+00:00', NULL, NULL,"
+            " 0, 0, '{}', NULL)"
+        )
+        conn.execute(
+            "INSERT INTO steps (run_id, step_id, position, status, finished_at, output)"
+            " VALUES ('old-running', 'a', 0, 'ok', '2026-01-01T00:00:03.000+00:00', '\"A\"')"
+        )
+    conn.close()
+    assert SCHEMA_VERSION == 2
+    with RunStore(path) as store:
+        summaries = {s.run_id: s for s in store.list_runs()}
+        assert {r: s.status for r, s in summaries.items()} == {
+            "old-ok": "ok",
+            "old-running": "running",  # no pid recorded: stays running
+        }
+        assert summaries["old-ok"].cost_usd == Decimal("0.5")
+        assert summaries["old-ok"].total_tokens == 15
+        assert store.load_run("old-ok").inputs == {"n": 1}
+        assert store.finished_steps("old-running")["a"][1].output == "A"
+        store.start_run("new", workflow_name="w", workflow_text=None, workflow_path=None, inputs={})
+        assert store.run_summary("new").status == "running"
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == 2
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
+        assert {"pid", "host", "proc_start"} <= columns
+        assert (
+            conn.execute("SELECT pid FROM runs WHERE run_id = 'new'").fetchone()[0] == os.getpid()
+        )
+    conn.close()
+    with RunStore(path) as again:  # opening an upgraded file again changes nothing
+        assert len(again.list_runs()) == 3
 
 
 def test_two_processes_write_the_same_file(tmp_path: Path) -> None:
