@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -272,3 +273,41 @@ def test_provider_error_exit_1_with_partial_table() -> None:
     assert "OPENAI_API_KEY" in proc.stderr and "Traceback" not in proc.stderr
     assert "translate (FAILED)" in proc.stderr and "not run" in proc.stderr
     assert "sk-test-wrong-key-000000000000" not in proc.stderr
+
+
+def test_run_keeps_to_rpm_and_concurrency(tmp_path: Path) -> None:
+    # A for_each step sends its items at once; --rpm 120 allows two requests a second (at
+    # most a second's worth at a time), so the 6th of 6 is sent 2 s after the first at the
+    # earliest (the bound leaves the first request 0.5 s to connect), and --concurrency 1
+    # lets no two overlap.
+    workflow = tmp_path / "fan.yaml"
+    workflow.write_text(
+        "version: 1\nname: fan\ndefaults: {model: gpt-4o-mini, max_tokens: 20}\n"
+        "inputs:\n  items: {type: array}\n"
+        "steps:\n  - id: each\n    for_each: inputs.items\n    as: item\n"
+        "    prompt: 'Say {{ item }}'\n",
+        encoding="utf-8",
+    )
+    inputs = tmp_path / "inputs.json"
+    inputs.write_text(json.dumps({"items": list("abcdef")}), encoding="utf-8")
+    with FakeOpenAI() as server:
+        proc = flowgpt(
+            "run",
+            str(workflow),
+            "--inputs-file",
+            str(inputs),
+            "--rpm",
+            "120",
+            "--concurrency",
+            "1",
+            "--no-store",
+            env={
+                "OPENAI_API_KEY": "sk-test-rpm-000000000000000",
+                "OPENAI_BASE_URL": server.base_url,
+            },
+        )
+        sent = sorted(server.chat_requests, key=lambda r: r.arrived)
+    assert proc.returncode == 0, proc.stderr
+    assert len(sent) == 6
+    assert sent[5].arrived - sent[0].arrived >= 1.5
+    assert all((a.completed or 0) <= b.arrived + 0.005 for a, b in itertools.pairwise(sent))

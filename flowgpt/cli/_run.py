@@ -55,6 +55,15 @@ from flowgpt.errors import FlowgptError, InputError
     metavar="USD",
     help="Stop before any call that could take the run past USD (on top of `budget:`).",
 )
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1, max=1000),
+    help="Most requests in flight at once (default: the workflow's provider.concurrency).",
+)
+@click.option("--rpm", type=click.IntRange(min=1), help="Most requests per minute.")
+@click.option(
+    "--tpm", type=click.IntRange(min=1), help="Most tokens per minute (prompt + max_tokens)."
+)
 @_provider_options
 @_handle_errors
 def run(
@@ -65,6 +74,9 @@ def run(
     out_file: str | None,
     model: str | None,
     max_cost: float | None,
+    concurrency: int | None,
+    rpm: int | None,
+    tpm: int | None,
     mock: bool,
     local: bool,
     local_model: str | None,
@@ -102,6 +114,9 @@ def run(
             parts += ["--model", shlex.quote(model)]
         if max_cost is not None:
             parts += ["--max-cost", f"{max_cost:g}"]
+        for flag, limit in (("--concurrency", concurrency), ("--rpm", rpm), ("--tpm", tpm)):
+            if limit is not None:
+                parts += [flag, str(limit)]
         if store_path:
             parts += ["--store", shlex.quote(store_path)]
         if cache:
@@ -118,6 +133,9 @@ def run(
         on_event=progress.on_event,
         store=store,
         cache=cache,
+        concurrency=concurrency,
+        rpm=rpm,
+        tpm=tpm,
     )
     error: FlowgptError | None = None
     try:
