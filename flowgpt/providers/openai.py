@@ -1,6 +1,9 @@
 """The OpenAI Chat Completions provider: the only module that imports the openai SDK.
 
-Any OpenAI-compatible endpoint works through ``base_url``. Decisions, in one place:
+Any OpenAI-compatible endpoint works through ``base_url``. This module holds the SDK
+client, the httpx hooks, the calls (plain and streamed) and the translation of SDK
+exceptions; the rules that need no SDK (which models take ``max_completion_tokens``,
+Retry-After, usage mapping, error wording) are in ``_openai_rules``. Decisions, in one place:
 
 * Transport retries are the SDK's own (``max_retries``; 408/409/429/5xx, timeouts and
   connection errors; ``retry-after-ms`` / ``Retry-After`` honoured up to two minutes, else
@@ -30,16 +33,10 @@ Any OpenAI-compatible endpoint works through ``base_url``. Decisions, in one pla
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import functools
-import hashlib
 import json
 import os
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx2
 import openai
@@ -47,21 +44,27 @@ from openai._constants import MAX_RETRY_AFTER_DELAY
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 from typing_extensions import override
 
-from flowgpt.errors import (
-    AuthenticationError,
-    BadRequestError,
-    ConnectionError,
-    MalformedResponseError,
-    ModelNotFoundError,
-    ProviderError,
-    QuotaExceededError,
-    RateLimitError,
-    ServerError,
-    redact,
+from flowgpt.errors import AuthenticationError, ConnectionError, ProviderError, ServerError
+from flowgpt.providers._openai_rules import (
+    _CALL,
+    _REQUEST_INVALID_RE,
+    _after,
+    _Call,
+    _cause,
+    _endpoint,
+    _key_digest,
+    _Reply,
+    _retry_after_s,
+    _scrub,
+    _status_error,
+    _str_or_none,
+    _Unreadable,
+    _unreadable_error,
+    _usage,
+    uses_max_completion_tokens,
 )
 from flowgpt.providers.base import ChatRequest, ChatResponse, OnText
 from flowgpt.ratelimit import note_rate_limited
-from flowgpt.usage import Usage
 
 if TYPE_CHECKING:
     from openai._models import FinalRequestOptions
@@ -69,38 +72,6 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_BASE_URL", "OpenAIProvider", "uses_max_completion_tokens"]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-
-# o1, o3-mini, o4-mini, gpt-5, gpt-5-mini, ... (optionally "ft:" fine-tunes of them).
-_MAX_COMPLETION_TOKENS_RE = re.compile(r"^(?:ft:)?(?:o\d+(?:$|[-:_.])|gpt-5)")
-# Masked keys the API echoes back ("sk-proj-****abcd") escape errors.redact's pattern.
-_KEYISH_RE = re.compile(r"\bsk-[^\s'\"`,;)]*")
-
-
-@functools.lru_cache(maxsize=256)
-def uses_max_completion_tokens(model: str) -> bool:
-    """True for the model families that want ``max_completion_tokens``."""
-    return bool(_MAX_COMPLETION_TOKENS_RE.match(model.rsplit("/", 1)[-1].lower()))
-
-
-@dataclass
-class _Call:
-    """Per-complete() state, reached by the httpx hooks through a context variable."""
-
-    max_backoff_s: float | None = None
-    earlier: int = 0  # HTTP attempts of the create() calls already finished
-    current: int = 0  # HTTP attempts of the create() call in progress
-
-    @property
-    def retries(self) -> int:
-        return max(self.earlier + self.current - 1, 0)
-
-    def next_create(self) -> None:
-        self.earlier, self.current = self.earlier + self.current, 0
-
-
-_CALL: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
-    "flowgpt_openai_call", default=None
-)
 
 
 async def _count_attempt(request: httpx2.Request) -> None:
@@ -141,26 +112,11 @@ async def _on_error(response: httpx2.Response) -> None:
     note_rate_limited(_retry_after_s(response.headers))
 
 
-# A FastAPI/pydantic request-validation error about the request body, e.g.
-# "1 validation error: {'type': 'literal_error', 'loc': ('body', 'response_format', ...".
-_REQUEST_INVALID_RE = re.compile(r"validation error.*'loc': \('body'", re.S)
-
-
 def _refused_request(response: httpx2.Response) -> bool:
     try:
         return bool(_REQUEST_INVALID_RE.search(response.text))
     except (httpx2.ResponseNotRead, UnicodeDecodeError):
         return False
-
-
-def _retry_after_s(headers: httpx2.Headers) -> float | None:
-    """The wait a 429 asks for (``retry-after-ms`` or ``retry-after`` in seconds)."""
-    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        try:
-            return float(headers[name]) / scale
-        except (KeyError, ValueError):
-            continue
-    return None
 
 
 class _Client(openai.AsyncOpenAI):
@@ -182,22 +138,6 @@ class _Client(openai.AsyncOpenAI):
         if call is None or call.max_backoff_s is None or server_directed:
             return delay
         return min(delay, call.max_backoff_s)
-
-
-class _Unreadable(Exception):
-    """The reply could not be read; ``emitted`` tells whether on_text already saw text."""
-
-    def __init__(self, detail: str, *, emitted: bool = False, broken: bool = False) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.emitted = emitted
-        self.broken = broken  # the connection broke (vs. a reply that made no sense)
-
-
-@functools.lru_cache(maxsize=16)
-def _key_digest(key: str) -> str:
-    # Clients are cached by a digest, so the key itself is never a dict key anywhere.
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 class OpenAIProvider:
@@ -249,13 +189,6 @@ class OpenAIProvider:
 
     def resolved_base_url(self) -> str:
         return self.base_url or self._env.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-
-    def _endpoint(self) -> str:
-        """The base URL for messages: no user:password, no query."""
-        parts = urlsplit(self.resolved_base_url())
-        host = parts.hostname or ""
-        netloc = f"{host}:{parts.port}" if parts.port else host
-        return urlunsplit((parts.scheme, netloc, parts.path, "", "")) or "the API"
 
     def _read_key(self) -> str:
         key = (self._env.get(self.api_key_env) or "").strip()
@@ -333,7 +266,9 @@ class OpenAIProvider:
                 except _Unreadable as exc:
                     remaining = self.max_retries - call.retries
                     if reread or remaining <= 0 or exc.emitted:
-                        raise self._unreadable_error(exc, call) from None
+                        raise _unreadable_error(
+                            exc, call, _endpoint(self.resolved_base_url())
+                        ) from None
                     # One more try, inside the same retry budget as the SDK's own retries.
                     reread = True
                     call.next_create()
@@ -446,112 +381,29 @@ class OpenAIProvider:
         return _Reply("".join(parts), _usage(usage), finish_reason, model, extra)
 
     # -- errors ------------------------------------------------------------------------------
-    def _scrub(self, text: str, key: str | None) -> str:
-        if key:
-            text = text.replace(key, "[redacted key]")
-        return redact(_KEYISH_RE.sub("[redacted key]", text))
-
-    def _unreadable_error(self, exc: _Unreadable, call: _Call) -> ProviderError:
-        after = _after(call.retries)
-        if exc.broken:
-            return ConnectionError(
-                f"The connection to {self._endpoint()} broke mid-reply{after}: {exc.detail}.",
-                hint="Check your network or the endpoint, then run again.",
-                retries=call.retries,
-            )
-        return MalformedResponseError(
-            f"{self._endpoint()} sent a reply that is not a valid Chat Completions "
-            f"response{after}: {exc.detail}.",
-            hint="Check that base_url points at an OpenAI-compatible API (it usually ends "
-            "in /v1) and that the model supports chat completions.",
-            retries=call.retries,
-        )
-
     def _translate(
         self, exc: openai.OpenAIError, key: str, model: str, call: _Call
     ) -> ProviderError:
-        env, endpoint, retries = self.api_key_env, self._endpoint(), call.retries
+        env, endpoint, retries = self.api_key_env, _endpoint(self.resolved_base_url()), call.retries
         after = _after(retries)
 
         def said(err: openai.APIError) -> str:
             message = _api_message(err)
-            return f" The API said: {self._scrub(message, key)}" if message else ""
+            return f" The API said: {_scrub(message, key)}" if message else ""
 
         if isinstance(exc, openai.APIStatusError):
             status = exc.status_code
-            if status == 401:
-                return AuthenticationError(
-                    f"Authentication failed (401): {endpoint} rejected the API key read from "
-                    f"the environment variable {env}.{said(exc)}",
-                    hint=f"Check that {env} holds a valid key for {endpoint}, or run with "
-                    "--mock to try the workflow without an API.",
-                    status=status,
-                    retries=retries,
-                )
-            if status == 403:
-                return AuthenticationError(
-                    f"Permission denied (403): the key in {env} may not use model '{model}' "
-                    f"at {endpoint}.{said(exc)}",
-                    hint=f"Check the project and organization of the key in {env}, or choose a "
-                    "model it can use.",
-                    status=status,
-                    retries=retries,
-                )
-            if status == 404:
-                return ModelNotFoundError(
-                    f"Model '{model}' was not found at {endpoint} (404).{said(exc)}",
-                    hint="Check the model name and that your key can use it; if every model "
-                    "fails, check base_url (it usually ends in /v1).",
-                    status=status,
-                    retries=retries,
-                )
-            if status == 429 and _is_quota(exc):
-                return QuotaExceededError(
-                    f"The account of the key in {env} is out of quota (429 insufficient_quota)."
-                    f"{said(exc)}",
-                    hint="Add credit or raise the usage limit in your billing settings, or use "
-                    "another key; retrying cannot help.",
-                    status=status,
-                    retries=retries,
-                )
-            if status == 429:
-                return RateLimitError(
-                    f"Rate limited by {endpoint} (429){after}.{_wait_asked(exc)}{said(exc)}",
-                    hint="Lower provider.concurrency, raise provider.max_retries, or try again "
-                    "later.",
-                    status=status,
-                    retries=retries,
-                )
-            if status >= 500 and _refused_request(exc.response):
-                # Some servers (llama-cpp-python's) report a request body they cannot
-                # accept as an internal error: it is the request that must change.
-                return BadRequestError(
-                    f"The API refused the request for model '{model}' ({status}).{said(exc)}",
-                    hint="Fix the step setting the message names (e.g. response_format) and "
-                    "run again.",
-                    status=status,
-                    retries=retries,
-                )
-            if status >= 500 or status == 409:
-                return ServerError(
-                    f"{endpoint} failed with status {status}{after}.{said(exc)}",
-                    hint="The API had a problem on its side; try again later.",
-                    status=status,
-                    retries=retries,
-                )
-            if status == 408:
-                return ConnectionError(
-                    f"{endpoint} timed out the request (408){after}.{said(exc)}",
-                    hint="Try again later, or raise provider.timeout_s.",
-                    status=status,
-                    retries=retries,
-                )
-            return BadRequestError(
-                f"The API refused the request for model '{model}' ({status}).{said(exc)}",
-                hint="Fix the step setting the message names (e.g. max_tokens, temperature, "
-                "stop, response_format) and run again.",
-                status=status,
+            return _status_error(
+                status,
+                env=env,
+                endpoint=endpoint,
+                model=model,
                 retries=retries,
+                said=said(exc),
+                headers=exc.response.headers,
+                # Read only where they matter, as before: a 429's body, a 5xx's text.
+                quota=status == 429 and _is_quota(exc),
+                refused=status >= 500 and _refused_request(exc.response),
             )
         if isinstance(exc, openai.APITimeoutError):
             return ConnectionError(
@@ -563,7 +415,7 @@ class OpenAIProvider:
             cause = _cause(exc)
             return ConnectionError(
                 f"Could not reach {endpoint}{after}"
-                + (f": {self._scrub(cause, key)}." if cause else "."),
+                + (f": {_scrub(cause, key)}." if cause else "."),
                 hint="Check base_url / OPENAI_BASE_URL, your network and any proxy settings.",
                 retries=retries,
             )
@@ -574,51 +426,15 @@ class OpenAIProvider:
                 retries=retries,
             )
         return ProviderError(
-            f"The OpenAI client failed: {self._scrub(str(exc), key)}",
+            f"The OpenAI client failed: {_scrub(str(exc), key)}",
             hint="Run with --debug for details.",
             retries=retries,
         )
 
 
-@dataclass
-class _Reply:
-    text: str
-    usage: Usage
-    finish_reason: str | None
-    model: str | None
-    extra: dict[str, Any]
-
-
 def _messages(request: ChatRequest) -> list[ChatCompletionMessageParam]:
     # flowgpt's Message (role, content, name) is a subset of the SDK's message params.
     return cast("list[ChatCompletionMessageParam]", request.messages)
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def _usage(usage: Any) -> Usage:
-    if usage is None:
-        return Usage()
-    prompt_details = getattr(usage, "prompt_tokens_details", None)
-    completion_details = getattr(usage, "completion_tokens_details", None)
-    return Usage(
-        prompt_tokens=_int(getattr(usage, "prompt_tokens", 0)),
-        completion_tokens=_int(getattr(usage, "completion_tokens", 0)),
-        cached_tokens=_int(getattr(prompt_details, "cached_tokens", 0)),
-        reasoning_tokens=_int(getattr(completion_details, "reasoning_tokens", 0)),
-    )
-
-
-def _str_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _after(retries: int) -> str:
-    if retries == 0:
-        return ""
-    return f" after {retries} {'retry' if retries == 1 else 'retries'}"
 
 
 def _api_message(exc: openai.APIError) -> str:
@@ -636,15 +452,6 @@ def _api_message(exc: openai.APIError) -> str:
     return exc.message
 
 
-def _wait_asked(exc: openai.APIStatusError) -> str:
-    headers = exc.response.headers
-    if "retry-after-ms" in headers:
-        return f" The server asked to wait {headers['retry-after-ms']} ms."
-    if "retry-after" in headers:
-        return f" The server asked to wait {headers['retry-after']} s."
-    return ""
-
-
 def _is_quota(exc: openai.APIStatusError) -> bool:
     if exc.code == "insufficient_quota" or exc.type == "insufficient_quota":
         return True
@@ -654,11 +461,3 @@ def _is_quota(exc: openai.APIStatusError) -> bool:
         error.get("code"),
         error.get("type"),
     )
-
-
-def _cause(exc: BaseException) -> str:
-    cause = exc.__cause__
-    if cause is None:
-        return ""
-    text = str(cause).strip()
-    return f"{type(cause).__name__}: {text}" if text else type(cause).__name__

@@ -1,0 +1,267 @@
+"""The OpenAI provider's rules that need neither the openai SDK nor httpx2.
+
+Which models take ``max_completion_tokens``, the wait a 429 asks for, what a refused
+request body looks like, the per-call attempt count the httpx hooks reach through a
+context variable, reading a reply's usage, and the wording shared by error messages.
+flowgpt/providers/openai.py (the only module that imports the SDK) builds on these and
+re-exports ``uses_max_completion_tokens``; importing this module loads no SDK.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from flowgpt.errors import (
+    AuthenticationError,
+    BadRequestError,
+    ConnectionError,
+    MalformedResponseError,
+    ModelNotFoundError,
+    ProviderError,
+    QuotaExceededError,
+    RateLimitError,
+    ServerError,
+    redact,
+)
+from flowgpt.usage import Usage
+
+# o1, o3-mini, o4-mini, gpt-5, gpt-5-mini, ... (optionally "ft:" fine-tunes of them).
+_MAX_COMPLETION_TOKENS_RE = re.compile(r"^(?:ft:)?(?:o\d+(?:$|[-:_.])|gpt-5)")
+# Masked keys the API echoes back ("sk-proj-****abcd") escape errors.redact's pattern.
+_KEYISH_RE = re.compile(r"\bsk-[^\s'\"`,;)]*")
+
+
+@functools.lru_cache(maxsize=256)
+def uses_max_completion_tokens(model: str) -> bool:
+    """True for the model families that want ``max_completion_tokens``."""
+    return bool(_MAX_COMPLETION_TOKENS_RE.match(model.rsplit("/", 1)[-1].lower()))
+
+
+@dataclass
+class _Call:
+    """Per-complete() state, reached by the httpx hooks through a context variable."""
+
+    max_backoff_s: float | None = None
+    earlier: int = 0  # HTTP attempts of the create() calls already finished
+    current: int = 0  # HTTP attempts of the create() call in progress
+
+    @property
+    def retries(self) -> int:
+        return max(self.earlier + self.current - 1, 0)
+
+    def next_create(self) -> None:
+        self.earlier, self.current = self.earlier + self.current, 0
+
+
+_CALL: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
+    "flowgpt_openai_call", default=None
+)
+
+
+# A FastAPI/pydantic request-validation error about the request body, e.g.
+# "1 validation error: {'type': 'literal_error', 'loc': ('body', 'response_format', ...".
+_REQUEST_INVALID_RE = re.compile(r"validation error.*'loc': \('body'", re.S)
+
+
+def _retry_after_s(headers: Mapping[str, str]) -> float | None:
+    """The wait a 429 asks for (``retry-after-ms`` or ``retry-after`` in seconds)."""
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        try:
+            return float(headers[name]) / scale
+        except (KeyError, ValueError):
+            continue
+    return None
+
+
+class _Unreadable(Exception):
+    """The reply could not be read; ``emitted`` tells whether on_text already saw text."""
+
+    def __init__(self, detail: str, *, emitted: bool = False, broken: bool = False) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.emitted = emitted
+        self.broken = broken  # the connection broke (vs. a reply that made no sense)
+
+
+@functools.lru_cache(maxsize=16)
+def _key_digest(key: str) -> str:
+    # Clients are cached by a digest, so the key itself is never a dict key anywhere.
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _endpoint(base_url: str) -> str:
+    """The base URL for messages: no user:password, no query."""
+    parts = urlsplit(base_url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", "")) or "the API"
+
+
+def _scrub(text: str, key: str | None) -> str:
+    if key:
+        text = text.replace(key, "[redacted key]")
+    return redact(_KEYISH_RE.sub("[redacted key]", text))
+
+
+def _unreadable_error(exc: _Unreadable, call: _Call, endpoint: str) -> ProviderError:
+    after = _after(call.retries)
+    if exc.broken:
+        return ConnectionError(
+            f"The connection to {endpoint} broke mid-reply{after}: {exc.detail}.",
+            hint="Check your network or the endpoint, then run again.",
+            retries=call.retries,
+        )
+    return MalformedResponseError(
+        f"{endpoint} sent a reply that is not a valid Chat Completions "
+        f"response{after}: {exc.detail}.",
+        hint="Check that base_url points at an OpenAI-compatible API (it usually ends "
+        "in /v1) and that the model supports chat completions.",
+        retries=call.retries,
+    )
+
+
+@dataclass
+class _Reply:
+    text: str
+    usage: Usage
+    finish_reason: str | None
+    model: str | None
+    extra: dict[str, Any]
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _usage(usage: Any) -> Usage:
+    if usage is None:
+        return Usage()
+    prompt_details = getattr(usage, "prompt_tokens_details", None)
+    completion_details = getattr(usage, "completion_tokens_details", None)
+    return Usage(
+        prompt_tokens=_int(getattr(usage, "prompt_tokens", 0)),
+        completion_tokens=_int(getattr(usage, "completion_tokens", 0)),
+        cached_tokens=_int(getattr(prompt_details, "cached_tokens", 0)),
+        reasoning_tokens=_int(getattr(completion_details, "reasoning_tokens", 0)),
+    )
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _after(retries: int) -> str:
+    if retries == 0:
+        return ""
+    return f" after {retries} {'retry' if retries == 1 else 'retries'}"
+
+
+def _status_error(
+    status: int,
+    *,
+    env: str,
+    endpoint: str,
+    model: str,
+    retries: int,
+    said: str,
+    headers: Mapping[str, str],
+    quota: bool,
+    refused: bool,
+) -> ProviderError:
+    """The error for an HTTP error status; ``said`` is the API's own (scrubbed) message,
+    ``quota`` a 429 for ``insufficient_quota``, ``refused`` a 5xx that refused the request."""
+    after = _after(retries)
+    if status == 401:
+        return AuthenticationError(
+            f"Authentication failed (401): {endpoint} rejected the API key read from "
+            f"the environment variable {env}.{said}",
+            hint=f"Check that {env} holds a valid key for {endpoint}, or run with "
+            "--mock to try the workflow without an API.",
+            status=status,
+            retries=retries,
+        )
+    if status == 403:
+        return AuthenticationError(
+            f"Permission denied (403): the key in {env} may not use model '{model}' "
+            f"at {endpoint}.{said}",
+            hint=f"Check the project and organization of the key in {env}, or choose a "
+            "model it can use.",
+            status=status,
+            retries=retries,
+        )
+    if status == 404:
+        return ModelNotFoundError(
+            f"Model '{model}' was not found at {endpoint} (404).{said}",
+            hint="Check the model name and that your key can use it; if every model "
+            "fails, check base_url (it usually ends in /v1).",
+            status=status,
+            retries=retries,
+        )
+    if status == 429 and quota:
+        return QuotaExceededError(
+            f"The account of the key in {env} is out of quota (429 insufficient_quota).{said}",
+            hint="Add credit or raise the usage limit in your billing settings, or use "
+            "another key; retrying cannot help.",
+            status=status,
+            retries=retries,
+        )
+    if status == 429:
+        return RateLimitError(
+            f"Rate limited by {endpoint} (429){after}.{_wait_asked(headers)}{said}",
+            hint="Lower provider.concurrency, raise provider.max_retries, or try again later.",
+            status=status,
+            retries=retries,
+        )
+    if status >= 500 and refused:
+        # Some servers (llama-cpp-python's) report a request body they cannot
+        # accept as an internal error: it is the request that must change.
+        return BadRequestError(
+            f"The API refused the request for model '{model}' ({status}).{said}",
+            hint="Fix the step setting the message names (e.g. response_format) and run again.",
+            status=status,
+            retries=retries,
+        )
+    if status >= 500 or status == 409:
+        return ServerError(
+            f"{endpoint} failed with status {status}{after}.{said}",
+            hint="The API had a problem on its side; try again later.",
+            status=status,
+            retries=retries,
+        )
+    if status == 408:
+        return ConnectionError(
+            f"{endpoint} timed out the request (408){after}.{said}",
+            hint="Try again later, or raise provider.timeout_s.",
+            status=status,
+            retries=retries,
+        )
+    return BadRequestError(
+        f"The API refused the request for model '{model}' ({status}).{said}",
+        hint="Fix the step setting the message names (e.g. max_tokens, temperature, "
+        "stop, response_format) and run again.",
+        status=status,
+        retries=retries,
+    )
+
+
+def _wait_asked(headers: Mapping[str, str]) -> str:
+    if "retry-after-ms" in headers:
+        return f" The server asked to wait {headers['retry-after-ms']} ms."
+    if "retry-after" in headers:
+        return f" The server asked to wait {headers['retry-after']} s."
+    return ""
+
+
+def _cause(exc: BaseException) -> str:
+    cause = exc.__cause__
+    if cause is None:
+        return ""
+    text = str(cause).strip()
+    return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
