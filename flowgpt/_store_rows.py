@@ -11,6 +11,7 @@ the :class:`RunSummary` that ``flowgpt runs list`` shows. :func:`_owner` is who 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -135,6 +136,15 @@ def _step_from_doc(doc: dict[str, Any]) -> StepResult:
 # -- who runs a run ---------------------------------------------------------------------
 
 
+@functools.cache
+def _boot_id() -> str | None:
+    """This boot's id (Linux), read once: it cannot change while the process lives."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
 def _proc_stat(pid: int) -> tuple[str, str] | None:
     """(state, "boot id:start time") of process ``pid`` from Linux's /proc, or None where
     /proc does not tell (not Linux, no such process).
@@ -142,8 +152,10 @@ def _proc_stat(pid: int) -> tuple[str, str] | None:
     The start time (clock ticks after boot) with the boot id names one process: a pid
     reused later, or after a reboot, gives another value.
     """
+    boot = _boot_id()
+    if boot is None:
+        return None
     try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None

@@ -10,7 +10,13 @@ from typing import Any
 
 import click
 
-from flowgpt.cli._common import EXIT_RUN_FAILED, _handle_errors, _make_provider, _provider_options
+from flowgpt.cli._common import (
+    EXIT_RUN_FAILED,
+    _handle_errors,
+    _limit_options,
+    _make_provider,
+    _provider_options,
+)
 
 
 @click.command()
@@ -27,15 +33,7 @@ from flowgpt.cli._common import EXIT_RUN_FAILED, _handle_errors, _make_provider,
     type=click.Path(dir_okay=False),
     help="Results, a JSON line per row; run again with the same file to resume.",
 )
-@click.option(
-    "--concurrency",
-    type=click.IntRange(min=1, max=1000),
-    help="Most requests in flight at once (default: the workflow's provider.concurrency).",
-)
-@click.option("--rpm", type=click.IntRange(min=1), help="Most requests per minute.")
-@click.option(
-    "--tpm", type=click.IntRange(min=1), help="Most tokens per minute (prompt + max_tokens)."
-)
+@_limit_options
 @click.option(
     "--max-cost",
     type=click.FloatRange(min=0),

@@ -141,6 +141,20 @@ def _provider_options(func: F) -> F:
     return func
 
 
+def _limit_options(func: F) -> F:
+    """The request limits for everything one command sends, shared by run and batch."""
+    func = click.option(
+        "--tpm", type=click.IntRange(min=1), help="Most tokens per minute (prompt + max_tokens)."
+    )(func)
+    func = click.option("--rpm", type=click.IntRange(min=1), help="Most requests per minute.")(func)
+    func = click.option(
+        "--concurrency",
+        type=click.IntRange(min=1, max=1000),
+        help="Most requests in flight at once (default: the workflow's provider.concurrency).",
+    )(func)
+    return func
+
+
 def _make_provider(
     *, mock: bool = False, local: bool = False, local_model: str | None = None
 ) -> Any:

@@ -12,6 +12,7 @@ import click
 from flowgpt.cli._common import (
     _fail,
     _handle_errors,
+    _limit_options,
     _make_provider,
     _open_store,
     _print_outputs,
@@ -55,15 +56,7 @@ from flowgpt.errors import FlowgptError, InputError
     metavar="USD",
     help="Stop before any call that could take the run past USD (on top of `budget:`).",
 )
-@click.option(
-    "--concurrency",
-    type=click.IntRange(min=1, max=1000),
-    help="Most requests in flight at once (default: the workflow's provider.concurrency).",
-)
-@click.option("--rpm", type=click.IntRange(min=1), help="Most requests per minute.")
-@click.option(
-    "--tpm", type=click.IntRange(min=1), help="Most tokens per minute (prompt + max_tokens)."
-)
+@_limit_options
 @_provider_options
 @_handle_errors
 def run(

@@ -56,7 +56,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import resource
 import shutil
 import statistics
@@ -79,7 +78,7 @@ from flowgpt import Engine, parse_workflow  # noqa: E402
 from flowgpt.batch import BatchOutput, read_rows  # noqa: E402
 from flowgpt.providers.openai import OpenAIProvider  # noqa: E402
 from flowgpt.workflow import Workflow  # noqa: E402
-from tests.benchmarks.bench_chain import fake_server  # noqa: E402
+from tests.benchmarks.bench_chain import callgrind, fake_server  # noqa: E402
 
 MODEL = "gpt-4o-mini"
 TEMPERATURE = 0.2
@@ -380,38 +379,20 @@ def _instructions_child(args: argparse.Namespace) -> dict[str, Any]:
 def measure_instructions(args: argparse.Namespace, base_url: str, tmp: Path) -> Instructions:
     """Both sides at once, each in its own process under callgrind (instructions do not
     depend on what else the machine runs, unlike seconds)."""
-    valgrind = shutil.which("valgrind")
-    if valgrind is None or sys.version_info < (3, 11):
-        raise SystemExit("--mode instructions needs valgrind and Python 3.11+ (operator.call)")
     n = args.instr_rows
-    procs = {}
-    for side in ("raw", "flowgpt"):
-        command = [
-            valgrind,
-            "--tool=callgrind",
-            "--collect-atstart=no",
-            "--toggle-collect=_operator_call",
-            f"--callgrind-out-file={tmp / f'callgrind.{side}'}",
+    commands = {
+        side: [
             *(sys.executable, "-m", "tests.benchmarks.bench_batch"),
             *("--instructions-child", side, "--base-url", base_url, "--rows", str(n)),
             *("--steps", str(args.steps), "--concurrency", str(args.concurrency)),
         ]
-        procs[side] = subprocess.Popen(
-            command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-    counts = {}
-    for side, proc in procs.items():
-        out, err = proc.communicate()
-        if proc.returncode != 0:
-            raise RuntimeError(f"the {side} callgrind run failed:\n{err[-3000:]}")
-        if json.loads(out.strip().splitlines()[-1])["rows"] != n:
+        for side in ("raw", "flowgpt")
+    }
+    results = callgrind(commands, tmp)
+    for side, (_, doc) in results.items():
+        if doc["rows"] != n:
             raise AssertionError(f"the {side} callgrind run did not run {n} rows ok")
-        text = (tmp / f"callgrind.{side}").read_text(encoding="utf-8", errors="replace")
-        found = re.search(r"^(?:totals|summary):\s*(\d+)", text, re.MULTILINE)
-        counts[side] = int(found.group(1)) if found else 0
-        if not counts[side]:
-            raise RuntimeError(f"callgrind counted nothing for {side} (no _operator_call symbol?)")
-    return Instructions(n, n * args.steps, counts["raw"], counts["flowgpt"])
+    return Instructions(n, n * args.steps, results["raw"][0], results["flowgpt"][0])
 
 
 # -- memory -------------------------------------------------------------------------------
