@@ -3,12 +3,15 @@ no timings."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 
+import openai
 import pytest
 
 from tests.benchmarks import bench_batch, bench_chain
+from tests.support.fake_openai import FakeOpenAI
 
 
 @pytest.mark.timeout(60)
@@ -32,19 +35,35 @@ def test_bench_chain_instructions_children_run(capsys: pytest.CaptureFixture[str
     digests = {}
     with bench_chain.fake_server(1) as base_url:
         for shape in ("sequential", "concurrent"):
-            for side in ("raw", "flowgpt"):
+            for side, raw in (("raw", "create"), ("raw", "post"), ("flowgpt", "create")):
                 args = ["--instructions-child", side, "--instructions-shape", shape]
-                args += ["--base-url", base_url, "--concurrency", "2"]
+                args += ["--base-url", base_url, "--concurrency", "2", "--raw", raw]
                 args += ["--instr-chains-seq", "3", "--instr-chains-conc", "3"]
                 assert bench_chain.main(args) == 0
                 doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
                 assert doc["chains"] == 3
-                digests[shape, side] = doc["digest"]
+                digests[shape, side, raw] = doc["digest"]
     assert len(set(digests.values())) == 1  # chains 0-2 end alike whatever runs them
     counts = [bench_chain.Instructions("sequential", 2, 600, 660)]
     table = bench_chain.instructions_table(counts, bench_chain.parse_args([]))
     row = next(line.split() for line in table.splitlines() if line.startswith("sequential"))
     assert row == ["sequential", "2", "100", "110", "10", "1.100"]
+
+
+def test_raw_post_sends_what_raw_create_sends(fake_openai: FakeOpenAI) -> None:
+    # --raw post is only a fair baseline while it sends the very request create() sends.
+    async def both() -> None:
+        client = openai.AsyncOpenAI(api_key=bench_chain.KEY, base_url=fake_openai.base_url)
+        try:
+            for how in bench_chain.RAW_CALLS:
+                await bench_chain.chat(client, how, bench_chain.SYSTEM, "Say hi")
+        finally:
+            await client.close()
+
+    asyncio.run(both())
+    by_create, by_post = fake_openai.chat_requests
+    assert by_post.body == by_create.body
+    assert by_post.headers == by_create.headers
 
 
 def test_both_sides_send_the_same_chain() -> None:

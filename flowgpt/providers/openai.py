@@ -36,12 +36,12 @@ import asyncio
 import json
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import httpx2
 import openai
 from openai._constants import MAX_RETRY_AFTER_DELAY
-from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from typing_extensions import override
 
 from flowgpt.errors import AuthenticationError, ConnectionError, ProviderError, ServerError
@@ -49,6 +49,7 @@ from flowgpt.providers._openai_rules import (
     _CALL,
     _REQUEST_INVALID_RE,
     _after,
+    _body,
     _Call,
     _cause,
     _endpoint,
@@ -68,10 +69,13 @@ from flowgpt.ratelimit import note_rate_limited
 
 if TYPE_CHECKING:
     from openai._models import FinalRequestOptions
+    from openai._types import RequestOptions
 
 __all__ = ["DEFAULT_BASE_URL", "OpenAIProvider", "uses_max_completion_tokens"]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+# chat.completions.create() posts here; the provider posts its own body (see _body).
+_PATH = "/chat/completions"
 
 
 async def _count_attempt(request: httpx2.Request) -> None:
@@ -121,6 +125,12 @@ def _refused_request(response: httpx2.Response) -> bool:
 
 class _Client(openai.AsyncOpenAI):
     """AsyncOpenAI whose computed backoff can be capped per call (tests use tiny ones)."""
+
+    @property
+    @override
+    def user_agent(self) -> str:
+        # The SDK puts the class name here; to the API this is still AsyncOpenAI.
+        return f"AsyncOpenAI/Python {self._version}"
 
     @override
     def _calculate_retry_timeout(
@@ -241,12 +251,6 @@ class OpenAIProvider:
                 await client.close()
 
     # -- the call ----------------------------------------------------------------------------
-    def _params(self, request: ChatRequest) -> dict[str, Any]:
-        params = request.params()
-        if "max_tokens" in params and uses_max_completion_tokens(request.model):
-            params["max_completion_tokens"] = params.pop("max_tokens")
-        return params
-
     async def complete(
         self, request: ChatRequest, *, on_text: OnText | None = None
     ) -> ChatResponse:
@@ -291,10 +295,8 @@ class OpenAIProvider:
 
     async def _create(self, sdk: openai.AsyncOpenAI, request: ChatRequest) -> _Reply:
         try:
-            completion: Any = await sdk.chat.completions.create(
-                model=request.model,
-                messages=_messages(request),
-                **self._params(request),
+            completion: Any = await sdk.post(
+                _PATH, cast_to=ChatCompletion, body=_body(request), options=_options()
             )
         except (json.JSONDecodeError, openai.APIResponseValidationError) as exc:
             raise _Unreadable(f"the body is not valid JSON ({exc})") from None
@@ -332,12 +334,13 @@ class OpenAIProvider:
         model: str | None = None
         completion_id: str | None = None
         refusal: list[str] = []
-        stream = await sdk.chat.completions.create(
-            model=request.model,
-            messages=_messages(request),
+        stream = await sdk.post(
+            _PATH,
+            cast_to=ChatCompletion,
+            body=_body(request, stream=True),
+            options=_options(),
             stream=True,
-            stream_options={"include_usage": True},
-            **self._params(request),
+            stream_cls=openai.AsyncStream[ChatCompletionChunk],
         )
         try:
             async with stream:
@@ -432,9 +435,10 @@ class OpenAIProvider:
         )
 
 
-def _messages(request: ChatRequest) -> list[ChatCompletionMessageParam]:
-    # flowgpt's Message (role, content, name) is a subset of the SDK's message params.
-    return cast("list[ChatCompletionMessageParam]", request.messages)
+def _options() -> RequestOptions:
+    # What create() passes: the API key as a bearer token. (A bare post() would also allow
+    # the admin key the SDK reads from OPENAI_ADMIN_KEY.)
+    return {"security": {"bearer_auth": True}}
 
 
 def _api_message(exc: openai.APIError) -> str:
