@@ -88,6 +88,19 @@ def test_validate_json_output(tmp_path: Path) -> None:
     assert any(d["line"] == 6 and d["severity"] == "error" for d in diag)
 
 
+def test_validate_refuses_include_with_its_line(tmp_path: Path) -> None:
+    wf = tmp_path / "inc.yaml"
+    wf.write_text(
+        "version: 1\nname: inc\ndefaults: {model: gpt-4o-mini}\nsteps:\n  - id: a\n"
+        "    prompt: |\n      Write about tea.\n      {% include 'style.txt' %}\n"
+    )
+    proc = flowgpt("validate", str(wf))
+    assert proc.returncode == 2
+    assert f"{wf}:8:" in proc.stderr  # the line of the tag, inside the block scalar
+    assert "`{% include %}` is not supported" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_validate_clean_exit_zero_and_strict_unpriced(tmp_path: Path) -> None:
     assert flowgpt("validate", ARTICLE).returncode == 0
     wf = tmp_path / "unpriced.yaml"

@@ -204,6 +204,25 @@ def test_unknown_filter_is_a_syntax_problem_with_did_you_mean() -> None:
     assert info.value.hint == "did you mean the filter `upper`?"
 
 
+@pytest.mark.parametrize(
+    ("source", "tag"),
+    [
+        ("{% include 'header.txt' %}", "include"),
+        ("Intro\n{% import 'macros.txt' as m %}", "import"),
+        ("{% from 'macros.txt' import box %}", "from ... import"),
+        ("a\nb\n{% extends 'base.txt' %}", "extends"),
+    ],
+)
+def test_tags_that_load_files_are_refused_when_parsed(source: str, tag: str) -> None:
+    # Refused at parse time (so `validate` reports them), not at render time with
+    # Jinja's "no loader for this environment specified".
+    with pytest.raises(TemplateSyntaxProblem) as info:
+        parse_template(source)
+    assert info.value.detail == f"`{{% {tag} %}}` is not supported: templates cannot load files"
+    assert info.value.line == source.count("\n") + 1
+    assert "--inputs-file" in (info.value.hint or "")
+
+
 def test_render_syntax_error_names_the_step() -> None:
     with pytest.raises(TemplateSyntaxProblem) as info:
         render("{{ oops ", {}, step="draft", where="prompt")

@@ -210,6 +210,27 @@ def _ensure_defined(value: Any) -> None:
             stack.extend(item.values())
 
 
+# Tags that load another template: a workflow's templates have no files to load (the
+# sandbox has no loader), so they are refused when parsed, which `validate` reports.
+_FILE_TAGS: dict[type[nodes.Node], str] = {
+    nodes.Include: "include",
+    nodes.Import: "import",
+    nodes.FromImport: "from ... import",
+    nodes.Extends: "extends",
+}
+
+
+def _refuse_file_tags(ast: nodes.Template, source: str) -> None:
+    for node in ast.find_all(tuple(_FILE_TAGS)):
+        raise TemplateSyntaxProblem(
+            f"`{{% {_FILE_TAGS[type(node)]} %}}` is not supported: templates cannot load files",
+            line=node.lineno,
+            hint="put the text in the workflow itself (a YAML anchor shares it between "
+            "steps), or pass it in as an input (`-i name=...` or `--inputs-file`)",
+            multiline="\n" in source.strip(),
+        )
+
+
 @functools.lru_cache(maxsize=1024)
 def parse_template(source: str) -> Template:
     """Parse and compile a template. Raises :class:`TemplateSyntaxProblem`."""
@@ -218,6 +239,7 @@ def parse_template(source: str) -> Template:
         compiled = _ENV.from_string(ast)
     except TemplateSyntaxError as exc:  # TemplateAssertionError too (unknown filter)
         raise _syntax_problem(exc, source, expression=False) from None
+    _refuse_file_tags(ast, source)
     return Template(source, expression=False, ast=ast, compiled=compiled)
 
 
