@@ -20,6 +20,7 @@ from flowgpt.templating._errors import TemplateRenderProblem, TemplateSyntaxProb
 from flowgpt.templating._explain import _explain, _template_line
 from flowgpt.templating._references import Reference, References, _Use, _walk
 from flowgpt.templating._sandbox import _ENV, _finalize, _render_bounded
+from flowgpt.templating._substitution import substitute, substitution_parts
 
 _RESULT_NAME = "flowgpt_expression_result_"
 
@@ -89,6 +90,8 @@ class Template:
             for node in ast.body
         )
         self._text: str | None = None
+        # Text and `{{ name.key }}` references only: rendered without Jinja (see there).
+        self._parts = None if expression else substitution_parts(ast)
 
     def __repr__(self) -> str:
         kind = "expression" if self.expression else "template"
@@ -135,6 +138,12 @@ class Template:
         """Render to text. Raises :class:`TemplateRenderProblem` (a ``TemplateError``)."""
         if self._text is not None:
             return self._text
+        if self._parts is not None:
+            text = substitute(self._parts, context)
+            if text is not None:
+                if self._plain:
+                    self._text = text
+                return text
         try:
             if self.expression:
                 return str(_finalize_text(self._run(context)))
