@@ -51,7 +51,8 @@ def _body(request: ChatRequest, *, stream: bool = False) -> dict[str, Any]:
     ``create()`` first runs the params through the SDK's type-driven transform, which for
     these plain JSON values (strings, numbers, the ``response_format`` dict) changes
     nothing but costs about a quarter of the SDK's CPU per request; the provider posts
-    this body instead. tests/test_openai_body.py checks it equals the transform's output.
+    this body instead. tests/test_openai_body.py checks that the body and headers reaching
+    the server are the ones ``create()`` sends.
     """
     body: dict[str, Any] = {"model": request.model, "messages": request.messages}
     params = request.params()

@@ -18,6 +18,10 @@ Retry-After, usage mapping, error wording) are in ``_openai_rules``. Decisions, 
 
   ``max_backoff_s`` caps the SDK's computed backoff (not a server-directed wait); tests
   use it for tiny backoffs.
+* Requests go out through the SDK's ``client.post()`` with the body ``_body`` builds: the
+  bytes and headers ``chat.completions.create()`` sends, without its per-request param
+  transform (an identity on flowgpt's plain JSON values; about a quarter of the SDK's CPU
+  per request). Auth, retries, timeouts, parsing and streaming stay the SDK's.
 * A reply that cannot be read (bad JSON, no choices, a stream that broke or ended without
   a finish_reason) is retried once more, within the same ``max_retries`` budget; a broken
   stream only if no text was handed to ``on_text`` yet, so callers never see text twice.
