@@ -605,6 +605,15 @@ def test_cli_end_of_input_and_usage_errors(tmp_path: Path) -> None:
     )
 
 
+def test_cli_no_store_records_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = tmp_path / "runs.sqlite3"
+    monkeypatch.setenv("FLOWGPT_STORE", str(store))  # where the chat would go otherwise
+    result = CliRunner().invoke(main, ["chat", "--mock", "--no-store"], input="hello\n")
+    assert result.exit_code == 0
+    assert "chat ended: 1 turn, " in result.output
+    assert not store.exists()
+
+
 # -- a real terminal -------------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ fast path cannot decide must reach Jinja (and its error messages)."""
 from __future__ import annotations
 
 import math
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -113,6 +114,7 @@ def test_anything_more_than_references_is_left_to_jinja(source: str) -> None:
         ({"doc": {}}, "{{ inputs.doc.items }}"),  # a dict method, not a key
         ({"x": math.pi}, "{{ range }}"),  # a Jinja global
         ({"big": "x" * 6_000_000}, "{{ inputs.big }}{{ inputs.big }}"),  # over the limit
+        ({"doc": {"n": Decimal("Infinity")}}, "{{ inputs.doc }}"),  # JSON cannot print it
     ],
 )
 def test_undecided_cases_go_to_jinja(inputs: dict[str, Any], source: str) -> None:

@@ -13,6 +13,7 @@ from flowgpt.cli._common import (
     _open_store,
     _provider_options,
     _read_inputs_file,
+    _store_options,
 )
 from flowgpt.errors import InputError
 
@@ -56,13 +57,7 @@ from flowgpt.errors import InputError
     metavar="USD",
     help="Stop before a turn that could take the chat past USD (on top of `budget:`).",
 )
-@click.option(
-    "--store",
-    "store_path",
-    type=click.Path(dir_okay=False),
-    help="The run store (default: $FLOWGPT_STORE or ~/.local/share/flowgpt/runs.sqlite3).",
-)
-@click.option("--no-store", is_flag=True, help="Do not record this chat.")
+@_store_options("chat")
 @_provider_options
 @_handle_errors
 def chat(

@@ -155,6 +155,22 @@ def _limit_options(func: F) -> F:
     return func
 
 
+def _store_options(what: str) -> Callable[[F], F]:
+    """``--store`` and ``--no-store`` for a command that records ``what`` (a run, a chat)."""
+
+    def add(func: F) -> F:
+        func = click.option("--no-store", is_flag=True, help=f"Do not record this {what}.")(func)
+        func = click.option(
+            "--store",
+            "store_path",
+            type=click.Path(dir_okay=False),
+            help="The run store (default: $FLOWGPT_STORE or ~/.local/share/flowgpt/runs.sqlite3).",
+        )(func)
+        return func
+
+    return add
+
+
 def _make_provider(
     *, mock: bool = False, local: bool = False, local_model: str | None = None
 ) -> Any:

@@ -18,6 +18,7 @@ from flowgpt.cli._common import (
     _print_outputs,
     _provider_options,
     _read_inputs_file,
+    _store_options,
 )
 from flowgpt.errors import FlowgptError, InputError
 
@@ -38,13 +39,7 @@ from flowgpt.errors import FlowgptError, InputError
 @click.option(
     "--resume", metavar="RUN_ID", help="Continue a run: unchanged finished steps are reused at $0."
 )
-@click.option(
-    "--store",
-    "store_path",
-    type=click.Path(dir_okay=False),
-    help="The run store (default: $FLOWGPT_STORE or ~/.local/share/flowgpt/runs.sqlite3).",
-)
-@click.option("--no-store", is_flag=True, help="Do not record this run.")
+@_store_options("run")
 @click.option(
     "--cache",
     is_flag=True,

@@ -82,16 +82,12 @@ class Template:
         self._multiline = "\n" in source.strip()
         self._uses: tuple[_Use, ...] | None = None
         self._free: frozenset[str] | None = None
-        # Plain text (no expression, tag or variable anywhere) renders the same every time:
-        # the text is kept after its first render (a system prompt, mostly).
-        self._plain = not expression and all(
-            isinstance(node, nodes.Output)
-            and all(isinstance(child, nodes.TemplateData) for child in node.nodes)
-            for node in ast.body
-        )
-        self._text: str | None = None
         # Text and `{{ name.key }}` references only: rendered without Jinja (see there).
-        self._parts = None if expression else substitution_parts(ast)
+        parts = None if expression else substitution_parts(ast)
+        self._parts = parts
+        # Plain text (a system prompt, mostly) renders the same every time: made once.
+        plain = parts is not None and all(isinstance(part, str) for part in parts)
+        self._text = substitute(parts, {}) if parts is not None and plain else None
 
     def __repr__(self) -> str:
         kind = "expression" if self.expression else "template"
@@ -141,8 +137,6 @@ class Template:
         if self._parts is not None:
             text = substitute(self._parts, context)
             if text is not None:
-                if self._plain:
-                    self._text = text
                 return text
         try:
             if self.expression:
@@ -150,8 +144,6 @@ class Template:
             text = _render_bounded(self._compiled, context)
         except Exception as exc:
             raise self._problem(exc, context, step, where) from exc
-        if self._plain:
-            self._text = text
         return text
 
     def evaluate(
