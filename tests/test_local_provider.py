@@ -51,6 +51,10 @@ inputs:
   topic: {type: string}
 steps:
   - id: plan
+    # The schema bounds the JSON (at most ~150 characters, framing included) and the
+    # grammar holds the reply to it, so 300 tokens always leave room to finish: what one
+    # build of llama.cpp generates differs from another's, this bound does not.
+    max_tokens: 300
     prompt: Plan a short note about {{ inputs.topic }}. Reply with JSON.
     output:
       schema:
