@@ -14,8 +14,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from flowgpt.chat import ChatSession, ChatTurn
-    from flowgpt.engine import Engine, EngineEvent
+    from flowgpt.accounting.estimate import StepEstimate, WorkflowEstimate, estimate
+    from flowgpt.accounting.tokens import count_tokens
+    from flowgpt.chat.session import ChatSession, ChatTurn
+    from flowgpt.engine.engine import Engine
+    from flowgpt.engine.events import EngineEvent
     from flowgpt.errors import (
         AuthenticationError,
         BadRequestError,
@@ -37,11 +40,11 @@ if TYPE_CHECKING:
         SpecError,
         TemplateError,
     )
-    from flowgpt.loader import dump_workflow, load_workflow, parse_workflow
     from flowgpt.providers.base import ChatRequest, ChatResponse, Provider
-    from flowgpt.providers.mock import MockProvider, MockReply
+    from flowgpt.providers.mock.provider import MockProvider, MockReply
     from flowgpt.results import AttemptResult, RunResult, StepResult
-    from flowgpt.spec import (
+    from flowgpt.spec.loader import dump_workflow, load_workflow, parse_workflow
+    from flowgpt.spec.models import (
         BudgetSpec,
         CheckSpec,
         DefaultsSpec,
@@ -53,9 +56,8 @@ if TYPE_CHECKING:
         StepSpec,
         WorkflowSpec,
     )
-    from flowgpt.tokens import count_tokens
+    from flowgpt.spec.workflow import Workflow
     from flowgpt.usage import Usage
-    from flowgpt.workflow import Workflow
 
 # Exports load on first use, so `flowgpt --help` and `validate` do not pay for the
 # engine (or the openai SDK) at import time.
@@ -64,33 +66,33 @@ _EXPORTS: dict[str, str] = {
     "AuthenticationError": "flowgpt.errors",
     "BadRequestError": "flowgpt.errors",
     "BudgetExceededError": "flowgpt.errors",
-    "BudgetSpec": "flowgpt.spec",
+    "BudgetSpec": "flowgpt.spec.models",
     "ChatRequest": "flowgpt.providers.base",
     "ChatResponse": "flowgpt.providers.base",
-    "ChatSession": "flowgpt.chat",
-    "ChatTurn": "flowgpt.chat",
-    "CheckSpec": "flowgpt.spec",
+    "ChatSession": "flowgpt.chat.session",
+    "ChatTurn": "flowgpt.chat.session",
+    "CheckSpec": "flowgpt.spec.models",
     "ConnectionError": "flowgpt.errors",
     "ContextWindowError": "flowgpt.errors",
-    "DefaultsSpec": "flowgpt.spec",
+    "DefaultsSpec": "flowgpt.spec.models",
     "Diagnostic": "flowgpt.errors",
-    "Engine": "flowgpt.engine",
-    "EngineEvent": "flowgpt.engine",
+    "Engine": "flowgpt.engine.engine",
+    "EngineEvent": "flowgpt.engine.events",
     "FlowgptError": "flowgpt.errors",
     "InputError": "flowgpt.errors",
-    "InputSpec": "flowgpt.spec",
+    "InputSpec": "flowgpt.spec.models",
     "InterruptedRunError": "flowgpt.errors",
     "MalformedResponseError": "flowgpt.errors",
-    "MessageSpec": "flowgpt.spec",
-    "MockProvider": "flowgpt.providers.mock",
-    "MockReply": "flowgpt.providers.mock",
+    "MessageSpec": "flowgpt.spec.models",
+    "MockProvider": "flowgpt.providers.mock.provider",
+    "MockReply": "flowgpt.providers.mock.provider",
     "ModelNotFoundError": "flowgpt.errors",
-    "OutputSpec": "flowgpt.spec",
+    "OutputSpec": "flowgpt.spec.models",
     "OutputValidationError": "flowgpt.errors",
-    "PriceSpec": "flowgpt.spec",
+    "PriceSpec": "flowgpt.spec.models",
     "Provider": "flowgpt.providers.base",
     "ProviderError": "flowgpt.errors",
-    "ProviderSpec": "flowgpt.spec",
+    "ProviderSpec": "flowgpt.spec.models",
     "QuotaExceededError": "flowgpt.errors",
     "RateLimitError": "flowgpt.errors",
     "RunError": "flowgpt.errors",
@@ -98,15 +100,18 @@ _EXPORTS: dict[str, str] = {
     "ServerError": "flowgpt.errors",
     "SpecError": "flowgpt.errors",
     "StepResult": "flowgpt.results",
-    "StepSpec": "flowgpt.spec",
+    "StepSpec": "flowgpt.spec.models",
     "TemplateError": "flowgpt.errors",
     "Usage": "flowgpt.usage",
-    "Workflow": "flowgpt.workflow",
-    "WorkflowSpec": "flowgpt.spec",
-    "count_tokens": "flowgpt.tokens",
-    "dump_workflow": "flowgpt.loader",
-    "load_workflow": "flowgpt.loader",
-    "parse_workflow": "flowgpt.loader",
+    "Workflow": "flowgpt.spec.workflow",
+    "WorkflowSpec": "flowgpt.spec.models",
+    "count_tokens": "flowgpt.accounting.tokens",
+    "estimate": "flowgpt.accounting.estimate",
+    "StepEstimate": "flowgpt.accounting.estimate",
+    "WorkflowEstimate": "flowgpt.accounting.estimate",
+    "dump_workflow": "flowgpt.spec.loader",
+    "load_workflow": "flowgpt.spec.loader",
+    "parse_workflow": "flowgpt.spec.loader",
 }
 
 __all__ = [
@@ -147,14 +152,17 @@ __all__ = [
     "RunResult",
     "ServerError",
     "SpecError",
+    "StepEstimate",
     "StepResult",
     "StepSpec",
     "TemplateError",
     "Usage",
     "Workflow",
+    "WorkflowEstimate",
     "WorkflowSpec",
     "count_tokens",
     "dump_workflow",
+    "estimate",
     "load_workflow",
     "parse_workflow",
 ]

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from flowgpt import Engine, MockProvider, ServerError, parse_workflow
-from flowgpt.batch import BatchOutput, BatchRowResult, read_rows
+from flowgpt.engine.batch import BatchOutput, BatchRowResult, read_rows
 from flowgpt.providers.base import ChatRequest, ChatResponse, OnText
 from flowgpt.usage import Usage
 from tests.support.fake_openai import FakeOpenAI, Fault, Reply

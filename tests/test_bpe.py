@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flowgpt import tokens
+from flowgpt.accounting import tokens
 from flowgpt.bpe import PureCounter, RanksFile, write_ranks_file
 
 ROOT = Path(__file__).resolve().parent.parent

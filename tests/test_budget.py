@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flowgpt import BudgetExceededError, Engine, MockProvider, MockReply, Usage, parse_workflow
+from flowgpt.accounting.estimate import estimate
+from flowgpt.accounting.tokens import count_text
 from flowgpt.errors import FlowgptError
-from flowgpt.estimate import estimate
-from flowgpt.tokens import count_text
 
 CHAIN = """\
 version: 1
@@ -207,7 +207,7 @@ def test_usage_is_what_the_mock_reports() -> None:
 
 
 def test_validate_warns_when_the_static_text_cannot_fit() -> None:
-    from flowgpt.analysis import analyze
+    from flowgpt.spec.analysis import analyze
 
     long_prompt = "word " * 7000  # ~7,000 tokens; gpt-4 has 8,192
     text = (

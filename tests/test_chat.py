@@ -40,12 +40,12 @@ from flowgpt import (
     load_workflow,
     parse_workflow,
 )
-from flowgpt.chat_repl import run_repl
 from flowgpt.cli import main
-from flowgpt.pricing import format_usd
+from flowgpt.cli._repl import run_repl
+from flowgpt.money import format_usd
 from flowgpt.providers.base import Message
 from flowgpt.providers.openai import OpenAIProvider
-from flowgpt.store import RunStore
+from flowgpt.store.run_store import RunStore
 from tests.support.fake_openai import FakeOpenAI, Fault, Reply
 
 pytestmark = pytest.mark.timeout(30)

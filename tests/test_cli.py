@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from flowgpt.spec import workflow_json_schema
+from flowgpt.spec.models import workflow_json_schema
 from tests.support.fake_openai import FakeOpenAI, Reply
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,8 +16,8 @@ from flowgpt import (
     TemplateError,
     parse_workflow,
 )
-from flowgpt.analysis import analyze
-from flowgpt.estimate import estimate
+from flowgpt.accounting.estimate import estimate
+from flowgpt.spec.analysis import analyze
 
 MAP = """\
 version: 1

@@ -37,11 +37,11 @@ import yaml
 from click.testing import CliRunner
 from pydantic import TypeAdapter, ValidationError
 
-from flowgpt.analysis import analyze, check_file
 from flowgpt.cli import main
 from flowgpt.errors import SpecError
-from flowgpt.loader import parse_workflow
-from flowgpt.spec import OutputSpec, WorkflowSpec
+from flowgpt.spec.analysis import analyze, check_file
+from flowgpt.spec.loader import parse_workflow
+from flowgpt.spec.models import OutputSpec, WorkflowSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"

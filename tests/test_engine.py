@@ -19,7 +19,7 @@ from flowgpt import (
     Usage,
     parse_workflow,
 )
-from flowgpt.pricing import cost_of
+from flowgpt.accounting.prices import cost_of
 from flowgpt.providers.openai import OpenAIProvider
 from tests.support.fake_openai import FakeOpenAI
 

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from flowgpt import Engine, MockProvider, PriceSpec, Workflow, load_workflow
-from flowgpt.analysis import check_file
-from flowgpt.jsonschema_example import minimal_instance
+from flowgpt.providers.mock.schema_example import minimal_instance
 from flowgpt.providers.openai import OpenAIProvider
+from flowgpt.spec.analysis import check_file
 from tests.support.fake_openai import FakeOpenAI, Reply
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,7 +88,7 @@ def test_example_runs_through_the_sdk_and_loopback_server(
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_example_estimate_bounds_its_mock_run(path: Path) -> None:
-    from flowgpt.estimate import estimate
+    from flowgpt.accounting.estimate import estimate
 
     wf = load_workflow(path)
     est = estimate(wf, INPUTS[path.stem])

@@ -147,7 +147,7 @@ def test_workflow_runs_with_usage_from_the_replies_and_unpriced(server: str) -> 
 
 
 async def test_usage_is_the_servers_own_count_not_tiktokens(server: str) -> None:
-    from flowgpt.tokens import count_tokens
+    from flowgpt.accounting.tokens import count_tokens
 
     messages = [Message(role="user", content="Name a green tea from Japan.")]
     request = ChatRequest(model="gpt-4o-mini", messages=messages, max_tokens=6, temperature=0)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from flowgpt.errors import Diagnostic, SpecError
-from flowgpt.loader import dump_workflow, load_workflow, parse_workflow
+from flowgpt.spec.loader import dump_workflow, load_workflow, parse_workflow
 
 GOOD = """\
 version: 1

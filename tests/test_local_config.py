@@ -7,18 +7,18 @@ from decimal import Decimal
 import pytest
 
 from flowgpt import parse_workflow
-from flowgpt.analysis import analyze
-from flowgpt.budget import Budget
-from flowgpt.errors import SpecError
-from flowgpt.estimate import estimate
-from flowgpt.pricing import (
+from flowgpt.accounting.budget import Budget
+from flowgpt.accounting.estimate import estimate
+from flowgpt.accounting.prices import (
     LOCAL_PRICE,
     cost_of,
     is_local_url,
     resolve_price,
     worst_case_cost,
 )
-from flowgpt.spec import PriceSpec, ProviderSpec
+from flowgpt.errors import SpecError
+from flowgpt.spec.analysis import analyze
+from flowgpt.spec.models import PriceSpec, ProviderSpec
 from flowgpt.usage import Usage
 
 LOCAL = """

@@ -14,12 +14,16 @@ import pytest
 from jsonschema import Draft7Validator, Draft202012Validator
 
 from flowgpt.errors import RateLimitError, ServerError
-from flowgpt.jsonschema_example import SchemaExampleError, example_for_pattern, minimal_instance
 from flowgpt.providers.base import ChatRequest, Message, Provider
-from flowgpt.providers.mock import MockProvider, MockReply, default_reply
+from flowgpt.providers.mock.provider import MockProvider, MockReply, default_reply
+from flowgpt.providers.mock.schema_example import (
+    SchemaExampleError,
+    example_for_pattern,
+    minimal_instance,
+)
 from flowgpt.usage import Usage
 
-tokens = pytest.importorskip("flowgpt.tokens")
+tokens = pytest.importorskip("flowgpt.accounting.tokens")
 
 OUTLINE_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -73,7 +77,7 @@ async def test_default_text_is_deterministic_and_prompt_dependent() -> None:
 def test_default_text_is_stable_across_processes() -> None:
     code = (
         "from flowgpt.providers.base import ChatRequest;"
-        "from flowgpt.providers.mock import default_reply;"
+        "from flowgpt.providers.mock.provider import default_reply;"
         "print(default_reply(ChatRequest(model='m', messages=["
         "{'role': 'user', 'content': 'hello 世界'}]))[0])"
     )

@@ -16,17 +16,17 @@ import genai_prices
 import pytest
 from genai_prices import types as gp
 
-from flowgpt import pricing
-from flowgpt.pricing import (
+from flowgpt.accounting import prices as pricing
+from flowgpt.accounting.prices import (
     ModelPrice,
     cost_of,
-    format_usd,
     is_openai_url,
     resolve_price,
     user_cache_dir,
     worst_case_cost,
 )
-from flowgpt.spec import PriceSpec
+from flowgpt.money import format_usd
+from flowgpt.spec.models import PriceSpec
 from flowgpt.usage import Usage
 
 D = Decimal
@@ -312,7 +312,7 @@ def _run(code: str, cache: Path) -> str:
 
 WARM_CHECK = """
 import sys
-from flowgpt.pricing import resolve_price
+from flowgpt.accounting.prices import resolve_price
 price = resolve_price("gpt-4o-mini")
 other = resolve_price("gpt-4.1-mini-2025-04-14")
 print(price.input, price.cached_input, price.output, other is not None,
@@ -330,9 +330,9 @@ def test_warm_cache_does_not_import_genai_prices(cache_dir: Path) -> None:
 
 
 def test_importing_pricing_does_not_import_genai_prices(cache_dir: Path) -> None:
-    assert _run("import sys, flowgpt.pricing; print('genai_prices' in sys.modules)", cache_dir) == (
-        "False"
-    )
+    assert _run(
+        "import sys, flowgpt.accounting.prices; print('genai_prices' in sys.modules)", cache_dir
+    ) == ("False")
 
 
 def _poison(cache_dir: Path, *, signature: str | None, valid_until: str | None = None) -> Path:

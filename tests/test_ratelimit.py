@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from flowgpt import Engine, parse_workflow
+from flowgpt.providers.limiter import RequestLimiter, note_rate_limited
 from flowgpt.providers.openai import OpenAIProvider
-from flowgpt.ratelimit import RequestLimiter, note_rate_limited
 from tests.support.fake_openai import FakeOpenAI, Fault
 
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from flowgpt import Engine, MockProvider, ServerError, parse_workflow
-from flowgpt.report import render_table
-from flowgpt.store import RunStore
+from flowgpt.results import render_table
+from flowgpt.store.run_store import RunStore
 from tests.support.fake_openai import FakeOpenAI, Reply
 
 ROOT = Path(__file__).resolve().parent.parent

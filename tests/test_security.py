@@ -26,8 +26,8 @@ import pytest
 
 from flowgpt import Engine, MockProvider, SpecError, TemplateError, parse_workflow, templating
 from flowgpt.errors import FlowgptError, ServerError
-from flowgpt.loader import load_workflow
 from flowgpt.results import RunResult
+from flowgpt.spec.loader import load_workflow
 from tests.support.fake_openai import FakeOpenAI, Fault, Reply, echo_responder
 
 pytestmark = pytest.mark.timeout(30)

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from flowgpt import validation
-from flowgpt.validation import check_schema
+from flowgpt.spec import output as validation
+from flowgpt.spec.output import check_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTICLE = str(ROOT / "workflows" / "article.yaml")
@@ -28,8 +28,8 @@ HEAVY = [
     "openai",
     "rich",
     "genai_prices",
-    "flowgpt.engine",
-    "flowgpt.run",
+    "flowgpt.engine.engine",
+    "flowgpt.engine.run",
     "tiktoken",
     "jsonschema",
 ]
@@ -82,7 +82,7 @@ def test_fast_commands_load_nothing_heavy_once_caches_are_warm(
 def test_a_cold_validate_still_avoids_openai_rich_and_the_engine(tmp_path: Path) -> None:
     code, loaded, err = probe(["validate", ARTICLE], tmp_path / "empty-cache")
     assert code == 0, err
-    assert not {"openai", "rich", "flowgpt.engine"} & set(loaded)
+    assert not {"openai", "rich", "flowgpt.engine.engine"} & set(loaded)
 
 
 def _workflow(path: Path, schema: str) -> Path:

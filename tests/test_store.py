@@ -18,12 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from flowgpt.accounting.prices import ModelPrice
 from flowgpt.errors import InputError
-from flowgpt.pricing import ModelPrice
 from flowgpt.providers.base import ChatRequest, ChatResponse, Message
-from flowgpt.report import render_table
-from flowgpt.results import AttemptResult, RunResult, StepResult
-from flowgpt.store import (
+from flowgpt.results import AttemptResult, RunResult, StepResult, render_table
+from flowgpt.store.run_store import (
     SCHEMA_VERSION,
     RunStore,
     StoreError,
@@ -508,7 +507,7 @@ def test_kill_9_right_after_record_step_loses_nothing(tmp_path: Path) -> None:
         import os, signal
         from decimal import Decimal
         from flowgpt.results import AttemptResult, StepResult
-        from flowgpt.store import RunStore
+        from flowgpt.store.run_store import RunStore
         from flowgpt.usage import Usage
         store = RunStore({str(path)!r})
         store.start_run("r1", workflow_name="w", workflow_text="x", workflow_path=None,
@@ -555,7 +554,7 @@ def test_run_of_a_process_that_is_gone_is_interrupted_and_of_a_live_one_running(
     code = f"""
         import sys
         from flowgpt.results import StepResult
-        from flowgpt.store import RunStore
+        from flowgpt.store.run_store import RunStore
         store = RunStore({str(path)!r})
         store.start_run("r1", workflow_name="w", workflow_text="x", workflow_path=None,
                         inputs={{}}, steps=[StepResult(id="a")])
@@ -683,7 +682,7 @@ def test_two_processes_write_the_same_file(tmp_path: Path) -> None:
     writer = """
         from flowgpt.providers.base import ChatResponse
         from flowgpt.results import StepResult
-        from flowgpt.store import RunStore
+        from flowgpt.store.run_store import RunStore
         from flowgpt.usage import Usage
         run = "{run}"
         with RunStore({path!r}) as store:

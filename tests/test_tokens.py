@@ -15,9 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flowgpt import tokens
-from flowgpt.errors import FlowgptError
-from flowgpt.tokens import (
+from flowgpt.accounting import tokens
+from flowgpt.accounting.tokens import (
     context_window,
     count_text,
     count_tokens,
@@ -27,6 +26,7 @@ from flowgpt.tokens import (
     is_exact_for,
     seed_tiktoken_cache,
 )
+from flowgpt.errors import FlowgptError
 
 # The example of OpenAI's cookbook "How to count tokens with tiktoken"
 # (num_tokens_from_messages), with the prompt token counts the API reported for it.
@@ -441,7 +441,7 @@ def _std_encoding(name: str, tiktoken: Any) -> Any:
 
 
 def test_importing_tokens_does_not_import_tiktoken() -> None:
-    code = "import sys, flowgpt.tokens; print('tiktoken' in sys.modules)"
+    code = "import sys, flowgpt.accounting.tokens; print('tiktoken' in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout

@@ -7,7 +7,7 @@ import pytest
 
 from flowgpt import Engine, OutputSpec, parse_workflow
 from flowgpt.providers.openai import OpenAIProvider
-from flowgpt.validation import parse_json_reply, response_format_for, validate_reply
+from flowgpt.spec.output import parse_json_reply, response_format_for, validate_reply
 from tests.support.fake_openai import FakeOpenAI, Fault, Reply
 
 TEXT = "The quick brown fox jumps over the lazy dog"  # 9 words, 43 characters

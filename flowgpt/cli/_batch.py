@@ -58,10 +58,10 @@ def batch(
 
     Rows run concurrently under one request limiter; a failed row does not stop the
     others. Running the same command again skips the rows already done in --out."""
-    from flowgpt.batch import BatchOutput, read_rows, scan_rows
-    from flowgpt.engine import Engine
-    from flowgpt.loader import load_workflow
-    from flowgpt.progress import BatchProgress
+    from flowgpt.cli._progress import BatchProgress
+    from flowgpt.engine.batch import BatchOutput, read_rows, scan_rows
+    from flowgpt.engine.engine import Engine
+    from flowgpt.spec.loader import load_workflow
 
     wf = load_workflow(workflow)
     total = scan_rows(data, wf)  # every row checked before anything is spent

@@ -80,8 +80,8 @@ def chat(
     The history is trimmed to the context window (oldest turns first, the system prompt
     kept). End with exit, quit, 退出 or Ctrl-D. The conversation is stored as a run
     (see `flowgpt runs`)."""
-    from flowgpt.chat import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, ChatSession
-    from flowgpt.chat_repl import run_repl
+    from flowgpt.chat.session import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, ChatSession
+    from flowgpt.cli._repl import run_repl
 
     if workflow is None and (step_id or pairs or inputs_file):
         raise InputError(
@@ -93,8 +93,8 @@ def chat(
     try:
         cost_limit = None if max_cost is None else str(max_cost)
         if workflow is not None:
-            from flowgpt.inputs import parse_assignments
-            from flowgpt.loader import load_workflow
+            from flowgpt.spec.inputs import parse_assignments
+            from flowgpt.spec.loader import load_workflow
 
             given: dict[str, Any] = _read_inputs_file(inputs_file) if inputs_file else {}
             given.update(parse_assignments(list(pairs)))

@@ -103,7 +103,7 @@ def _open_store(path: str | None, disabled: bool, *, needed_by: str | None = Non
         if needed_by:
             raise InputError(f"{needed_by} needs the run store", hint="drop --no-store")
         return None
-    from flowgpt.store import RunStore
+    from flowgpt.store.run_store import RunStore
 
     return RunStore(path)
 
@@ -180,7 +180,7 @@ def _make_provider(
     if mock and local:
         raise click.UsageError("--mock and --local choose different providers: give one")
     if mock:
-        from flowgpt.providers.mock import MockProvider
+        from flowgpt.providers.mock.provider import MockProvider
 
         return MockProvider()
     if local:

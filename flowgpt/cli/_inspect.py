@@ -25,9 +25,9 @@ from flowgpt.cli._common import (
 @_handle_errors
 def validate(workflows: tuple[str, ...], as_json: bool, strict: bool) -> None:
     """Check workflows without calling a model. Exit 0 when clean, 2 on errors."""
-    with _loading_modules("flowgpt.analysis"):
-        import flowgpt.loader  # noqa: F401  (check_file needs it: load it in the same pause)
-        from flowgpt.analysis import check_file
+    with _loading_modules("flowgpt.spec.analysis"):
+        import flowgpt.spec.loader  # noqa: F401  (check_file needs it: load it in the same pause)
+        from flowgpt.spec.analysis import check_file
 
     reports = []
     failed = False
@@ -59,8 +59,8 @@ def validate(workflows: tuple[str, ...], as_json: bool, strict: bool) -> None:
 @click.command()
 def schema() -> None:
     """Print the workflow JSON Schema (for editors and CI)."""
-    with _loading_modules("flowgpt.spec"):
-        from flowgpt.spec import workflow_json_schema
+    with _loading_modules("flowgpt.spec.models"):
+        from flowgpt.spec.models import workflow_json_schema
 
     click.echo(json.dumps(workflow_json_schema(), indent=2, ensure_ascii=False))
 
@@ -80,12 +80,12 @@ def estimate(
     as_json: bool,
 ) -> None:
     """Worst-case tokens and dollars per step, retries counted. No API call."""
-    with _loading_modules("flowgpt.estimate"):
-        import flowgpt.tokens  # noqa: F401  (loaded in the same pause)
-        from flowgpt.estimate import estimate as estimate_workflow
-        from flowgpt.inputs import parse_assignments
-        from flowgpt.loader import load_workflow
-        from flowgpt.pricing import format_usd
+    with _loading_modules("flowgpt.accounting.estimate"):
+        import flowgpt.accounting.tokens  # noqa: F401  (loaded in the same pause)
+        from flowgpt.accounting.estimate import estimate as estimate_workflow
+        from flowgpt.money import format_usd
+        from flowgpt.spec.inputs import parse_assignments
+        from flowgpt.spec.loader import load_workflow
 
     wf = load_workflow(workflow)
     given: dict[str, Any] = _read_inputs_file(inputs_file) if inputs_file else {}

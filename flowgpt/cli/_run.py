@@ -77,10 +77,10 @@ def run(
 
     Every finished step is stored at once (see `flowgpt runs`), so a failed or
     interrupted run continues with --resume RUN_ID without paying again."""
-    from flowgpt.engine import Engine
-    from flowgpt.inputs import parse_assignments
-    from flowgpt.loader import load_workflow
-    from flowgpt.progress import Progress
+    from flowgpt.cli._progress import Progress
+    from flowgpt.engine.engine import Engine
+    from flowgpt.spec.inputs import parse_assignments
+    from flowgpt.spec.loader import load_workflow
 
     wf = load_workflow(workflow)
     given: dict[str, Any] = _read_inputs_file(inputs_file) if inputs_file else {}

@@ -24,7 +24,7 @@ def runs_list(store_path: str | None, limit: int, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from flowgpt.pricing import format_usd
+    from flowgpt.money import format_usd
 
     with _open_store(store_path, False) as store:
         found = store.list_runs(limit)
@@ -76,7 +76,7 @@ def runs_show(run_id: str, store_path: str | None, as_json: bool) -> None:
     """One run's per-step table (the one the run printed at its end)."""
     from rich.console import Console
 
-    from flowgpt.report import cost_table
+    from flowgpt.results import cost_table
 
     with _open_store(store_path, False) as store:
         result = store.load_run(run_id)

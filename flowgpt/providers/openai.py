@@ -69,7 +69,7 @@ from flowgpt.providers._openai_rules import (
     uses_max_completion_tokens,
 )
 from flowgpt.providers.base import ChatRequest, ChatResponse, OnText
-from flowgpt.ratelimit import note_rate_limited
+from flowgpt.providers.limiter import note_rate_limited
 
 if TYPE_CHECKING:
     from openai._models import FinalRequestOptions

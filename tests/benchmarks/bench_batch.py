@@ -78,9 +78,9 @@ if str(ROOT) not in sys.path:  # run as a script: make `flowgpt` importable from
 import openai  # noqa: E402  (the raw side uses the SDK directly, as a script would)
 
 from flowgpt import Engine, parse_workflow  # noqa: E402
-from flowgpt.batch import BatchOutput, read_rows  # noqa: E402
+from flowgpt.engine.batch import BatchOutput, read_rows  # noqa: E402
 from flowgpt.providers.openai import OpenAIProvider  # noqa: E402
-from flowgpt.workflow import Workflow  # noqa: E402
+from flowgpt.spec.workflow import Workflow  # noqa: E402
 from tests.benchmarks.bench_chain import (  # noqa: E402  (one request, one model: as bench_chain)
     KEY,
     KEY_ENV,

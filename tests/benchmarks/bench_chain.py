@@ -90,7 +90,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionMessageParam  # noqa
 
 from flowgpt import Engine, parse_workflow  # noqa: E402
 from flowgpt.providers.openai import OpenAIProvider  # noqa: E402
-from flowgpt.workflow import Workflow  # noqa: E402
+from flowgpt.spec.workflow import Workflow  # noqa: E402
 
 MODEL = "gpt-4o-mini"
 TEMPERATURE = 0.2

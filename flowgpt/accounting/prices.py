@@ -1,0 +1,438 @@
+"""Prices of models, in Decimal USD per million tokens.
+
+Where a price comes from, first match wins:
+
+1. the workflow's ``pricing:`` section (source ``"workflow"``);
+2. the in-process local provider (``base_url`` ``"local"`` or ``"local:<model file>"``):
+   zero, with source ``"local"`` — nobody bills for it, and that is known, not guessed;
+3. genai-prices' OpenAI table (source ``"genai-prices"``), but only for requests that go to
+   api.openai.com: a model called "gpt-4o" behind another server is not billed by OpenAI.
+
+Anything else is unpriced: None, never 0, so reports can say "unpriced" instead of "$0".
+
+``import genai_prices`` alone takes ~0.4 s, more than ``flowgpt validate`` may spend in
+total, so ``resolve_price`` answers from a small JSON file in the user's cache folder,
+filled from genai-prices on a miss and thrown away when the installed genai-prices data
+changes. ``cost_of`` (the exact cost of a finished call) always asks genai-prices itself.
+This is the only module that imports genai_prices.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, time, timezone
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Literal
+
+from flowgpt.accounting._cache import user_cache_dir, write_atomic
+from flowgpt.usage import Usage
+
+if TYPE_CHECKING:
+    from flowgpt.spec.models import PriceSpec
+
+__all__ = [
+    "LOCAL_BASE_URL",
+    "LOCAL_PRICE",
+    "ModelPrice",
+    "cost_of",
+    "is_local_url",
+    "is_openai_url",
+    "resolve_price",
+    "user_cache_dir",
+    "worst_case_cost",
+]
+
+PriceSource = Literal["workflow", "genai-prices", "local"]
+
+_MILLION = Decimal(1_000_000)
+_PROVIDER = "openai"
+# Bump when the cache file's layout or the way entries are derived changes.
+_CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ModelPrice:
+    """What one model costs, USD per million tokens.
+
+    ``cache_write`` is set only for models that bill prompt tokens written to the prompt
+    cache above the input price; worst-case estimates then use it for the prompt.
+    For tiered prices (a higher rate past some prompt length) the highest tier is kept,
+    because estimates are worst-case bounds.
+    """
+
+    input: Decimal
+    cached_input: Decimal
+    output: Decimal
+    source: PriceSource
+    cache_write: Decimal | None = None
+
+    def to_dict(self) -> dict[str, str | None]:
+        """Plain data, e.g. to store with a run."""
+        return {
+            "input": str(self.input),
+            "cached_input": str(self.cached_input),
+            "output": str(self.output),
+            "cache_write": None if self.cache_write is None else str(self.cache_write),
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelPrice:
+        cache_write = data.get("cache_write")
+        return cls(
+            input=Decimal(data["input"]),
+            cached_input=Decimal(data["cached_input"]),
+            output=Decimal(data["output"]),
+            source=data["source"],
+            cache_write=None if cache_write is None else Decimal(cache_write),
+        )
+
+
+# Where the local provider's requests "go": its resolved_base_url() is this, optionally
+# followed by ":" and the model file (so cached replies of two models stay apart).
+LOCAL_BASE_URL = "local"
+
+
+def is_local_url(base_url: str | None) -> bool:
+    """True for the in-process local provider (``"local"`` or ``"local:<model file>"``)."""
+    return base_url is not None and (
+        base_url == LOCAL_BASE_URL or base_url.startswith(LOCAL_BASE_URL + ":")
+    )
+
+
+def is_openai_url(base_url: str | None) -> bool:
+    """True for OpenAI's own API (None means the SDK default, which is OpenAI).
+
+    Regional hosts such as eu.api.openai.com are not included: they may bill differently.
+    """
+    if base_url is None:
+        return True
+    from urllib.parse import urlsplit
+
+    try:
+        host = urlsplit(base_url.strip()).hostname
+    except ValueError:
+        return False
+    return host == "api.openai.com"
+
+
+@functools.lru_cache(maxsize=256)
+def _from_override(spec: PriceSpec) -> ModelPrice:
+    cached = spec.cached_input if spec.cached_input is not None else spec.input
+    return ModelPrice(
+        input=Decimal(spec.input),
+        cached_input=Decimal(cached),
+        output=Decimal(spec.output),
+        source="workflow",
+    )
+
+
+# A model run in-process costs nothing per token; a workflow may still set its own price.
+LOCAL_PRICE = ModelPrice(
+    input=Decimal(0), cached_input=Decimal(0), output=Decimal(0), source="local"
+)
+
+
+def resolve_price(
+    model: str,
+    *,
+    base_url: str | None = None,
+    overrides: Mapping[str, PriceSpec] | None = None,
+) -> ModelPrice | None:
+    """The price of ``model``, or None when it is unpriced (never a made-up zero)."""
+    if overrides and model in overrides:
+        return _from_override(overrides[model])
+    if is_local_url(base_url):
+        return LOCAL_PRICE
+    if not is_openai_url(base_url):
+        return None
+    return _price_cache().get(model)
+
+
+def cost_of(
+    usage: Usage,
+    model: str,
+    *,
+    base_url: str | None = None,
+    overrides: Mapping[str, PriceSpec] | None = None,
+) -> Decimal | None:
+    """The exact cost of a finished call, in USD; None when the model is unpriced.
+
+    Cached prompt tokens are billed at the cached rate; reasoning tokens are part of
+    ``completion_tokens`` and billed as output once, never on top of it.
+    """
+    if overrides and model in overrides:
+        price = _from_override(overrides[model])
+        uncached = usage.prompt_tokens - usage.cached_tokens
+        return (
+            uncached * price.input
+            + usage.cached_tokens * price.cached_input
+            + usage.completion_tokens * price.output
+        ) / _MILLION
+    if is_local_url(base_url):
+        return Decimal(0)
+    if not is_openai_url(base_url):
+        return None
+    import genai_prices
+
+    # The same mapping genai-prices' own Chat Completions extractor uses. Reasoning tokens
+    # are a subset of output_tokens there too: they only change the total for a model
+    # that prices them separately.
+    gp_usage = genai_prices.Usage(
+        input_tokens=usage.prompt_tokens,
+        cache_read_tokens=usage.cached_tokens,
+        output_tokens=usage.completion_tokens,
+        output_reasoning_tokens=usage.reasoning_tokens,
+    )
+    try:
+        calc = genai_prices.calc_price(gp_usage, model, provider_id=_PROVIDER)
+    except LookupError:
+        return None
+    return calc.total_price
+
+
+def worst_case_cost(
+    prompt_tokens: int, max_output_tokens: int, price: ModelPrice | None
+) -> Decimal | None:
+    """An upper bound for one call: no prompt caching, every allowed output token used."""
+    if price is None:
+        return None
+    prompt_rate = price.input
+    if price.cache_write is not None and price.cache_write > prompt_rate:
+        prompt_rate = price.cache_write
+    return (prompt_tokens * prompt_rate + max_output_tokens * price.output) / _MILLION
+
+
+# --------------------------------------------------------------------------------------
+# The disk cache of genai-prices' OpenAI table
+# --------------------------------------------------------------------------------------
+
+
+def _genai_prices_dir() -> str | None:
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("genai_prices")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or spec.origin is None:
+        return None
+    return os.path.dirname(os.path.abspath(spec.origin))
+
+
+def _signature(package_dir: str) -> str | None:
+    """Cheap fingerprint of the installed price data: size and mtime of data.py."""
+    try:
+        st = os.stat(os.path.join(package_dir, "data.py"))
+    except OSError:
+        return None
+    return f"v{_CACHE_FORMAT}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _today() -> date:
+    return datetime.now(timezone.utc).date()
+
+
+class _PriceCache:
+    """genai-prices' OpenAI prices, flattened to one ModelPrice per model name.
+
+    One JSON file per genai-prices installation (so two virtualenvs sharing the cache
+    folder do not evict each other), holding the data signature and
+    ``{model: entry | null}``.
+    """
+
+    def __init__(self, path: str | None, signature: str | None) -> None:
+        self.path = path
+        self.signature = signature
+        self.entries: dict[str, Any] = self._read() if path and signature else {}
+
+    def _read(self) -> dict[str, Any]:
+        assert self.path is not None
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(data, dict) or data.get("signature") != self.signature:
+            return {}  # another genai-prices version made it: stale
+        models = data.get("models")
+        return models if isinstance(models, dict) else {}
+
+    def get(self, model: str) -> ModelPrice | None:
+        if model in self.entries:
+            fresh, price = _entry_to_price(self.entries[model])
+            if fresh:
+                return price
+        self._fill(model)
+        return _entry_to_price(self.entries[model])[1]
+
+    def _fill(self, model: str) -> None:
+        """Price ``model`` with genai-prices, plus every exact OpenAI model name, so later
+        lookups of other common models stay on the fast path; then save."""
+        if self.signature is None:  # genai-prices is not installed
+            self.entries[model] = None
+            return
+        fresh = _compute_entries(model)
+        self.entries.update(fresh)
+        self._write()
+
+    def _write(self) -> None:
+        if self.path is None:
+            return
+        # Merge with what another process may have written meanwhile.
+        merged = {**self._read(), **self.entries}
+        payload = json.dumps(
+            {"signature": self.signature, "models": merged}, sort_keys=True, separators=(",", ":")
+        ).encode()
+        with contextlib.suppress(OSError):  # a read-only home only costs speed
+            write_atomic(self.path, payload)
+
+
+def _entry_to_price(entry: Any) -> tuple[bool, ModelPrice | None]:
+    """(still valid, price) for a cache entry; null entries are unpriced models."""
+    if entry is None:
+        return True, None
+    try:
+        valid_until = entry.get("valid_until")
+        if valid_until is not None and _today() >= date.fromisoformat(valid_until):
+            return False, None  # a scheduled price change has happened
+        cache_write = entry.get("cache_write")
+        return True, ModelPrice(
+            input=Decimal(entry["input"]),
+            cached_input=Decimal(entry["cached_input"]),
+            output=Decimal(entry["output"]),
+            source="genai-prices",
+            cache_write=None if cache_write is None else Decimal(cache_write),
+        )
+    except (AttributeError, KeyError, TypeError, ValueError, ArithmeticError):
+        return False, None  # damaged entry: recompute
+
+
+_caches: dict[tuple[str | None, str | None], _PriceCache] = {}
+
+
+def _price_cache() -> _PriceCache:
+    """This process's view of the disk cache, re-read when the folder or data change."""
+    import hashlib
+
+    package_dir = _genai_prices_dir()
+    signature = _signature(package_dir) if package_dir else None
+    path = None
+    if package_dir is not None:
+        install = hashlib.sha1(package_dir.encode()).hexdigest()[:12]
+        path = os.path.join(user_cache_dir(), f"genai-prices-{install}.json")
+    key = (path, signature)
+    cache = _caches.get(key)
+    if cache is None:
+        cache = _caches[key] = _PriceCache(path, signature)
+    return cache
+
+
+# --------------------------------------------------------------------------------------
+# Flattening genai-prices' model prices (only reached on a cache miss)
+# --------------------------------------------------------------------------------------
+
+
+def _compute_entries(model: str) -> dict[str, Any]:
+    from genai_prices import data_snapshot
+
+    snapshot = data_snapshot.get_snapshot()
+    now = datetime.now(timezone.utc)
+    entries: dict[str, Any] = {}
+
+    def entry_for(name: str) -> Any:
+        try:
+            _, info = snapshot.find_provider_model(name, None, _PROVIDER, None)
+        except LookupError:
+            return None
+        return _flatten(info, now)
+
+    entries[model] = entry_for(model)
+    for name in _exact_names(snapshot):
+        if name not in entries:
+            entries[name] = entry_for(name)
+    return entries
+
+
+def _exact_names(snapshot: Any) -> list[str]:
+    """Every model name the OpenAI table matches by equality (ids and dated snapshots)."""
+    from genai_prices import types
+
+    names: list[str] = []
+
+    def walk(clause: Any) -> None:
+        if isinstance(clause, types.ClauseEquals):
+            names.append(clause.equals)
+        elif isinstance(clause, types.ClauseOr):
+            for sub in clause.or_:
+                walk(sub)
+
+    for provider in snapshot.providers:
+        if provider.id == _PROVIDER:
+            for info in provider.models:
+                walk(info.match)
+    return names
+
+
+def _highest(price: Any) -> Decimal | None:
+    """A flat price; for tiered prices the highest tier (estimates are upper bounds)."""
+    from genai_prices.types import TieredPrices
+
+    if price is None:
+        return None
+    if isinstance(price, TieredPrices):
+        return max([price.base, *(tier.price for tier in price.tiers)])
+    return Decimal(price)
+
+
+def _flatten(info: Any, now: datetime) -> dict[str, Any] | None:
+    """One ModelInfo's standard prices today as a cache entry; None if not token-priced.
+
+    Conditional prices: the ones genai-prices applies today; when a price change is already
+    scheduled, ``valid_until`` makes the entry expire on that day. Prices that vary with the
+    time of day are merged to the highest of each rate.
+    """
+    from genai_prices import types
+
+    valid_until: date | None = None
+    if isinstance(info.prices, types.ModelPrice):
+        candidates = [info.prices]
+    else:
+        # Prices are constant between constraint boundaries, so asking genai-prices at
+        # now and at every time-of-day boundary sees each price that applies today.
+        moments = {now}
+        for conditional in info.prices:
+            constraint = conditional.constraint
+            if isinstance(constraint, types.StartDateConstraint):
+                if constraint.start_date > now.date() and (
+                    valid_until is None or constraint.start_date < valid_until
+                ):
+                    valid_until = constraint.start_date
+            elif isinstance(constraint, types.TimeOfDateConstraint):
+                for moment in (time(0), constraint.start_time, constraint.end_time):
+                    tz = moment.tzinfo or timezone.utc  # naive means UTC
+                    moments.add(datetime.combine(now.date(), moment.replace(tzinfo=tz)))
+        candidates = [info.get_prices(moment) for moment in moments]
+
+    def rate(key: str) -> Decimal | None:
+        values = [v for c in candidates if (v := _highest(getattr(c, key, None))) is not None]
+        return max(values) if values else None
+
+    input_rate, output_rate = rate("input_mtok"), rate("output_mtok")
+    if input_rate is None or output_rate is None:
+        return None  # audio / image / per-request models: not priced per chat token
+    cached = rate("cache_read_mtok")
+    cache_write = rate("cache_write_mtok")
+    return {
+        "input": str(input_rate),
+        # genai-prices bills cached tokens at the input rate when there is no cached rate
+        "cached_input": str(cached if cached is not None else input_rate),
+        "output": str(output_rate),
+        "cache_write": None if cache_write is None else str(cache_write),
+        "valid_until": None if valid_until is None else valid_until.isoformat(),
+    }

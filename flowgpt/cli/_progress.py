@@ -1,0 +1,204 @@
+"""The live per-step display a run shows on stderr (rich), and the final cost table."""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from flowgpt.engine.events import EngineEvent
+from flowgpt.money import format_usd
+from flowgpt.results import RunResult, cost_table
+from flowgpt.spec.models import WorkflowSpec
+
+if TYPE_CHECKING:
+    from flowgpt.engine.batch import BatchRowResult
+
+__all__ = ["BatchProgress", "Progress"]
+
+_ICONS = {
+    "waiting": "·",
+    "running": "…",
+    "ok": "✓",
+    "failed": "✗",
+    "skipped": "-",
+    "retrying": "↻",
+}
+
+
+class Progress:
+    """Shows each step's state as events arrive: a live table on a terminal, one line per
+    event otherwise (logs, CI, pipes)."""
+
+    def __init__(self, spec: WorkflowSpec, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True, highlight=False)
+        if not self.console.is_terminal:
+            # Logs and pipes get the whole table rather than rich's 80-column default.
+            self.console.width = max(self.console.width, 120)
+        self.states: dict[str, str] = {s.id: "waiting" for s in spec.steps}
+        self.notes: dict[str, str] = {s.id: "" for s in spec.steps}
+        self.started: dict[str, float] = {}
+        self.live: Live | None = None
+        self.run_id: str | None = None
+
+    def __enter__(self) -> Progress:
+        if self.console.is_terminal:
+            self.live = Live(self._table(), console=self.console, transient=True)
+            self.live.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.live is not None:
+            self.live.__exit__(exc_type, exc, tb)
+            self.live = None
+
+    def _table(self) -> Table:
+        table = Table(show_header=False, box=None, pad_edge=False)
+        for step, state in self.states.items():
+            elapsed = ""
+            if state == "running" and step in self.started:
+                elapsed = f"{time.perf_counter() - self.started[step]:.1f}s"
+            table.add_row(_ICONS[state], step, elapsed or self.notes[step])
+        return table
+
+    def _line(self, text: str) -> None:
+        if self.live is not None:
+            self.live.console.print(text, markup=False)
+        else:
+            self.console.print(text, markup=False)
+
+    def on_event(self, event: EngineEvent) -> None:
+        if event.kind == "run_started":
+            self.run_id = event.message
+        step = event.step
+        if event.kind == "warning" and event.message:
+            self._line(f"warning: {event.message}")
+        if step is None or step not in self.states:
+            return
+        result = event.result
+        if event.kind == "step_started":
+            self.states[step] = "running"
+            self.started[step] = time.perf_counter()
+            if self.live is None:
+                self._line(f"… {step} started")
+        elif event.kind == "attempt_rejected":
+            self.states[step] = "retrying"
+            self.notes[step] = "reply rejected, asking again"
+            self._line(f"↻ {step}: reply rejected: {event.message}")
+        elif event.kind == "step_finished" and result is not None:
+            self.states[step] = "ok"
+            usage = result.usage
+            if result.status in ("reused", "cached"):
+                saved = format_usd(result.saved_usd)
+                self.notes[step] = f"{result.status}, $0 (saved {saved})"
+            else:
+                self.notes[step] = (
+                    f"{result.latency_s:.1f}s  {usage.prompt_tokens:,}→"
+                    f"{usage.completion_tokens:,} tokens  {format_usd(result.cost_usd)}"
+                )
+            if self.live is None:
+                self._line(f"✓ {step}  {self.notes[step]}")
+        elif event.kind == "step_skipped":
+            self.states[step] = "skipped"
+            self.notes[step] = "skipped (when: false)"
+            if self.live is None:
+                self._line(f"- {step} skipped")
+        elif event.kind == "step_failed":
+            self.states[step] = "failed"
+            self.notes[step] = "failed"
+            if self.live is None:
+                self._line(f"✗ {step} failed")
+        if self.live is not None:
+            self.live.update(self._table())
+
+    def print_table(self, result: RunResult, **kwargs: Any) -> None:
+        self.console.print(cost_table(result), **kwargs)
+
+
+class BatchProgress:
+    """A batch's progress on stderr: rows done and failed, tokens and dollars so far, and
+    the time left. A live bar on a terminal; a line per tenth of the rows otherwise."""
+
+    def __init__(self, total: int, console: Console | None = None) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import Progress as Bar
+
+        self.console = console or Console(stderr=True, highlight=False)
+        self.total = total
+        self.done = self.failed = self.tokens = 0
+        self.cost: Decimal | None = Decimal(0)
+        self.started = time.perf_counter()
+        self._every = max(1, total // 10)
+        self.bar: Bar | None = None
+        if self.console.is_terminal:
+            self.bar = Bar(
+                TextColumn("rows"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn(
+                    "{task.fields[failed]} failed · {task.fields[tokens]} tokens · "
+                    "{task.fields[cost]}"
+                ),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=True,
+            )
+            self._task = self.bar.add_task("rows", total=total)
+            self._show()
+
+    def _show(self) -> None:
+        assert self.bar is not None
+        self.bar.update(
+            self._task,
+            completed=self.done,
+            failed=self.failed,
+            tokens=f"{self.tokens:,}",
+            cost=self.money,
+        )
+
+    @property
+    def money(self) -> str:
+        return format_usd(self.cost)
+
+    def __enter__(self) -> BatchProgress:
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def update(self, row: BatchRowResult) -> None:
+        self.done += 1
+        self.failed += not row.ok
+        self.tokens += row.usage.total_tokens
+        if self.cost is not None:
+            self.cost = None if row.cost_usd is None else self.cost + row.cost_usd
+        if self.bar is not None:
+            self._show()
+        elif self.done % self._every == 0 or self.done == self.total:
+            elapsed = time.perf_counter() - self.started
+            left = elapsed / self.done * (self.total - self.done)
+            self.console.print(
+                f"rows {self.done}/{self.total} · {self.failed} failed · {self.tokens:,} "
+                f"tokens · {self.money} · {elapsed:.1f} s, about {left:.0f} s left"
+            )

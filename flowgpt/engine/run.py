@@ -1,0 +1,335 @@
+"""One run's execution: its steps scheduled as soon as what they need has finished, each
+step's calls made within the request limit, replies validated and repaired, results
+recorded in the store, and the workflow's outputs computed.
+
+The run's state and the work each call needs before and after it is ``flowgpt.engine.run_state``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from decimal import Decimal
+from typing import Any, cast
+
+from flowgpt import templating
+from flowgpt.accounting.tokens import count_tokens, truncate_text
+from flowgpt.engine.run_state import _RunState
+from flowgpt.errors import BadRequestError, FlowgptError, OutputValidationError, TemplateError
+from flowgpt.money import format_usd
+from flowgpt.providers.base import Message
+from flowgpt.results import AttemptResult, RunResult, StepResult
+from flowgpt.spec.models import StepSpec
+from flowgpt.spec.output import FEEDBACK_MAX_TOKENS, repair_message, validate_reply
+
+_FINISHED = frozenset({"ok", "failed", "skipped", "reused", "cached"})
+
+
+class _Run(_RunState):
+    """One run of one workflow, executed (``Engine._start`` makes it, callers ``execute`` it)."""
+
+    tasks: list[asyncio.Future[None]]  # steps running in tasks of their own (execute)
+
+    # -- one step ----------------------------------------------------------------------
+
+    async def attempt_loop(
+        self, step: StepSpec, messages: list[Message], result: StepResult
+    ) -> None:
+        spec = step.output
+        retries = spec.retries if spec is not None else 0
+        conversation = messages  # never changed in place: a repair builds a new list
+        failures: list[str] = []
+        for _ in range(retries + 1):
+            request = self.request_for(step, conversation)
+            cache_key = self.fingerprint(request) if self.use_cache(step) else None
+            hit = self.store.cache_get(cache_key) if cache_key and self.store else None
+            while hit is None:
+                reservation = self.preflight(step, request)
+                try:
+                    # The call, inline (every request passes here: one coroutine fewer).
+                    tokens = 0
+                    if self.limiter.counts_tokens:
+                        # What tokens-per-minute limits count: the prompt plus the most it
+                        # may reply.
+                        tokens = count_tokens(request.messages, request.model) + (
+                            request.max_tokens or 0
+                        )
+                    async with self.limiter.slot(tokens):
+                        started = time.perf_counter()
+                        response = await self.provider.complete(request)
+                        latency = time.perf_counter() - started
+                    break
+                except BadRequestError as exc:
+                    if reservation is not None:
+                        self.budget.settle(reservation, 0, Decimal(0))
+                    fallback = self.format_fallback(step, request, exc)
+                    if fallback is None:
+                        raise
+                    request = fallback
+                except BaseException:
+                    if reservation is not None:
+                        # A call that failed was not billed.
+                        self.budget.settle(reservation, 0, Decimal(0))
+                    raise
+            cost: Decimal | None
+            if hit is not None:
+                response, latency, cost = hit, 0.0, Decimal(0)
+                worth = self.cost(request, hit)
+                if worth is not None:
+                    result.saved_usd = (result.saved_usd or Decimal(0)) + worth
+            else:
+                cost = self.cost(request, response)
+                if reservation is not None:
+                    self.budget.settle(reservation, response.usage.total_tokens, cost)
+            verdict = validate_reply(response.text, spec, response.finish_reason)
+            if verdict.ok and cache_key and hit is None and self.store is not None:
+                self.store.cache_put(cache_key, response)
+            result.attempts.append(
+                AttemptResult(
+                    text=response.text,
+                    usage=response.usage,
+                    cost_usd=cost,
+                    latency_s=latency,
+                    finish_reason=response.finish_reason,
+                    retries=response.retries,
+                    failures=verdict.failures,
+                    cached=hit is not None,
+                )
+            )
+            result.text = response.text
+            if self.provider.name == "local" and response.model:
+                # The step's `model` only labels a local run: show the model that answered.
+                result.model = response.model
+            if verdict.ok:
+                result.output = verdict.output
+                if response.finish_reason == "length":
+                    self.emit(
+                        "warning",
+                        step.id,
+                        message=f"step `{step.id}`: the reply was cut off at max_tokens "
+                        f"({request.max_tokens}); raise max_tokens for a complete answer",
+                    )
+                return
+            failures = verdict.failures
+            self.emit("attempt_rejected", step.id, message="; ".join(failures))
+            conversation = [
+                *conversation,
+                Message(role="assistant", content=response.text),
+                Message(
+                    role="user",
+                    # Capped in tokens, so a retry's prompt has a known bound (estimates).
+                    content=truncate_text(
+                        repair_message(failures, spec), FEEDBACK_MAX_TOKENS, request.model
+                    ),
+                ),
+            ]
+        attempts = len(result.attempts)
+        raise OutputValidationError(
+            f"step `{step.id}`: the reply failed validation on all {attempts} attempt"
+            f"{'s' * (attempts != 1)} (cost {format_usd(result.cost_usd)}):",
+            step=step.id,
+            failures=failures,
+            last_output=result.text or "",
+            attempts=attempts,
+            usage=result.usage,
+            cost_usd=result.cost_usd,
+            hint="loosen the schema or checks, raise `output.retries`, "
+            "or make the prompt say exactly what shape is wanted",
+        )
+
+    async def run_step(self, step: StepSpec) -> None:
+        result = self.results[step.id]
+        try:
+            ctx = self.context()
+            if step.when is not None and not templating.evaluate(step.when, ctx, step=step.id):
+                result.status = "skipped"
+                self.emit("step_skipped", step.id, result=result)
+                return
+            self.emit("step_started", step.id)
+            started = time.perf_counter()
+            if step.for_each is not None:
+                try:
+                    await self.run_items(step, ctx, result)
+                finally:
+                    result.latency_s = time.perf_counter() - started
+                result.status = "ok"
+                self.emit("step_finished", step.id, result=result)
+                return
+            messages = self.build_messages(step, ctx)
+            # The request's own messages, not a copy (nothing changes them in place: a
+            # repair or a format fallback builds a new list); a batch would otherwise hold
+            # two of each for every row in flight.
+            result.messages = cast("list[dict[str, Any]]", messages)
+            if self.store is not None:
+                self.fingerprints[step.id] = self.fingerprint(self.request_for(step, messages))
+                if self.reuse(step, result):
+                    self.emit("step_finished", step.id, result=result)
+                    return
+            try:
+                await self.attempt_loop(step, messages, result)
+            finally:
+                result.latency_s = time.perf_counter() - started
+            cached = bool(result.attempts) and all(a.cached for a in result.attempts)
+            result.status = "cached" if cached else "ok"
+            self.emit("step_finished", step.id, result=result)
+        except FlowgptError as exc:
+            result.status = "failed"
+            result.error = exc.message
+            if self.failure is None:
+                self.failure = exc
+            self.emit("step_failed", step.id, result=result, message=exc.message)
+        finally:
+            self.views[step.id] = result.template_view()
+            # A step cut off by Ctrl-C in flight has no result to keep.
+            if self.store is not None and result.status in _FINISHED:
+                # Stored the moment it finishes: a crash after this cannot lose it.
+                self.store.record_step(
+                    self.result.run_id or "",
+                    result,
+                    fingerprint=self.fingerprints.get(step.id),
+                    price=self.price_of(result.model),
+                )
+
+    async def run_items(self, step: StepSpec, ctx: dict[str, Any], result: StepResult) -> None:
+        """A for_each step: one call per item, all at once within the request limit; the
+        output is the list of the items' outputs, in item order."""
+        items = templating.evaluate(step.for_each or "", ctx, step=step.id, where="for_each")
+        if items is None:
+            raise TemplateError(
+                f"step `{step.id}`: `for_each` gave null (a skipped step's output?)",
+                hint="guard the step with `when:` so it only runs when the list exists",
+                step=step.id,
+            )
+        if not isinstance(items, (list, tuple)):
+            raise TemplateError(
+                f"step `{step.id}`: `for_each` must give a list, not {type(items).__name__}",
+                hint="point it at a list, e.g. `for_each: steps.outline.output.sections`",
+                step=step.id,
+            )
+        name = step.as_ or "item"
+        result.items = [
+            StepResult(id=f"{step.id}[{i}]", model=result.model) for i in range(len(items))
+        ]
+
+        async def one(sub: StepResult, item: Any) -> None:
+            messages = self.build_messages(step, {**ctx, name: item})
+            sub.messages = [dict(m) for m in messages]
+            started = time.perf_counter()
+            try:
+                await self.attempt_loop(step, messages, sub)
+                sub.status = "ok"
+            except FlowgptError as exc:
+                sub.status, sub.error = "failed", exc.message
+                raise
+            finally:
+                sub.latency_s = time.perf_counter() - started
+
+        outcomes = await asyncio.gather(
+            *(one(sub, item) for sub, item in zip(result.items, items, strict=True)),
+            return_exceptions=True,
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome  # the first failing item, after every item has finished
+        result.output = [sub.output for sub in result.items]
+
+    async def run_chain(self, step_id: str, waiting: dict[str, set[str]]) -> None:
+        """Run a step, then whatever it unblocks: the first such step in this same task
+        (a linear chain never leaves its task), the others in new tasks."""
+        current: str | None = step_id
+        while current is not None:
+            await self.run_step(self.plan.steps[current].step)
+            ready = []
+            for other in self.plan.steps[current].dependents:
+                needs = waiting[other]
+                needs.discard(current)
+                if not needs:
+                    ready.append(other)
+            if self.failure is not None:
+                return  # a step failed: nothing new is started
+            current = ready[0] if ready else None
+            for other in ready[1:]:
+                self.tasks.append(asyncio.ensure_future(self.run_chain(other, waiting)))
+
+    def compute_outputs(self) -> dict[str, Any]:
+        ctx = self.context()
+        outputs: dict[str, Any] = {}
+        for name, source, expression in self.plan.outputs:
+            if expression is not None:
+                # `{{ steps.x.output.n }}` keeps its type (a number stays a number).
+                outputs[name] = templating.evaluate(expression, ctx, step=f"outputs.{name}")
+            else:
+                outputs[name] = templating.render(source, ctx, step=f"outputs.{name}")
+        return outputs
+
+    async def execute(self, resumed_from: str | None = None) -> RunResult:
+        started = time.perf_counter()
+        run_id = self.result.run_id or ""
+        if self.store is not None:
+            self.store.start_run(
+                run_id,
+                workflow_name=self.spec.name,
+                workflow_text=self.workflow.source,
+                workflow_path=str(self.workflow.path) if self.workflow.path else None,
+                inputs=self.inputs,
+                steps=self.results.values(),
+                resumed_from=resumed_from,
+            )
+        self.emit("run_started", message=run_id)
+        # Every step runs as soon as the steps it needs have finished: the first root's
+        # chain in this task, any other root's in a task of its own. (Inline rather than a
+        # method: each coroutine level is crossed again whenever a request suspends.)
+        waiting = {sid: set(p.deps) for sid, p in self.plan.steps.items()}
+        roots = [sid for sid, needs in waiting.items() if not needs]
+        self.tasks = [asyncio.ensure_future(self.run_chain(sid, waiting)) for sid in roots[1:]]
+        try:
+            try:
+                if roots:
+                    await self.run_chain(roots[0], waiting)
+                while self.tasks:
+                    await self.tasks.pop()
+            finally:
+                for task in self.tasks:
+                    task.cancel()
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            # Ctrl-C: finished steps are already stored; mark the run so --resume can go on.
+            self.result.status = "interrupted"
+            self.result.error = "interrupted"
+            self.result.latency_s = time.perf_counter() - started
+            self.finish()
+            raise
+        if self.failure is None:
+            try:
+                self.result.outputs = self.compute_outputs()
+            except FlowgptError as exc:
+                self.failure = exc
+        self.result.latency_s = time.perf_counter() - started
+        if self.failure is not None:
+            self.result.status = "failed"
+            self.result.error = self.failure.message
+        else:
+            self.result.status = "ok"
+        self.finish()
+        self.emit("run_finished", message=self.result.status)
+        return self.result
+
+    def outcome(self, result: RunResult) -> RunResult:
+        """The result of ``execute``; raises the run's failure (carrying it) if it failed."""
+        if self.failure is not None:
+            self.failure.result = result
+            raise self.failure
+        return result
+
+    def finish(self) -> None:
+        if self.store is None:
+            return
+        r = self.result
+        self.store.finish_run(
+            r.run_id or "",
+            status=r.status,
+            error=r.error,
+            outputs=r.outputs,
+            cost_usd=r.cost_usd,
+            usage=r.usage,
+            latency_s=r.latency_s,
+        )

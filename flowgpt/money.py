@@ -1,0 +1,44 @@
+"""Money: dollars are ``Decimal``, never floats, and an unknown price is None ("unpriced"),
+never 0. Adding up costs and showing an amount to people follow from that."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from decimal import ROUND_HALF_UP, Decimal, localcontext
+
+__all__ = ["format_usd", "sum_costs"]
+
+
+def sum_costs(costs: Iterable[Decimal | None]) -> Decimal | None:
+    """The sum of some costs; None ("unpriced") as soon as one of them is unknown."""
+    total = Decimal(0)
+    for cost in costs:
+        if cost is None:
+            return None
+        total += cost
+    return total
+
+
+def format_usd(amount: Decimal | None) -> str:
+    """An amount for people to read; "unpriced" for None.
+
+    Three significant digits below a dollar ("$0.000435"), cents from a dollar up
+    ("$12.35"), and "$0" only for a real zero, such as a response-cache hit.
+    """
+    if amount is None:
+        return "unpriced"
+    if amount == 0:
+        return "$0"
+    sign = "-" if amount < 0 else ""
+    value = abs(amount)
+    with localcontext() as ctx:
+        ctx.prec = 60  # quantize must never run out of digits, whatever the amount
+        if value >= 1:
+            text = f"{value.quantize(Decimal('0.01'), rounding=ROUND_HALF_UP):f}"
+        else:
+            # adjusted() is the leading digit's exponent (-4 for 0.000435): keep 3 digits
+            places = max(2, -value.adjusted() + 2)
+            rounded = value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+            whole, _, frac = f"{rounded:f}".partition(".")
+            text = f"{whole}.{frac.rstrip('0').ljust(2, '0')}"
+    return f"{sign}${text}"

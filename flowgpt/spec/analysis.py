@@ -1,0 +1,338 @@
+"""Static checks of a loaded workflow: everything ``flowgpt validate`` can find without
+calling a model. Each finding is a Diagnostic pointing at the file, line and column."""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from flowgpt import templating
+from flowgpt.errors import Diagnostic, SpecError
+from flowgpt.spec.graph import StepTemplate, find_cycle, step_dependencies, step_templates
+from flowgpt.spec.inputs import check_value
+from flowgpt.spec.models import StepSpec
+from flowgpt.spec.output import check_schema
+from flowgpt.spec.workflow import Location, TemplateSource, Workflow
+
+__all__ = ["analyze", "check_file", "check_runnable"]
+
+
+def _close(word: str, options: Sequence[str]) -> str:
+    match = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f"; did you mean `{match[0]}`?" if match else ""
+
+
+class _Checker:
+    def __init__(self, workflow: Workflow, *, prices: bool = True) -> None:
+        self.prices = prices
+        self.wf = workflow
+        self.spec = workflow.spec
+        self.found: list[Diagnostic] = []
+
+    def add(
+        self,
+        where: Location,
+        message: str,
+        hint: str | None = None,
+        *,
+        severity: str = "error",
+        code: str = "check",
+    ) -> None:
+        self.found.append(
+            Diagnostic(
+                message,
+                where.file,
+                where.line,
+                where.col,
+                hint=hint,
+                severity="warning" if severity == "warning" else "error",
+                code=code,
+            )
+        )
+
+    def at(self, *path: str | int) -> Location:
+        return self.wf.locate(path)
+
+    # -- templates ---------------------------------------------------------------------
+
+    def check_template(
+        self,
+        source: TemplateSource,
+        label: str,
+        *,
+        expression: bool = False,
+        as_name: str | None = None,
+        step: StepSpec | None = None,
+    ) -> None:
+        try:
+            refs = templating.references(
+                source.text, expression=expression, known=[as_name] if as_name else []
+            )
+        except templating.TemplateSyntaxProblem as exc:
+            where = self.wf.locate_template_line(source, exc.line or 1)
+            self.add(
+                where,
+                f"{label}: template syntax error: {exc.detail}",
+                exc.hint or "check the {{ }} and {% %} pairs on this line",
+                code="template",
+            )
+            return
+        inputs = list(self.spec.inputs)
+        steps = self.spec.step_ids
+        for ref in refs.inputs:
+            if ref.name is not None and ref.name not in inputs:
+                self.add(
+                    self.wf.locate_template_line(source, ref.line),
+                    f"{label}: unknown input `{ref.name}`{_close(ref.name, inputs)}",
+                    f"declared inputs: {', '.join(inputs) or 'none'}; declare it under `inputs:`",
+                    code="reference",
+                )
+        for ref in refs.steps:
+            where = self.wf.locate_template_line(source, ref.line)
+            if ref.name is None:
+                self.add(
+                    where,
+                    f"{label}: `steps` is read with a computed key, so flowgpt cannot tell "
+                    "which step it needs",
+                    "write `steps.<id>` explicitly, or add the step to `needs:`",
+                    code="reference",
+                )
+            elif ref.name not in steps:
+                self.add(
+                    where,
+                    f"{label}: unknown step `{ref.name}`{_close(ref.name, steps)}",
+                    f"steps in this workflow: {', '.join(steps)}",
+                    code="reference",
+                )
+            elif ref.attr is not None and ref.attr not in templating.STEP_FIELDS:
+                self.add(
+                    where,
+                    f"{label}: `steps.{ref.name}.{ref.attr}` is not a step field"
+                    f"{_close(ref.attr, templating.STEP_FIELDS)}",
+                    f"a step has: {', '.join(templating.STEP_FIELDS)}",
+                    code="reference",
+                )
+        for name, line in templating.private_attributes(source.text, expression=expression):
+            self.add(
+                self.wf.locate_template_line(source, line),
+                f"{label}: the template reads the unsafe attribute `{name}`",
+                "templates read data only (inputs, steps.<id>.output/text/usage/skipped); "
+                "names starting with `_` are blocked",
+                code="sandbox",
+            )
+        for ref in refs.names:
+            name = ref.name or ""
+            suggestion = _close(name, ["inputs", "steps", *([as_name] if as_name else [])])
+            if not suggestion and name in inputs:
+                suggestion = f"; did you mean `inputs.{name}`?"
+            self.add(
+                self.wf.locate_template_line(source, ref.line),
+                f"{label}: unknown name `{name}`{suggestion}",
+                "templates see `inputs`, `steps`"
+                + (f" and the for_each item `{as_name}`" if as_name else "")
+                + "; nothing else",
+                code="reference",
+            )
+
+    # -- the whole workflow ------------------------------------------------------------
+
+    def run(self) -> list[Diagnostic]:
+        ids = self.spec.step_ids
+        for index, step in enumerate(self.spec.steps):
+            for t in step_templates(self.wf, step):
+                self._step_template(step, t)
+            if step.history is not None and step.history in ids:
+                target_step = self.spec.step(step.history)
+                if target_step.for_each is not None:
+                    self.add(
+                        self.at("steps", index, "history"),
+                        f"step `{step.id}`: `history` cannot continue `{step.history}`, a "
+                        "for_each step has one conversation per item",
+                        "read its output instead, e.g. `{{ steps." + step.history + ".output }}`",
+                        code="reference",
+                    )
+            for key, target in (("history", step.history),):
+                if target is not None and target not in ids:
+                    self.add(
+                        self.at("steps", index, key),
+                        f"step `{step.id}`: `{key}` names unknown step `{target}`"
+                        f"{_close(target, ids)}",
+                        f"steps in this workflow: {', '.join(ids)}",
+                        code="reference",
+                    )
+            for n, need in enumerate(step.needs):
+                if need not in ids:
+                    self.add(
+                        self.at("steps", index, "needs", n),
+                        f"step `{step.id}`: `needs` names unknown step `{need}`{_close(need, ids)}",
+                        f"steps in this workflow: {', '.join(ids)}",
+                        code="reference",
+                    )
+            if step.as_ in ("inputs", "steps"):
+                self.add(
+                    self.at("steps", index, "as"),
+                    f"step `{step.id}`: `as: {step.as_}` would hide the `{step.as_}` variable",
+                    "choose another name for the item, e.g. `as: item`",
+                )
+            self._output(index, step)
+            if step.setting("model", self.spec.defaults) is None:
+                self.add(
+                    self.at("steps", index),
+                    f"step `{step.id}` has no model",
+                    "set `defaults.model` for every step, or `model:` on this step",
+                )
+        for name, text in self.spec.outputs.items():
+            self.check_template(TemplateSource(text, ("outputs", name)), f"output `{name}`")
+        self._cycles()
+        self._inputs()
+        self._windows()
+        if self.prices:
+            self._prices()
+        self.found.sort(key=lambda d: (d.file or "", d.line or 0, d.col or 0))
+        return self.found
+
+    def _step_template(self, step: StepSpec, t: StepTemplate) -> None:
+        self.check_template(
+            t.source,
+            f"step `{step.id}` {t.where}",
+            expression=t.expression,
+            as_name=step.as_ if t.where != "for_each" else None,
+            step=step,
+        )
+
+    def _output(self, index: int, step: StepSpec) -> None:
+        out = step.output
+        if out is None:
+            return
+        if out.schema_ is not None:
+            for path, message in check_schema(out.schema_):
+                self.add(
+                    self.at("steps", index, "output", "schema", *path),
+                    f"step `{step.id}`: invalid JSON Schema: {message}",
+                    "the schema must be valid JSON Schema (Draft 2020-12); "
+                    "see https://json-schema.org/understanding-json-schema/",
+                    code="schema",
+                )
+        for n, check in enumerate(out.checks):
+            if check.kind == "regex":
+                try:
+                    re.compile(check.value)
+                except re.error as exc:
+                    self.add(
+                        self.at("steps", index, "output", "checks", n, "regex"),
+                        f"step `{step.id}`: invalid regular expression: {exc}",
+                        "regex checks use Python's `re` syntax",
+                    )
+
+    def _cycles(self) -> None:
+        cycle = find_cycle(step_dependencies(self.wf))
+        if cycle is None:
+            return
+        first = cycle[0]
+        if len(cycle) == 2:
+            message = f"step `{first}` depends on its own output"
+        else:
+            chain = ", ".join(f"`{a}` needs `{b}`" for a, b in itertools.pairwise(cycle))
+            message = f"the steps form a cycle: {chain}"
+        self.add(
+            self.at("steps", self.wf.step_index(first)),
+            message,
+            "a step can only read steps that finish before it; break the cycle "
+            "(dependencies come from templates, `needs` and `history`)",
+            code="cycle",
+        )
+
+    def _windows(self) -> None:
+        """Warn when a step's own text (before any input or reply is added) plus its
+        max_tokens already cannot fit its model's context window."""
+        from flowgpt.accounting.tokens import context_window
+
+        for index, step in enumerate(self.spec.steps):
+            model = step.setting("model", self.spec.defaults)
+            if model is None:
+                continue
+            override = self.spec.pricing.get(model)
+            window = context_window(model, override.context_window if override else None)
+            if window is None:
+                continue
+            texts = [t.source.text for t in step_templates(self.wf, step) if not t.expression]
+            max_tokens = step.setting("max_tokens", self.spec.defaults) or 0
+            # Four bytes per character bound the tokens: the tokenizer is only loaded for
+            # prompts long enough to possibly not fit.
+            if 4 * sum(len(t) for t in texts) + max_tokens <= window:
+                continue
+            from flowgpt.accounting.tokens import count_text
+
+            static = sum(count_text(t, model) for t in texts)
+            if static + max_tokens > window:
+                self.add(
+                    self.at("steps", index),
+                    f"step `{step.id}`: its own text is {static:,} tokens; with max_tokens "
+                    f"{max_tokens:,} it cannot fit {model}'s context window of {window:,}",
+                    "shorten the prompt, lower max_tokens, or use a model with a larger window",
+                    severity="warning",
+                    code="context",
+                )
+
+    def _inputs(self) -> None:
+        for name, spec in self.spec.inputs.items():
+            if spec.required:
+                continue
+            problem = check_value(spec, spec.default)
+            if problem is not None:
+                self.add(
+                    self.at("inputs", name, "default"),
+                    f"input `{name}`: the default does not fit its type: {problem}",
+                    f"make the default a valid {spec.type}, or change `type`",
+                )
+
+    def _prices(self) -> None:
+        from flowgpt.accounting.prices import resolve_price
+
+        seen: set[str] = set()
+        for index, step in enumerate(self.spec.steps):
+            model = step.setting("model", self.spec.defaults)
+            if model is None or model in seen:
+                continue
+            seen.add(model)
+            price = resolve_price(
+                model, base_url=self.spec.provider.price_base_url, overrides=self.spec.pricing
+            )
+            if price is None:
+                path = ("steps", index, "model") if step.model else ("defaults", "model")
+                self.add(
+                    self.at(*path),
+                    f'model `{model}` has no known price: costs will show as "unpriced"',
+                    f"add `pricing: {{{model}: {{input: ..., output: ...}}}}` (USD per million "
+                    "tokens) to the workflow",
+                    severity="warning",
+                    code="unpriced",
+                )
+
+
+def analyze(workflow: Workflow, *, prices: bool = True) -> list[Diagnostic]:
+    """Every problem found in a loaded workflow (errors and warnings); ``prices=False``
+    skips the unpriced-model warnings."""
+    return _Checker(workflow, prices=prices).run()
+
+
+def check_file(path: str | Path) -> list[Diagnostic]:
+    """Load and check one workflow file; never raises for problems in the file."""
+    from flowgpt.spec.loader import load_workflow
+
+    try:
+        workflow = load_workflow(path)
+    except SpecError as exc:
+        return exc.diagnostics
+    return analyze(workflow)
+
+
+def check_runnable(workflow: Workflow) -> None:
+    """Raise SpecError when a workflow cannot be run: any static error, or a feature this
+    version does not run yet. Used by the engine and by estimates, before any call."""
+    errors = [d for d in analyze(workflow, prices=False) if d.severity == "error"]
+    if errors:
+        raise SpecError(f"{workflow.display_path}: the workflow is not valid", diagnostics=errors)

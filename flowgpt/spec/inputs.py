@@ -1,0 +1,158 @@
+"""Checking a run's inputs against the workflow's ``inputs:`` declarations."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from flowgpt.errors import Diagnostic, InputError
+from flowgpt.spec.models import InputSpec, WorkflowSpec
+
+__all__ = ["check_value", "convert_cli_value", "parse_assignments", "resolve_inputs"]
+
+_TRUE = {"true", "yes", "1", "on"}
+_FALSE = {"false", "no", "0", "off"}
+_PY_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "array": (list,),
+    "object": (dict,),
+}
+
+
+def check_value(spec: InputSpec, value: Any) -> str | None:
+    """What is wrong with ``value`` for this input, or None when it fits."""
+    expected = _PY_TYPES[spec.type]
+    # bool is an int in Python; it is not an integer or a number here.
+    if isinstance(value, bool) and spec.type != "boolean":
+        return f"expected {spec.type}, got a boolean"
+    if not isinstance(value, expected):
+        return f"expected {spec.type}, got {_json_type(value)}"
+    if spec.enum is not None and value not in spec.enum:
+        options = ", ".join(json.dumps(v, ensure_ascii=False) for v in spec.enum)
+        return f"must be one of {options}"
+    if isinstance(value, (int, float)):
+        if spec.minimum is not None and value < spec.minimum:
+            return f"must be at least {_num(spec.minimum)}"
+        if spec.maximum is not None and value > spec.maximum:
+            return f"must be at most {_num(spec.maximum)}"
+    return None
+
+
+def convert_cli_value(spec: InputSpec, raw: str) -> Any:
+    """Convert a ``-i key=value`` string by the declared type. Raises ValueError."""
+    if spec.type == "string":
+        return raw
+    if spec.type == "boolean":
+        low = raw.strip().lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise ValueError("expected a boolean: true/false, yes/no or 1/0")
+    if spec.type == "integer":
+        try:
+            return int(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected an integer, got {raw!r}") from None
+    if spec.type == "number":
+        try:
+            number = float(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected a number, got {raw!r}") from None
+        return int(number) if number.is_integer() and "." not in raw and "e" not in raw else number
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"expected {spec.type} as JSON ({exc.msg})") from None
+    return value
+
+
+def parse_assignments(pairs: list[str]) -> dict[str, str]:
+    """``["topic=tea", "words=300"]`` -> ``{"topic": "tea", "words": "300"}``."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise InputError(
+                f"-i {pair!r} is not key=value",
+                hint="write inputs as -i topic=tea (quote values with spaces)",
+            )
+        out[key.strip()] = value
+    return out
+
+
+def resolve_inputs(
+    workflow: WorkflowSpec,
+    given: Mapping[str, Any],
+    *,
+    from_cli: bool = False,
+    source: str = "inputs",
+) -> dict[str, Any]:
+    """Apply defaults, convert CLI strings, and check every input. Raises InputError listing
+    every problem at once."""
+    problems: list[Diagnostic] = []
+    declared = workflow.inputs
+    resolved: dict[str, Any] = {}
+    for key in given:
+        if key not in declared:
+            close = difflib.get_close_matches(key, list(declared), n=1)
+            guess = f"; did you mean `{close[0]}`?" if close else ""
+            problems.append(
+                Diagnostic(
+                    f"unknown input `{key}`{guess}",
+                    source,
+                    hint=f"this workflow takes: {', '.join(declared) or 'no inputs'}",
+                    code="input",
+                )
+            )
+    for name, spec in declared.items():
+        if name in given:
+            value = given[name]
+            if from_cli and isinstance(value, str):
+                try:
+                    value = convert_cli_value(spec, value)
+                except ValueError as exc:
+                    problems.append(Diagnostic(f"input `{name}`: {exc}", source, code="input"))
+                    continue
+        elif not spec.required:
+            value = spec.default
+        else:
+            desc = f" ({spec.description})" if spec.description else ""
+            problems.append(
+                Diagnostic(
+                    f"missing input `{name}`{desc}",
+                    source,
+                    hint=f"pass it with -i {name}=... or in --inputs-file",
+                    code="input",
+                )
+            )
+            continue
+        wrong = check_value(spec, value)
+        if wrong is not None:
+            problems.append(Diagnostic(f"input `{name}`: {wrong}", source, code="input"))
+            continue
+        resolved[name] = value
+    if problems:
+        raise InputError("the inputs are not valid", diagnostics=problems)
+    return resolved
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        list: "an array",
+        dict: "an object",
+    }.get(type(value), type(value).__name__)
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)

@@ -1,0 +1,397 @@
+"""YAML text -> Workflow, with every mistake pointing at ``file:line:col``.
+
+The only module that imports yaml. PyYAML is used for scanning and composing; construction
+is checked on the way (duplicate keys, alias bombs) and records where every value was
+written, so pydantic's errors can be mapped back to the file. The checks on the composed
+document (secrets, duplicate step ids, pydantic's errors -> diagnostics) live in
+flowgpt.spec.diagnostics; reading ``system_file``/``prompt_file`` stays here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from flowgpt.errors import Diagnostic, SpecError
+from flowgpt.spec.diagnostics import (
+    _duplicate_step_ids,
+    _secret_diagnostics,
+    _validation_diagnostics,
+)
+from flowgpt.spec.models import WorkflowSpec
+from flowgpt.spec.workflow import Location, SourceMap, Workflow, _Mark
+
+__all__ = ["dump_workflow", "load_workflow", "parse_workflow"]
+
+# A document may expand (through aliases) to at most this many values; a "billion laughs"
+# file is refused before anything is expanded.
+MAX_EXPANDED_NODES = 100_000
+MAX_FILE_BYTES = 2_000_000
+
+
+class _Problem(Exception):
+    def __init__(self, message: str, mark: yaml.Mark | None, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.mark = mark
+        self.hint = hint
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys and records where values were written."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        # id(container) -> {key or index: (key node, value node)}; the containers stay
+        # alive in the result, so their ids stay unique.
+        self.children: dict[int, dict[Any, tuple[yaml.Node | None, yaml.Node]]] = {}
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:  # unhashable key; SafeConstructor reports it below
+                continue
+            if duplicate:
+                first = seen[key].start_mark.line + 1
+                raise _Problem(
+                    f"duplicate key `{key}` (first written on line {first})",
+                    key_node.start_mark,
+                    "YAML would silently keep only the last one; remove or rename one of them",
+                )
+            seen[key] = key_node
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        self.children[id(mapping)] = {
+            self.construct_object(k, deep=True): (k, v)
+            for k, v in node.value
+            if k.tag != "tag:yaml.org,2002:merge"
+        }
+        return mapping
+
+    def construct_sequence(self, node: yaml.SequenceNode, deep: bool = False) -> list[Any]:
+        sequence: list[Any] = super().construct_sequence(node, deep=deep)
+        self.children[id(sequence)] = {i: (None, v) for i, v in enumerate(node.value)}
+        return sequence
+
+    def construct_yaml_map(self, node: yaml.MappingNode) -> Generator[dict[Any, Any], None, None]:
+        data: dict[Any, Any] = {}
+        yield data
+        value = self.construct_mapping(node)
+        data.update(value)
+        self.children[id(data)] = self.children.pop(id(value))
+
+    def construct_yaml_seq(self, node: yaml.SequenceNode) -> Generator[list[Any], None, None]:
+        data: list[Any] = []
+        yield data
+        value = self.construct_sequence(node)
+        data.extend(value)
+        self.children[id(data)] = self.children.pop(id(value))
+
+
+_Loader.add_constructor("tag:yaml.org,2002:map", _Loader.construct_yaml_map)
+_Loader.add_constructor("tag:yaml.org,2002:seq", _Loader.construct_yaml_seq)
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse documents whose aliases expand to too many values (or refer to themselves)."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise _Problem(
+                "a YAML alias refers to itself", node.start_mark, "remove the recursive alias"
+            )
+        active.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        active.discard(key)
+        sizes[key] = total
+        if total > MAX_EXPANDED_NODES:
+            raise _Problem(
+                f"YAML aliases here expand to more than {MAX_EXPANDED_NODES:,} values",
+                node.start_mark,
+                "this looks like an alias bomb; write the values out or use fewer aliases",
+            )
+        return total
+
+    size(root)
+
+
+def _record_marks(loader: _Loader, data: Any, node: yaml.Node, smap: SourceMap) -> None:
+    """Fill ``smap`` with the position of every value, by document path."""
+
+    def visit(
+        value: Any,
+        node: yaml.Node,
+        key_node: yaml.Node | None,
+        path: tuple[str | int, ...],
+        depth: int,
+    ) -> None:
+        style = node.style if isinstance(node, yaml.ScalarNode) else None
+        mark = node.start_mark
+        smap.marks.setdefault(path, _Mark(mark.line + 1, mark.column + 1, style))
+        if key_node is not None:
+            kmark = key_node.start_mark
+            smap.key_marks.setdefault(path, _Mark(kmark.line + 1, kmark.column + 1))
+        if depth > 64 or not isinstance(value, (dict, list)):
+            return
+        children = loader.children.get(id(value), {})
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, child in items:
+            nodes = children.get(key)
+            if nodes is not None and isinstance(key, (str, int)):
+                visit(child, nodes[1], nodes[0], (*path, key), depth + 1)
+
+    visit(data, node, None, (), 0)
+
+
+def _decode(raw: bytes, file: str) -> str:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise SpecError(
+            "the file is not UTF-8",
+            diagnostics=[
+                Diagnostic(
+                    f"the file is not valid UTF-8 (byte 0x{raw[exc.start]:02x})",
+                    file,
+                    line,
+                    col,
+                    hint="save the file as UTF-8",
+                )
+            ],
+        ) from None
+    return text.removeprefix("\ufeff")
+
+
+def _yaml_error(exc: yaml.YAMLError, file: str) -> Diagnostic:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    line = mark.line + 1 if mark is not None else None
+    col = mark.column + 1 if mark is not None else None
+    if "'\\t'" in problem or "\t" in problem:
+        return Diagnostic(
+            "a tab is used for indentation",
+            file,
+            line,
+            col,
+            hint="YAML indents with spaces only; replace the tab with spaces",
+        )
+    context = getattr(exc, "context", None)
+    message = f"invalid YAML: {problem}" + (f" ({context})" if context else "")
+    return Diagnostic(
+        message,
+        file,
+        line,
+        col,
+        hint="check the indentation and quoting around this line; "
+        "quote values that contain ': ' or start with '{', '*', '&' or '!'",
+    )
+
+
+def _compose(text: str, file: str) -> tuple[Any, SourceMap]:
+    smap = SourceMap(file, lines=text.splitlines())
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise SpecError(
+                "the file is empty",
+                diagnostics=[
+                    Diagnostic(
+                        "the workflow file is empty",
+                        file,
+                        1,
+                        1,
+                        hint="start with `version: 1`, a `name:` and `steps:`; "
+                        "see `flowgpt schema` or docs/format.md",
+                    )
+                ],
+            )
+        _check_expansion(node)
+        data = loader.construct_document(node)
+        _record_marks(loader, data, node, smap)
+    except _Problem as exc:
+        mark = exc.mark
+        raise SpecError(
+            exc.message,
+            diagnostics=[
+                Diagnostic(
+                    exc.message,
+                    file,
+                    mark.line + 1 if mark else None,
+                    mark.column + 1 if mark else None,
+                    hint=exc.hint,
+                )
+            ],
+        ) from None
+    except yaml.YAMLError as exc:
+        diag = _yaml_error(exc, file)
+        raise SpecError(diag.message, diagnostics=[diag]) from None
+    finally:
+        loader.dispose()
+    if not isinstance(data, dict):
+        kind = type(data).__name__ if data is not None else "nothing"
+        raise SpecError(
+            "the top level is not a mapping",
+            diagnostics=[
+                Diagnostic(
+                    f"the top level of a workflow must be a mapping of keys, not {kind}",
+                    file,
+                    1,
+                    1,
+                    hint="start with `version: 1`, `name: ...` and `steps:`",
+                )
+            ],
+        )
+    return data, smap
+
+
+# --- included files --------------------------------------------------------------------
+
+
+def _read_includes(
+    spec: WorkflowSpec, base_dir: Path, smap: SourceMap
+) -> tuple[dict[str, str], list[Diagnostic]]:
+    files: dict[str, str] = {}
+    found: list[Diagnostic] = []
+    root = base_dir.resolve()
+    for index, step in enumerate(spec.steps):
+        for key in ("system_file", "prompt_file"):
+            name = getattr(step, key)
+            if name is None or name in files:
+                continue
+            loc = smap.locate(("steps", index, key))
+
+            def problem(message: str, hint: str, loc: Location = loc) -> None:
+                found.append(Diagnostic(message, loc.file, loc.line, loc.col, hint=hint))
+
+            if Path(name).is_absolute():
+                problem(
+                    f"`{key}` must be a path relative to the workflow file, not absolute",
+                    "move the file next to the workflow and give a relative path",
+                )
+                continue
+            target = (root / name).resolve()
+            if not target.is_relative_to(root):
+                # Never read (or print) a file outside the workflow's folder.
+                problem(
+                    f"`{key}` points outside the workflow's folder",
+                    "prompt files must live in the workflow's folder or below it",
+                )
+                continue
+            if not target.is_file():
+                problem(
+                    f"`{key}` file not found: {name}",
+                    f"create it at {root / name}, or fix the path (relative to the workflow file)",
+                )
+                continue
+            raw = target.read_bytes()
+            try:
+                files[name] = raw.decode("utf-8").removeprefix("\ufeff")
+            except UnicodeDecodeError:
+                problem(f"`{key}` file {name} is not UTF-8", "save it as UTF-8")
+    return files, found
+
+
+# --- public API ------------------------------------------------------------------------
+
+
+def parse_workflow(
+    text: str, *, path: str | Path | None = None, base_dir: str | Path | None = None
+) -> Workflow:
+    """Parse a workflow from YAML text. Raises SpecError with every mistake it can find.
+
+    ``path`` is used in messages and to find ``system_file``/``prompt_file``; ``base_dir``
+    overrides the folder those are read from.
+    """
+    file = str(path) if path is not None else "<workflow>"
+    data, smap = _compose(text, file)
+    diagnostics = _secret_diagnostics(data, smap)
+    diagnostics += _duplicate_step_ids(data, smap)
+    spec: WorkflowSpec | None = None
+    try:
+        spec = WorkflowSpec.model_validate(data)
+    except ValidationError as exc:
+        for diag in _validation_diagnostics(exc, data, smap):
+            # A secret already has its own (better) message at that place.
+            if any(d.line == diag.line and d.code == "secret" for d in diagnostics):
+                continue
+            if "duplicate step id" in diag.message and any(
+                "duplicate step id" in d.message for d in diagnostics
+            ):
+                continue
+            diagnostics.append(diag)
+    workflow_path = Path(path) if path is not None else None
+    files: dict[str, str] = {}
+    if spec is not None:
+        folder = (
+            Path(base_dir)
+            if base_dir is not None
+            else (workflow_path.parent if workflow_path is not None else Path.cwd())
+        )
+        files, include_problems = _read_includes(spec, folder, smap)
+        diagnostics += include_problems
+    if diagnostics or spec is None:
+        diagnostics.sort(key=lambda d: (d.line or 0, d.col or 0))
+        raise SpecError(f"{file}: the workflow is not valid", diagnostics=diagnostics)
+    return Workflow(spec=spec, path=workflow_path, source=text, source_map=smap, files=files)
+
+
+def load_workflow(path: str | Path) -> Workflow:
+    """Load and check a workflow file (format, keys, types, included files)."""
+    p = Path(path)
+    file = str(path)
+    try:
+        if p.is_dir():
+            raise SpecError(
+                f"{file} is a folder",
+                diagnostics=[Diagnostic("this is a folder, not a workflow file", file)],
+            )
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise SpecError(
+            f"{file}: no such file",
+            diagnostics=[
+                Diagnostic("no such file", file, hint="check the path; workflows end in .yaml")
+            ],
+        ) from None
+    except OSError as exc:
+        raise SpecError(
+            f"{file}: cannot read",
+            diagnostics=[Diagnostic(f"cannot read the file: {exc.strerror}", file)],
+        ) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise SpecError(
+            f"{file}: too large",
+            diagnostics=[
+                Diagnostic(
+                    f"the file is {len(raw):,} bytes; workflows are limited to {MAX_FILE_BYTES:,}",
+                    file,
+                    hint="move long prompts into prompt files (prompt_file / system_file)",
+                )
+            ],
+        )
+    return parse_workflow(_decode(raw, file), path=p)
+
+
+def dump_workflow(spec: WorkflowSpec) -> str:
+    """The spec as YAML, with only the keys that were given."""
+    return yaml.safe_dump(spec.dump(), sort_keys=False, allow_unicode=True)

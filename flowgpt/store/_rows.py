@@ -1,0 +1,274 @@
+"""Between results and rows: the values the run store writes, redacted, and read back.
+
+Every string written goes through :func:`flowgpt.errors.redact` (:func:`_json`,
+:func:`_text`); dollars are the exact ``Decimal`` as text, None when unpriced
+(:func:`_money`, :func:`_decimal`); the items of a for_each step are whole StepResults as
+JSON (:func:`_step_doc`, :func:`_step_from_doc`); :func:`_summary` turns a run's rows into
+the :class:`RunSummary` that ``flowgpt runs list`` shows. :func:`_owner` is who runs a run
+(recorded when it starts) and :func:`_run_status` the status a run is read back with: a
+"running" run whose process is gone reads as "interrupted".
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import socket
+import sqlite3
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal, cast
+
+from flowgpt.errors import redact
+from flowgpt.money import sum_costs
+from flowgpt.results import AttemptResult, StepResult, StepStatus
+from flowgpt.usage import Usage
+
+_USAGE_COLUMNS = ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens")
+
+
+# -- encoding helpers -------------------------------------------------------------------
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _scrub(value: Any) -> Any:
+    """``value`` as plain JSON data with every string redacted."""
+    if isinstance(value, str):
+        return redact(value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, dict):
+        return {redact(str(k)): _scrub(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_scrub(v) for v in value]
+    return redact(str(value))  # Decimal, datetime, ...: their text
+
+
+def _json(value: Any) -> str:
+    return json.dumps(_scrub(value), ensure_ascii=False)
+
+
+def _text(value: str | None) -> str | None:
+    return None if value is None else redact(value)
+
+
+def _money(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _decimal(value: str | None) -> Decimal | None:
+    return None if value is None else Decimal(value)
+
+
+def _load(value: str | None, default: Any = None) -> Any:
+    return default if value is None else json.loads(value)
+
+
+def _usage_of(row: sqlite3.Row | dict[str, Any]) -> Usage:
+    return Usage(*(int(row[c] or 0) for c in _USAGE_COLUMNS))
+
+
+def _attempt_doc(attempt: AttemptResult) -> dict[str, Any]:
+    return {
+        "text": attempt.text,
+        "usage": attempt.usage.to_dict(),
+        "cost_usd": _money(attempt.cost_usd),
+        "latency_s": attempt.latency_s,
+        "finish_reason": attempt.finish_reason,
+        "retries": attempt.retries,
+        "failures": list(attempt.failures),
+    }
+
+
+def _attempt_from_doc(doc: dict[str, Any]) -> AttemptResult:
+    return AttemptResult(
+        text=doc["text"],
+        usage=Usage.from_dict(doc.get("usage") or {}),
+        cost_usd=_decimal(doc.get("cost_usd")),
+        latency_s=float(doc.get("latency_s") or 0.0),
+        finish_reason=doc.get("finish_reason"),
+        retries=int(doc.get("retries") or 0),
+        failures=list(doc.get("failures") or []),
+    )
+
+
+def _step_doc(step: StepResult) -> dict[str, Any]:
+    """A whole StepResult as JSON data (used for the items of a for_each step)."""
+    return {
+        "id": step.id,
+        "model": step.model,
+        "status": step.status,
+        "output": step.output,
+        "text": step.text,
+        "messages": step.messages,
+        "attempts": [_attempt_doc(a) for a in step.attempts],
+        "items": [_step_doc(i) for i in step.items],
+        "latency_s": step.latency_s,
+        "error": step.error,
+        "exact_tokens": step.exact_tokens,
+        "saved_usd": _money(step.saved_usd),
+    }
+
+
+def _step_from_doc(doc: dict[str, Any]) -> StepResult:
+    return StepResult(
+        id=doc["id"],
+        model=doc.get("model"),
+        status=cast(StepStatus, doc.get("status", "pending")),
+        output=doc.get("output"),
+        text=doc.get("text"),
+        messages=list(doc.get("messages") or []),
+        attempts=[_attempt_from_doc(a) for a in doc.get("attempts") or []],
+        items=[_step_from_doc(i) for i in doc.get("items") or []],
+        latency_s=float(doc.get("latency_s") or 0.0),
+        error=doc.get("error"),
+        exact_tokens=bool(doc.get("exact_tokens", True)),
+        saved_usd=_decimal(doc.get("saved_usd")),
+    )
+
+
+# -- who runs a run ---------------------------------------------------------------------
+
+
+@functools.cache
+def _boot_id() -> str | None:
+    """This boot's id (Linux), read once: it cannot change while the process lives."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state, "boot id:start time") of process ``pid`` from Linux's /proc, or None where
+    /proc does not tell (not Linux, no such process).
+
+    The start time (clock ticks after boot) with the boot id names one process: a pid
+    reused later, or after a reboot, gives another value.
+    """
+    boot = _boot_id()
+    if boot is None:
+        return None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so count the
+    # fields after the last ")": state is field 3, starttime field 22.
+    fields = stat[stat.rfind(")") + 1 :].split()
+    if len(fields) < 20:
+        return None
+    return fields[0], f"{boot}:{fields[19]}"
+
+
+def _host() -> str:
+    """This machine's name as the store holds it (redacted, like every string written)."""
+    return redact(socket.gethostname())
+
+
+def _owner() -> tuple[int, str, str | None]:
+    """(pid, host, process start) of this process, recorded in the run it starts."""
+    pid = os.getpid()
+    stat = _proc_stat(pid)
+    return pid, _host(), None if stat is None else stat[1]
+
+
+def _process_gone(pid: int | None, host: str | None, started: str | None) -> bool:
+    """True when the process that runs a run is known to be gone.
+
+    The rule: the run was started on this host (same ``socket.gethostname()``) and its pid
+    is not alive (``os.kill(pid, 0)`` raises ProcessLookupError; PermissionError means
+    alive, someone else's), or is a zombie, or (on Linux, where the start is recorded) is
+    now another process: its boot id and start time differ, so the pid was reused. No pid
+    or host (a run recorded by schema 1), another host, or Windows (where ``os.kill``
+    would terminate the process): unknown, so not gone. Limits: without /proc (macOS) a
+    reused pid reads as alive, and two machines or containers with the same host name
+    sharing one store file can misjudge each other's runs.
+    """
+    if pid is None or host is None or pid <= 0 or sys.platform == "win32":
+        return False
+    if host != _host():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # alive, and not ours
+    except OSError:
+        return False
+    stat = _proc_stat(pid)
+    if stat is None:
+        return False
+    state, now = stat
+    return state in ("Z", "X") or (started is not None and now != started)
+
+
+_RunStatus = Literal["ok", "failed", "interrupted", "running"]
+
+
+def _run_status(run: sqlite3.Row) -> _RunStatus:
+    """The run's status as read: "interrupted" for a "running" run whose process is gone."""
+    status: _RunStatus = run["status"]
+    if status == "running" and _process_gone(run["pid"], run["host"], run["proc_start"]):
+        return "interrupted"
+    return status
+
+
+# -- run summaries ---------------------------------------------------------------------
+
+# A step in one of these states needs no more work (counted as "done" by `runs list`).
+_DONE = ("ok", "reused", "cached", "skipped")
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One line of ``flowgpt runs list``.
+
+    ``status`` is "interrupted" for a run recorded as "running" whose process is gone
+    (killed, crashed, the machine went down); its ``finished_at`` stays None.
+    """
+
+    run_id: str
+    workflow: str
+    status: str
+    started_at: str
+    finished_at: str | None
+    cost_usd: Decimal | None  # None: unpriced
+    total_tokens: int
+    steps_done: int  # ok, reused, cached or skipped
+    steps_total: int
+    workflow_path: str | None = None
+    workflow_sha256: str | None = None
+    resumed_from: str | None = None
+
+
+def _summary(run: sqlite3.Row, steps: list[sqlite3.Row]) -> RunSummary:
+    if run["finished_at"] is not None:
+        cost = _decimal(run["cost_usd"])
+        tokens = int(run["prompt_tokens"]) + int(run["completion_tokens"])
+    else:  # still running, or the process died: add up what its steps recorded
+        recorded = [s for s in steps if s["finished_at"] is not None]
+        cost = sum_costs([_decimal(s["cost_usd"]) for s in recorded])
+        tokens = sum(int(s["prompt_tokens"]) + int(s["completion_tokens"]) for s in steps)
+    return RunSummary(
+        run_id=run["run_id"],
+        workflow=run["workflow"],
+        status=_run_status(run),
+        started_at=run["started_at"],
+        finished_at=run["finished_at"],
+        cost_usd=cost,
+        total_tokens=tokens,
+        steps_done=sum(1 for s in steps if s["status"] in _DONE),
+        steps_total=len(steps),
+        workflow_path=run["workflow_path"],
+        workflow_sha256=run["workflow_sha256"],
+        resumed_from=run["resumed_from"],
+    )
