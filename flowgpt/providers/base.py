@@ -71,15 +71,28 @@ OnText = Callable[[str], None]
 
 @runtime_checkable
 class Provider(Protocol):
-    """Sends one chat request and returns the reply.
+    """Sends one chat request and returns the reply: everything the engine uses of a
+    provider is declared here.
 
     Implementations translate their own errors into ``flowgpt.errors.ProviderError``
     subclasses, so the engine never sees an SDK exception. When ``on_text`` is given the
     provider streams and calls it with each piece of text; the returned response is the
     same as without streaming (full text, exact usage).
+
+    ``name`` labels the provider in reports and cache keys ("openai", "local", "mock").
+    ``model_is_label``: True when the request's ``model`` only labels the call and the
+    provider answers with a model of its own (the in-process local model), so results show
+    the model that answered.
     """
 
     name: str
+    model_is_label: bool
+
+    def resolved_base_url(self) -> str | None:
+        """Where requests go (a base URL, or ``"local:<model file>"``): prices and cache
+        keys follow it. None when the provider sends nothing anywhere (the mock), so
+        prices follow the workflow's ``provider:`` as a real run's would."""
+        ...
 
     async def complete(
         self, request: ChatRequest, *, on_text: OnText | None = None

@@ -154,6 +154,7 @@ class LocalProvider:
     """
 
     name = "local"
+    model_is_label = True  # the request's model only labels it: the GGUF file answers
 
     def __init__(
         self,

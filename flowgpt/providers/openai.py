@@ -163,6 +163,7 @@ class OpenAIProvider:
     """
 
     name = "openai"
+    model_is_label = False
 
     def __init__(
         self,

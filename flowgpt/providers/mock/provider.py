@@ -86,6 +86,7 @@ class MockProvider:
     """
 
     name = "mock"
+    model_is_label = False
 
     def __init__(
         self,
@@ -153,6 +154,9 @@ class MockProvider:
             model=model or request.model,
             extra={"mock": True},
         )
+
+    def resolved_base_url(self) -> None:
+        return None  # nothing is sent anywhere: prices follow the workflow's provider
 
     async def aclose(self) -> None:
         return None

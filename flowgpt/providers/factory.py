@@ -1,0 +1,45 @@
+"""The one place a ``ProviderSpec`` (a workflow's ``provider:``) becomes a provider.
+
+A registry keyed by ``provider.type``: each entry makes its provider, importing its module
+only then (the openai SDK and llama.cpp are heavy and optional). The engine, batches and
+chat sessions all make providers here; a new provider type is one more entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from flowgpt.providers.base import Provider
+from flowgpt.spec.models import ProviderSpec
+
+__all__ = ["PROVIDER_TYPES", "make_provider"]
+
+# (spec, folder a relative path starts from) -> a provider
+Maker = Callable[[ProviderSpec, "Path | None"], Provider]
+
+
+def _openai(spec: ProviderSpec, base_dir: Path | None) -> Provider:
+    from flowgpt.providers.openai import OpenAIProvider
+
+    return OpenAIProvider(
+        base_url=spec.base_url,
+        api_key_env=spec.api_key_env,
+        timeout_s=spec.timeout_s,
+        max_retries=spec.max_retries,
+    )
+
+
+def _local(spec: ProviderSpec, base_dir: Path | None) -> Provider:
+    from flowgpt.providers.local import LocalProvider
+
+    return LocalProvider(spec.model_path, n_ctx=spec.n_ctx, base_dir=base_dir)
+
+
+PROVIDER_TYPES: dict[str, Maker] = {"openai": _openai, "local": _local}
+
+
+def make_provider(spec: ProviderSpec, base_dir: Path | None = None) -> Provider:
+    """A new provider for ``spec``; ``base_dir`` is where a relative ``model_path`` starts
+    (the workflow's folder; None: the current folder). The caller closes it."""
+    return PROVIDER_TYPES[spec.type](spec, base_dir)
