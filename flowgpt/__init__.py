@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from flowgpt.accounting.estimate import StepEstimate, WorkflowEstimate, estimate
     from flowgpt.accounting.tokens import count_tokens
-    from flowgpt.chat.session import ChatSession, ChatTurn
+    from flowgpt.chat.session import ChatSession
+    from flowgpt.chat.turn import ChatTurn
     from flowgpt.engine.engine import Engine
     from flowgpt.engine.events import EngineEvent
     from flowgpt.errors import (
@@ -70,7 +71,7 @@ _EXPORTS: dict[str, str] = {
     "ChatRequest": "flowgpt.providers.base",
     "ChatResponse": "flowgpt.providers.base",
     "ChatSession": "flowgpt.chat.session",
-    "ChatTurn": "flowgpt.chat.session",
+    "ChatTurn": "flowgpt.chat.turn",
     "CheckSpec": "flowgpt.spec.models",
     "ConnectionError": "flowgpt.errors",
     "ContextWindowError": "flowgpt.errors",

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from flowgpt import Engine, MockProvider, ServerError, parse_workflow
-from flowgpt.engine.batch import BatchOutput, BatchRowResult, read_rows
+from flowgpt.engine.data import BatchOutput, BatchRowResult, read_rows
 from flowgpt.providers.base import ChatRequest, ChatResponse, OnText
 from flowgpt.usage import Usage
 from tests.support.fake_openai import FakeOpenAI, Fault, Reply
@@ -48,6 +48,7 @@ class Counting:
     """A provider that tracks requests in flight and fails rows whose topic says so."""
 
     name = "counting"
+    model_is_label = False
 
     def __init__(self, latency_s: float = 0.01) -> None:
         self.latency_s = latency_s
@@ -66,6 +67,9 @@ class Counting:
             return ChatResponse(text="fine", usage=Usage(prompt_tokens=10, completion_tokens=5))
         finally:
             self.in_flight -= 1
+
+    def resolved_base_url(self) -> None:
+        return None
 
     async def aclose(self) -> None:
         pass

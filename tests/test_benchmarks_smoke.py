@@ -7,7 +7,6 @@ import asyncio
 import json
 import sys
 
-import openai
 import pytest
 
 from tests.benchmarks import bench_batch, bench_chain
@@ -35,14 +34,14 @@ def test_bench_chain_instructions_children_run(capsys: pytest.CaptureFixture[str
     digests = {}
     with bench_chain.fake_server(1) as base_url:
         for shape in ("sequential", "concurrent"):
-            for side, raw in (("raw", "create"), ("raw", "post"), ("flowgpt", "create")):
+            for side in ("raw", "flowgpt"):
                 args = ["--instructions-child", side, "--instructions-shape", shape]
-                args += ["--base-url", base_url, "--concurrency", "2", "--raw", raw]
+                args += ["--base-url", base_url, "--concurrency", "2"]
                 args += ["--instr-chains-seq", "3", "--instr-chains-conc", "3"]
                 assert bench_chain.main(args) == 0
                 doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
                 assert doc["chains"] == 3
-                digests[shape, side, raw] = doc["digest"]
+                digests[shape, side] = doc["digest"]
     assert len(set(digests.values())) == 1  # chains 0-2 end alike whatever runs them
     counts = [bench_chain.Instructions("sequential", 2, 600, 660)]
     table = bench_chain.instructions_table(counts, bench_chain.parse_args([]))
@@ -50,20 +49,25 @@ def test_bench_chain_instructions_children_run(capsys: pytest.CaptureFixture[str
     assert row == ["sequential", "2", "100", "110", "10", "1.100"]
 
 
-def test_raw_post_sends_what_raw_create_sends(fake_openai: FakeOpenAI) -> None:
-    # --raw post is only a fair baseline while it sends the very request create() sends.
+def test_both_sides_send_the_same_requests(fake_openai: FakeOpenAI) -> None:
+    # The ratio compares like with like only while flowgpt's provider sends, for the same
+    # chain, the very requests the raw create() calls send: bodies and headers alike.
+    workflow = bench_chain.parse_workflow(bench_chain.WORKFLOW)
+
     async def both() -> None:
-        client = openai.AsyncOpenAI(api_key=bench_chain.KEY, base_url=fake_openai.base_url)
+        sides = bench_chain.make_sides(fake_openai.base_url, workflow)
         try:
-            for how in bench_chain.RAW_CALLS:
-                await bench_chain.chat(client, how, bench_chain.SYSTEM, "Say hi")
+            assert await sides.raw(7) == await sides.flowgpt(7)
         finally:
-            await client.close()
+            await sides.client.close()
+            await sides.provider.aclose()
 
     asyncio.run(both())
-    by_create, by_post = fake_openai.chat_requests
-    assert by_post.body == by_create.body
-    assert by_post.headers == by_create.headers
+    sent = fake_openai.chat_requests
+    raw, flowgpt = sent[: bench_chain.CALLS], sent[bench_chain.CALLS :]
+    assert len(flowgpt) == bench_chain.CALLS
+    assert [r.body for r in flowgpt] == [r.body for r in raw]
+    assert [r.headers for r in flowgpt] == [r.headers for r in raw]
 
 
 def test_both_sides_send_the_same_chain() -> None:

@@ -207,7 +207,7 @@ def test_usage_is_what_the_mock_reports() -> None:
 
 
 def test_validate_warns_when_the_static_text_cannot_fit() -> None:
-    from flowgpt.spec.analysis import analyze
+    from flowgpt.accounting.checks import cost_diagnostics as analyze
 
     long_prompt = "word " * 7000  # ~7,000 tokens; gpt-4 has 8,192
     text = (

@@ -327,7 +327,7 @@ async def test_streamed_turns_through_the_sdk(fake_openai: FakeOpenAI, key: str)
         Reply("Still here.", prompt_tokens=70, completion_tokens=3),
     )
     pricing = {"gpt-4o-mini": PriceSpec(input=Decimal("0.15"), output=Decimal("0.60"))}
-    provider = OpenAIProvider(fake_openai.base_url, max_backoff_s=0.01)
+    provider = OpenAIProvider(fake_openai.base_url)
     pieces: list[str] = []
     shown = pieces.append
     async with ChatSession(provider, system=SYSTEM, pricing=pricing, max_tokens=300) as chat:

@@ -37,9 +37,10 @@ import yaml
 from click.testing import CliRunner
 from pydantic import TypeAdapter, ValidationError
 
+from flowgpt.accounting.checks import check_file, cost_diagnostics
 from flowgpt.cli import main
 from flowgpt.errors import SpecError
-from flowgpt.spec.analysis import analyze, check_file
+from flowgpt.spec.analysis import analyze
 from flowgpt.spec.loader import parse_workflow
 from flowgpt.spec.models import OutputSpec, WorkflowSpec
 
@@ -130,7 +131,8 @@ def _diagnostics(text: str) -> list[str]:
         wf = parse_workflow(text, path="<doc>", base_dir=EXAMPLES)
     except SpecError as exc:
         return [d.format() for d in exc.diagnostics]
-    return [d.format() for d in analyze(wf)]
+    found = sorted(analyze(wf) + cost_diagnostics(wf), key=lambda d: (d.line or 0, d.col or 0))
+    return [d.format() for d in found]
 
 
 @pytest.mark.parametrize("block", WORKFLOW_BLOCKS, ids=ids(WORKFLOW_BLOCKS))

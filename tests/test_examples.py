@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from flowgpt import Engine, MockProvider, PriceSpec, Workflow, load_workflow
+from flowgpt.accounting.checks import check_file
 from flowgpt.providers.mock.schema_example import minimal_instance
 from flowgpt.providers.openai import OpenAIProvider
-from flowgpt.spec.analysis import check_file
 from tests.support.fake_openai import FakeOpenAI, Reply
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -108,7 +108,6 @@ async def make_provider(fake_openai: FakeOpenAI, key: str) -> AsyncIterator[Make
     def make(**kwargs: Any) -> OpenAIProvider:
         kwargs.setdefault("timeout_s", 5)
         kwargs.setdefault("max_retries", 2)
-        kwargs.setdefault("max_backoff_s", 0.01)  # tiny computed backoffs: a fast suite
         provider = OpenAIProvider(base_url=fake_openai.base_url, **kwargs)
         made.append(provider)
         return provider
@@ -177,7 +176,7 @@ async def test_429_waits_as_asked_then_succeeds_with_one_recorded_retry(
     fake_openai.queue(
         Reply("first", prompt_tokens=100, completion_tokens=50), fault, Reply("second"), "third"
     )
-    # The computed backoff is capped at 10 ms; a server-directed wait must not be.
+    # The server-directed wait, whatever it is: neither the SDK's backoff nor a shorter one.
     result = await run_chain(make_provider(max_retries=3))
 
     assert result.ok and result.outputs == {"final": "third"}
@@ -193,17 +192,17 @@ async def test_429_waits_as_asked_then_succeeds_with_one_recorded_retry(
     assert retried.arrived - limited.completed >= wait_s * 0.98
 
 
-async def test_429_retry_after_zero_uses_the_capped_backoff(
+async def test_429_retry_after_zero_falls_back_to_the_sdks_backoff(
     fake_openai: FakeOpenAI, make_provider: MakeProvider
 ) -> None:
-    # The SDK only obeys a Retry-After in (0, 60] s; for 0 it falls back to its own backoff
-    # (0.5 s x jitter). That fallback is computed, so max_backoff_s should cap it.
+    # The SDK only obeys a Retry-After in (0, 120] s; for 0 it falls back to its own
+    # backoff, 0.5 s less up to 25 % jitter (flowgpt adds no backoff of its own).
     fake_openai.queue(Fault.rate_limited(retry_after_s=0), "one", "two", "three")
-    result = await run_chain(make_provider(max_retries=2, max_backoff_s=0.01))
+    result = await run_chain(make_provider(max_retries=2))
     assert result.steps["one"].retries == 1
     limited, retried = fake_openai.chat_requests[:2]
     assert limited.completed is not None
-    assert retried.arrived - limited.completed < 0.3  # today: 0.375-0.5 s
+    assert retried.arrived - limited.completed >= 0.36
 
 
 async def test_insufficient_quota_fails_at_once(
@@ -228,13 +227,16 @@ async def test_insufficient_quota_fails_at_once(
 # -- 5xx / timeouts / connection resets: bounded retries, then a clear failure ------------
 
 
-PERSISTENT: dict[str, tuple[Fault, type[ProviderError], str]] = {
-    "500": (Fault.server_error(500), ServerError, "failed with status 500 after 2 retries"),
-    "503": (Fault.unavailable(), ServerError, "failed with status 503 after 2 retries"),
-    "502": (Fault.server_error(502, "Bad gateway"), ServerError, "Bad gateway"),
-    "timeout": (Fault.timeout(hang_s=3), ConnectionError, "within 0.2 s after 2 retries"),
-    "reset": (Fault.drop(), ConnectionError, "after 2 retries"),
-    "reset-before-headers": (Fault.drop(partial=False), ConnectionError, "after 2 retries"),
+# (fault, error, max_retries, words in the message). A timeout or a dropped connection
+# cannot ask for a short wait (no HTTP reply carries a retry-after-ms), so the SDK's own
+# backoff applies, 0.5 s then 1 s: one retry shows the bound as well and keeps them quick.
+PERSISTENT: dict[str, tuple[Fault, type[ProviderError], int, str]] = {
+    "500": (Fault.server_error(500), ServerError, 2, "failed with status 500 after 2 retries"),
+    "503": (Fault.unavailable(), ServerError, 2, "failed with status 503 after 2 retries"),
+    "502": (Fault.server_error(502, "Bad gateway"), ServerError, 2, "Bad gateway"),
+    "timeout": (Fault.timeout(hang_s=3), ConnectionError, 1, "within 0.2 s after 1 retry"),
+    "reset": (Fault.drop(), ConnectionError, 1, "after 1 retry"),
+    "reset-before-headers": (Fault.drop(partial=False), ConnectionError, 1, "after 1 retry"),
 }
 
 
@@ -242,15 +244,16 @@ PERSISTENT: dict[str, tuple[Fault, type[ProviderError], str]] = {
 async def test_persistent_fault_is_retried_max_retries_times_then_fails(
     fake_openai: FakeOpenAI, make_provider: MakeProvider, name: str
 ) -> None:
-    fault, error_type, words = PERSISTENT[name]
+    fault, error_type, retries, words = PERSISTENT[name]
     fake_openai.responder = lambda body: fault
+    timeout_s = 0.2 if name == "timeout" else 5
 
-    err = await failed_run(make_provider(max_retries=2, timeout_s=0.2 if name == "timeout" else 5))
+    err = await failed_run(make_provider(max_retries=retries, timeout_s=timeout_s))
 
     assert type(err) is error_type
     assert err.retryable and err.exit_code == 1
-    assert err.retries == 2
-    assert len(fake_openai.chat_requests) == 3  # max_retries + 1, then it stops
+    assert err.retries == retries
+    assert len(fake_openai.chat_requests) == retries + 1  # max_retries + 1, then it stops
     assert words in err.message
     assert err.hint
     assert err.result.steps["one"].status == "failed"
@@ -438,11 +441,12 @@ async def test_validation_failure_reasks_with_the_error_then_keeps_the_last_outp
 
 
 @pytest.mark.parametrize(
-    ("fault", "error_type", "requests_for_two"),
+    ("fault", "error_type", "max_retries", "requests_for_two"),
     [
-        (Fault.bad_request("Invalid value for 'temperature'."), BadRequestError, 1),
-        (Fault.unavailable(), ServerError, 3),
-        (Fault.drop(), ConnectionError, 3),
+        (Fault.bad_request("Invalid value for 'temperature'."), BadRequestError, 2, 1),
+        (Fault.unavailable(), ServerError, 2, 3),
+        # One retry: a dropped connection gets the SDK's own backoff (see PERSISTENT).
+        (Fault.drop(), ConnectionError, 1, 2),
     ],
     ids=["400", "503", "reset"],
 )
@@ -451,12 +455,13 @@ async def test_step_two_failing_keeps_step_one_and_never_starts_step_three(
     make_provider: MakeProvider,
     fault: Fault,
     error_type: type[ProviderError],
+    max_retries: int,
     requests_for_two: int,
 ) -> None:
     fake_openai.queue(Reply("first answer", prompt_tokens=100, completion_tokens=50))
     fake_openai.responder = lambda body: fault
 
-    err = await failed_run(make_provider(max_retries=2))
+    err = await failed_run(make_provider(max_retries=max_retries))
 
     assert type(err) is error_type
     result = err.result
@@ -502,7 +507,7 @@ async def test_random_faults_over_200_chains(fake_openai: FakeOpenAI, key: str) 
     chains, fault_rate = 200, 0.2
     rng = random.Random(20240611)
     kinds = {
-        "429": lambda: Fault.rate_limited(retry_after_s=0),
+        "429": Fault.rate_limited,  # each asks for retry-after-ms: 1
         "503": Fault.unavailable,
         "500": lambda: Fault.server_error(500),
     }
@@ -524,9 +529,7 @@ async def test_random_faults_over_200_chains(fake_openai: FakeOpenAI, key: str) 
         return Reply(f"c{where[0]}-{where[1]}-done")
 
     fake_openai.responder = responder
-    provider = OpenAIProvider(
-        base_url=fake_openai.base_url, timeout_s=10, max_retries=10, max_backoff_s=0.005
-    )
+    provider = OpenAIProvider(base_url=fake_openai.base_url, timeout_s=10, max_retries=10)
     engine = Engine(provider=provider)
     workflow = parse_workflow(RANDOM_CHAIN)
     gate = asyncio.Semaphore(50)

@@ -8,6 +8,7 @@ import pytest
 
 from flowgpt import parse_workflow
 from flowgpt.accounting.budget import Budget
+from flowgpt.accounting.checks import cost_diagnostics
 from flowgpt.accounting.estimate import estimate
 from flowgpt.accounting.prices import (
     LOCAL_PRICE,
@@ -70,7 +71,7 @@ def test_provider_settings_must_fit_the_type() -> None:
 
 def test_a_local_workflow_validates_clean_and_estimates_zero_approximately() -> None:
     wf = parse_workflow(LOCAL)
-    assert analyze(wf) == []  # no "unpriced" warning: its price is a known $0
+    assert analyze(wf) == [] and cost_diagnostics(wf) == []  # $0 is a known price
     est = estimate(wf)
     (step,) = est.steps
     assert step.worst_cost_usd == Decimal(0) and est.worst_cost_usd == Decimal(0)

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 
 from flowgpt.errors import (
@@ -64,7 +65,6 @@ async def make_provider(fake_openai: FakeOpenAI, key: str) -> AsyncIterator[Make
 
     def make(**kwargs: Any) -> OpenAIProvider:
         kwargs.setdefault("timeout_s", 5)
-        kwargs.setdefault("max_backoff_s", 0.01)  # tiny backoffs: the suite stays fast
         provider = OpenAIProvider(fake_openai.base_url, **kwargs)
         made.append(provider)
         return provider
@@ -146,6 +146,49 @@ async def test_request_body_carries_messages_and_settings(
     assert body["response_format"] == response_format
     assert "stream" not in body
     assert sent.api_key == KEY  # the key from the environment, as a bearer token
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+@pytest.mark.parametrize("model", ["gpt-4.1-mini", "o4-mini"])
+async def test_the_body_sent_is_exactly_the_request(
+    fake_openai: FakeOpenAI, make_provider: MakeProvider, model: str, stream: bool
+):
+    # What reaches the server through chat.completions.create(): the request's model,
+    # messages and settings, max_tokens spelled for the model, and for a stream the
+    # usage chunk asked for; nothing else.
+    messages: list[Message] = [
+        {"role": "system", "content": "Answer in JSON."},
+        {"role": "user", "content": "Name a colour", "name": "bob"},
+    ]
+    chat = ChatRequest(
+        model=model,
+        messages=messages,
+        temperature=0.0,
+        max_tokens=64,
+        seed=0,
+        stop="END",
+        response_format={"type": "json_object"},
+    )
+    await make_provider().complete(chat, on_text=(lambda _: None) if stream else None)
+
+    (sent,) = fake_openai.chat_requests
+    limit = "max_completion_tokens" if uses_max_completion_tokens(model) else "max_tokens"
+    expected: dict[str, Any] = {
+        "model": model,
+        "messages": messages,
+        "temperature": 0.0,
+        limit: 64,
+        "seed": 0,
+        "stop": "END",
+        "response_format": {"type": "json_object"},
+    }
+    if stream:
+        expected |= {"stream": True, "stream_options": {"include_usage": True}}
+    assert sent.body == expected
+    assert (sent.method, sent.path) == ("POST", "/v1/chat/completions")
+    assert sent.api_key == KEY
+    # A plain AsyncOpenAI sends it: the SDK's own user agent, not a subclass's.
+    assert sent.headers["user-agent"] == f"AsyncOpenAI/Python {openai.__version__}"
 
 
 async def test_unset_settings_are_not_sent(fake_openai: FakeOpenAI, make_provider: MakeProvider):
@@ -342,8 +385,7 @@ async def test_429_retry_after_seconds_is_honoured(
     fake_openai: FakeOpenAI, make_provider: MakeProvider
 ):
     fake_openai.queue(Fault.rate_limited(retry_after_s=1), Reply("finally"))
-    # The computed backoff is capped tiny, but a server-directed wait is not.
-    response = await make_provider(max_backoff_s=0.001).complete(request())
+    response = await make_provider().complete(request())
 
     assert response.text == "finally"
     assert response.retries == 1
@@ -359,6 +401,20 @@ async def test_429_retry_after_ms_is_honoured(fake_openai: FakeOpenAI, make_prov
     first, second = fake_openai.chat_requests
     assert first.completed is not None
     assert second.arrived - first.completed >= 0.27
+
+
+async def test_without_a_server_wait_the_sdk_backs_off_on_its_own(
+    fake_openai: FakeOpenAI, make_provider: MakeProvider
+):
+    # The other faults ask for a short retry-after-ms (tests/support/fake_openai.py); with
+    # no header the SDK's own backoff applies: 0.5 s less up to 25 % jitter at first.
+    fake_openai.queue(Fault.unavailable(retry_after_ms=None), Reply("back"))
+    response = await make_provider().complete(request())
+    assert (response.text, response.retries) == ("back", 1)
+    first, second = fake_openai.chat_requests
+    assert isinstance(first.reply, Fault) and not first.reply.headers  # no server wait
+    assert first.completed is not None
+    assert second.arrived - first.completed >= 0.36
 
 
 async def test_429_forever_is_a_rate_limit_error(
@@ -426,7 +482,7 @@ async def test_dropped_connection_forever_is_a_connection_error(
 async def test_unreachable_endpoint_is_a_connection_error(key: str):
     with FakeOpenAI() as server:  # learn a free port, then close it
         base_url = server.base_url
-    provider = OpenAIProvider(base_url, max_retries=1, max_backoff_s=0.01, timeout_s=2)
+    provider = OpenAIProvider(base_url, max_retries=1, timeout_s=2)  # the SDK's backoff: ~0.5 s
     try:
         with pytest.raises(ConnectionError) as caught:
             await provider.complete(request())
@@ -464,6 +520,18 @@ async def test_malformed_body_then_success(fake_openai: FakeOpenAI, make_provide
     response = await make_provider().complete(request())
     assert response.text == "readable"
     assert response.retries == 1
+
+
+async def test_a_reread_waits_as_the_unreadable_reply_asks(
+    fake_openai: FakeOpenAI, make_provider: MakeProvider
+):
+    # As the SDK waits between its retries: the server's retry-after-ms, else 0.5 s.
+    fake_openai.queue(Fault.malformed(retry_after_ms=250), Reply("readable"))
+    response = await make_provider().complete(request())
+    assert (response.text, response.retries) == ("readable", 1)
+    first, second = fake_openai.chat_requests
+    assert first.completed is not None
+    assert second.arrived - first.completed >= 0.245
 
 
 async def test_malformed_body_without_retry_budget(

@@ -17,12 +17,12 @@ import pytest
 from genai_prices import types as gp
 
 from flowgpt.accounting import prices as pricing
+from flowgpt.accounting._cache import user_cache_dir
 from flowgpt.accounting.prices import (
     ModelPrice,
     cost_of,
     is_openai_url,
     resolve_price,
-    user_cache_dir,
     worst_case_cost,
 )
 from flowgpt.money import format_usd
@@ -379,10 +379,41 @@ def test_a_new_genai_prices_install_invalidates_the_cache(
     assert price is not None and price.input == D("0.15")
 
 
+def test_a_new_cache_format_invalidates_the_cache(
+    cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _poison(cache_dir, signature=None)
+    monkeypatch.setattr(pricing, "_CACHE_FORMAT", pricing._CACHE_FORMAT + 1)
+    price = resolve_price("gpt-4o-mini")
+    assert price is not None and price.input == D("0.15")
+
+
 def test_an_expired_entry_is_recomputed(cache_dir: Path) -> None:
     _poison(cache_dir, signature=None, valid_until="2000-01-01")
     price = resolve_price("gpt-4o-mini")
     assert price is not None and price.input == D("0.15")
+
+
+def test_an_entry_is_used_until_its_valid_until_day(cache_dir: Path) -> None:
+    _poison(cache_dir, signature=None, valid_until="2999-01-01")
+    price = resolve_price("gpt-4o-mini")
+    assert price is not None and price.input == 99
+
+
+def test_each_genai_prices_install_keeps_its_own_file(
+    cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    resolve_price("gpt-4o-mini")
+    (first,) = _cache_files(cache_dir)
+    real_dir = pricing._genai_prices_dir()
+    assert real_dir is not None
+    other = tmp_path / "other-venv" / "genai_prices"
+    other.mkdir(parents=True)
+    (other / "data.py").write_bytes((Path(real_dir) / "data.py").read_bytes())
+    monkeypatch.setattr(pricing, "_genai_prices_dir", lambda: str(other))
+    assert resolve_price("gpt-4o-mini") is not None
+    assert len(_cache_files(cache_dir)) == 2  # the first install's file was left alone
+    assert first.exists() and json.loads(first.read_text())["models"]
 
 
 def test_a_damaged_cache_file_is_ignored(cache_dir: Path) -> None:

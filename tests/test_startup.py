@@ -1,24 +1,21 @@
-"""What the fast commands load: ``flowgpt --help``, ``validate`` and ``schema`` must start
-quickly (issue 2), so they never import the openai SDK, rich, the engine or genai-prices
-(once its prices are cached), and ``validate`` imports jsonschema only for an output schema
-it has not checked before. Timings live in tests/benchmarks/bench_startup.py, not here.
+"""What the fast commands load: ``flowgpt --help``, ``schema``, ``validate`` and
+``estimate`` must start quickly (issue 13's targets), so none of them imports the openai
+SDK, rich or the engine, and none imports genai-prices once its prices are cached. Beyond
+that each loads only what its job needs: jsonschema for the output schemas ``validate``
+checks, tiktoken for the tokens ``estimate`` counts. Timings live in
+tests/benchmarks/bench_startup.py, not here.
 """
 
 from __future__ import annotations
 
-import datetime
 import gc
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
-
-from flowgpt.spec import output as validation
-from flowgpt.spec.output import check_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTICLE = str(ROOT / "workflows" / "article.yaml")
@@ -69,20 +66,42 @@ def probe(args: list[str], cache: Path) -> tuple[int, list[str], str]:
     return result["code"], result["loaded"], head
 
 
-@pytest.mark.parametrize("args", [["--help"], ["schema"], ["validate", *EXAMPLES]])
-def test_fast_commands_load_nothing_heavy_once_caches_are_warm(
+# The heavy modules each command may load: what its own work needs, nothing else.
+NEEDED = {
+    "--help": set(),
+    "schema": set(),
+    "validate": {"jsonschema"},  # the workflows' output schemas are checked
+    "estimate": {"jsonschema", "tiktoken"},  # validated, then tokens counted
+}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["schema"],
+        ["validate", *EXAMPLES],
+        ["estimate", ARTICLE, "-i", "topic=green tea"],
+    ],
+)
+def test_fast_commands_load_only_what_they_need_once_prices_are_cached(
     args: list[str], tmp_path: Path
 ) -> None:
-    probe(args, tmp_path)  # the first run may fill the price and schema-check caches
+    probe(args, tmp_path)  # the first run may fill the price cache
     code, loaded, err = probe(args, tmp_path)
     assert code == 0, err
-    assert loaded == [], f"`flowgpt {' '.join(args)}` imported {loaded}"
+    assert set(loaded) <= NEEDED[args[0]], f"`flowgpt {' '.join(args)}` imported {loaded}"
 
 
-def test_a_cold_validate_still_avoids_openai_rich_and_the_engine(tmp_path: Path) -> None:
-    code, loaded, err = probe(["validate", ARTICLE], tmp_path / "empty-cache")
+@pytest.mark.parametrize(
+    "args", [["validate", ARTICLE], ["estimate", ARTICLE, "-i", "topic=green tea"]]
+)
+def test_cold_commands_still_avoid_openai_rich_and_the_engine(
+    args: list[str], tmp_path: Path
+) -> None:
+    code, loaded, err = probe(args, tmp_path / "empty-cache")
     assert code == 0, err
-    assert not {"openai", "rich", "flowgpt.engine.engine"} & set(loaded)
+    assert not {"openai", "rich", "flowgpt.engine.engine", "flowgpt.engine.run"} & set(loaded)
 
 
 def _workflow(path: Path, schema: str) -> Path:
@@ -93,102 +112,12 @@ def _workflow(path: Path, schema: str) -> Path:
     return path
 
 
-def test_an_invalid_schema_is_reported_the_same_from_the_cache(tmp_path: Path) -> None:
+def test_an_invalid_schema_is_reported_where_it_is_written(tmp_path: Path) -> None:
     wf = _workflow(tmp_path / "bad.yaml", "{type: object, properties: {n: {minimum: ten}}}")
-    cache = tmp_path / "cache"
-    first = probe(["validate", str(wf)], cache)
-    again = probe(["validate", str(wf)], cache)
-    assert first[0] == again[0] == 2
-    assert "jsonschema" in first[1] and "jsonschema" not in again[1]
-    assert f"{wf}:8:" in first[2]
-    assert "invalid JSON Schema: 'ten' is not of type 'number'" in first[2]
-    assert again[2] == first[2]
-
-
-def test_a_changed_schema_is_checked_again(tmp_path: Path) -> None:
-    cache = tmp_path / "cache"
-    wf = _workflow(tmp_path / "wf.yaml", "{type: object}")
-    assert probe(["validate", str(wf)], cache)[0] == 0
-    _workflow(wf, "{type: objekt}")
-    code, loaded, err = probe(["validate", str(wf)], cache)
-    assert code == 2 and "jsonschema" in loaded
-    assert f"{wf}:8:" in err and "invalid JSON Schema" in err
-
-
-# -- the schema-check cache, in process ---------------------------------------------------
-
-
-@pytest.fixture
-def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("FLOWGPT_CACHE_DIR", str(tmp_path))
-    return tmp_path / "schema-checks"
-
-
-BAD: dict[str, Any] = {"type": "object", "properties": {"n": {"type": 3}}, "required": "n"}
-
-
-def _uncached(schema: dict[str, Any]) -> Any:
-    return validation._metaschema_problems(schema)
-
-
-def test_cached_answers_equal_fresh_ones(cache_dir: Path) -> None:
-    expected = _uncached(BAD)
-    assert len(expected) == 2
-    assert check_schema(BAD) == expected  # miss: computed and stored
-    assert len(list(cache_dir.glob("*.json"))) == 1
-    assert check_schema(BAD) == expected  # hit
-    assert check_schema({"type": "object"}) == []
-    assert len(list(cache_dir.glob("*.json"))) == 2
-
-
-def test_a_damaged_cache_entry_is_recomputed(cache_dir: Path) -> None:
-    check_schema(BAD)
-    (entry,) = cache_dir.glob("*.json")
-    for damage in [
-        "{not json",
-        '{"problems": [[["x"], 3]]}',
-        "[]",
-        '{"problems": [[[true], "m"]]}',
-        '{"problems": [["path", "m"]]}',
-    ]:
-        entry.write_text(damage)
-        assert check_schema(BAD) == _uncached(BAD)
-
-
-def test_an_unwritable_cache_folder_only_costs_speed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    blocker = tmp_path / "a-file"
-    blocker.write_text("")
-    monkeypatch.setenv("FLOWGPT_CACHE_DIR", str(blocker / "cache"))  # cannot be created
-    assert check_schema(BAD) == _uncached(BAD)
-
-
-def test_the_key_follows_content_and_jsonschema_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    key = validation._schema_cache_key
-    assert key({"type": "object"}) == key({"type": "object"})
-    # jsonschema reports in the schema's key order, so order is part of the identity
-    assert key({"type": "object", "title": "a"}) != key({"title": "a", "type": "object"})
-    assert key({"minimum": 1}) != key({"minimum": 1.0}) != key({"minimum": True})
-    before = key({"type": "object"})
-    monkeypatch.setattr(validation, "_package_stamp", lambda name: f"{name}-99.0")
-    assert key({"type": "object"}) != before
-
-
-@pytest.mark.parametrize(
-    "schema",
-    [
-        {"type": "string", "default": datetime.date(2024, 1, 2)},
-        {"enum": [{1: "int key"}]},
-        {"const": float("nan")},
-    ],
-)
-def test_values_json_cannot_say_exactly_are_checked_without_the_cache(
-    schema: dict[str, Any], cache_dir: Path
-) -> None:
-    assert validation._schema_cache_key(schema) is None
-    check_schema(schema)
-    assert not cache_dir.exists()
+    code, _, err = probe(["validate", str(wf)], tmp_path / "cache")
+    assert code == 2
+    assert f"{wf}:8:" in err
+    assert "invalid JSON Schema: 'ten' is not of type 'number'" in err
 
 
 def test_validate_in_process_leaves_the_garbage_collector_as_it_was() -> None:

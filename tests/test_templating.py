@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -84,6 +85,46 @@ def test_none_prints_nothing_and_containers_print_as_json(ctx: dict[str, Any]) -
     assert render("[{{ steps.gate.output }}]", ctx) == "[]"
     assert render("{{ steps.outline.output.sections }}", ctx) == '["Origins", "Kinds", "Brewing"]'
     assert render("{{ {'k': inputs.zh} }}", ctx) == '{"k": "绿茶"}'
+
+
+def test_a_prompt_of_references_prints_each_value_by_the_printing_rules() -> None:
+    context = make_context(
+        {"topic": "绿茶", "n": 3, "doc": {"title": "T", "tags": ["a"]}, "items": 1.5, "ok": True},
+        {"a": step_entry(output=None)},
+    )
+    source = (
+        "About {{ inputs.topic }} in {{ inputs.n }} points; {{ inputs['doc'] }} "
+        "{{ inputs.items }}{{ steps.a.output }} {{ inputs.ok }}.\n"
+    )
+    # non-ASCII JSON, None as nothing, `items` the input (not dict.items), final newline dropped
+    expected = 'About 绿茶 in 3 points; {"title": "T", "tags": ["a"]} 1.5 True.'
+    assert render(source, context) == expected
+
+
+def test_plain_text_renders_as_itself(ctx: dict[str, Any]) -> None:
+    assert render("You are a careful editor.\n", ctx) == "You are a careful editor."
+
+
+@pytest.mark.parametrize(
+    ("inputs", "source"),
+    [
+        ({}, "{{ inputs.topic }}"),  # missing input
+        ({"doc": "text"}, "{{ inputs.doc.title }}"),  # a string has no fields
+        ({"doc": {}}, "{{ inputs.doc.items }}"),  # no key `items`: dict.items is not printed
+        ({}, "{{ range }}"),  # a Jinja global is a function, not a value
+        ({"doc": {"n": Decimal("Infinity")}}, "{{ inputs.doc }}"),  # no JSON for it
+    ],
+)
+def test_references_that_cannot_print_are_errors(inputs: dict[str, Any], source: str) -> None:
+    problem(source, make_context(inputs, {}))
+
+
+def test_output_over_the_size_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("flowgpt.templating._sandbox.MAX_SEQUENCE_ITEMS", 1_000)
+    context = make_context({"big": "x" * 600}, {})
+    assert render("{{ inputs.big }}", context) == "x" * 600
+    err = problem("{{ inputs.big }}{{ inputs.big }}", context)
+    assert "too large" in err.message
 
 
 def test_tojson_keeps_non_ascii_and_key_order(ctx: dict[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""Token counting: exact cookbook figures, offline seeding, the fast load path."""
+"""Token counting: exact cookbook figures, tiktoken as the only tokenizer, offline seeding."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from flowgpt.accounting.tokens import (
     get_encoding,
     is_exact_for,
     seed_tiktoken_cache,
+    truncate_text,
 )
 from flowgpt.errors import FlowgptError
 
@@ -66,10 +69,7 @@ COOKBOOK_MESSAGES = [
 
 
 def _clear_loaded() -> None:
-    tokens._get_encoding_locked.cache_clear()
-    tokens._fast_kwargs.cache_clear()
-    tokens._pure_counter_locked.cache_clear()
-    tokens._BUILT.clear()
+    tokens._load.cache_clear()
 
 
 @pytest.fixture(scope="module")
@@ -335,13 +335,43 @@ def test_a_corrupted_offline_copy_is_refused(
         count_text("hello", "gpt-4")
 
 
-def _reference(name: str) -> Any:
-    """The encoding built the plain tiktoken way (from the seeded cache)."""
+@pytest.mark.parametrize("name", ["cl100k_base", "o200k_base"])
+def test_the_encoding_is_tiktokens_own(shared_cache: Path, name: str) -> None:
     import tiktoken
-    from tiktoken_ext import openai_public
 
-    seed_tiktoken_cache(name)
-    return tiktoken.Encoding(**openai_public.ENCODING_CONSTRUCTORS[name]())
+    # tiktoken's registry object itself: no second tokenizer, no copy of its data
+    assert get_encoding(name) is tiktoken.get_encoding(name)
+
+
+def _cookbook_count(messages: list[dict[str, str]], model: str) -> int:
+    """num_tokens_from_messages of OpenAI's cookbook, written out with tiktoken directly."""
+    import tiktoken
+    from tiktoken.model import encoding_name_for_model
+
+    encoding = tiktoken.get_encoding(encoding_name_for_model(model))
+    total = 3  # every reply is primed with <|start|>assistant<|message|>
+    for message in messages:
+        total += 3
+        for key, value in message.items():
+            total += len(encoding.encode(value, disallowed_special=()))
+            if key == "name":
+                total += 1
+    return total
+
+
+_MESSAGE = st.fixed_dictionaries(
+    {"role": st.sampled_from(["system", "user", "assistant"]), "content": st.text(max_size=80)},
+    optional={"name": st.from_regex(r"[a-zA-Z0-9_-]{1,20}", fullmatch=True)},
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(messages=st.lists(_MESSAGE, max_size=4))
+def test_counts_match_the_cookbook_on_any_messages(
+    shared_cache: Path, messages: list[dict[str, str]]
+) -> None:
+    for model in ("gpt-4o-mini", "gpt-4"):
+        assert count_tokens(messages, model) == _cookbook_count(messages, model)
 
 
 SAMPLES = [
@@ -358,86 +388,95 @@ SAMPLES = [
 ]
 
 
-@pytest.mark.parametrize("name", ["cl100k_base", "o200k_base"])
-def test_fast_path_is_exact_and_used(
-    empty_cache: Path, monkeypatch: pytest.MonkeyPatch, name: str
-) -> None:
-    reference = _reference(name)
-    slow = get_encoding(name)  # first load: tiktoken's constructor, then the marshal file
-    marshal_files = list((empty_cache / "flowgpt").glob(f"{name}-*.marshal"))
-    assert len(marshal_files) == 1
-
-    _clear_loaded()
-
-    def must_not_run(name: str) -> dict[str, Any]:
-        raise AssertionError("the fast path should have been used")
-
-    monkeypatch.setattr(tokens, "_load_slow", must_not_run)
-    fast = get_encoding(name)
-    assert fast is not slow
-    assert fast.name == reference.name
-    assert fast.max_token_value == reference.max_token_value
-    assert fast.special_tokens_set == reference.special_tokens_set
-    for text in SAMPLES:
-        expected = reference.encode(text, disallowed_special=())
-        assert fast.encode(text, disallowed_special=()) == expected
-        assert slow.encode(text, disallowed_special=()) == expected
-    assert fast.encode("<|endoftext|>", allowed_special="all") == reference.encode(
-        "<|endoftext|>", allowed_special="all"
-    )
-
-
-@pytest.mark.parametrize(
-    "damage",
-    ["garbage", "writable-by-others"],
-)
-def test_a_bad_fast_file_falls_back(
-    empty_cache: Path, monkeypatch: pytest.MonkeyPatch, damage: str
-) -> None:
-    get_encoding("cl100k_base")
-    (path,) = (empty_cache / "flowgpt").glob("cl100k_base-*.marshal")
-    if damage == "garbage":
-        path.write_bytes(b"\x00garbage")
-    else:
-        os.chmod(path, 0o666)  # anyone could have changed it: do not trust it
-    _clear_loaded()
-    calls: list[str] = []
-    real_slow = tokens._load_slow
-
-    def counting_slow(name: str) -> dict[str, Any]:
-        calls.append(name)
-        return real_slow(name)
-
-    monkeypatch.setattr(tokens, "_load_slow", counting_slow)
-    assert get_encoding("cl100k_base").encode("tiktoken is great!") == [
-        83,
-        1609,
-        5963,
-        374,
-        2294,
-        0,
-    ]
-    assert calls == ["cl100k_base"]
-
-
 @settings(max_examples=200, deadline=None)
-@given(text=st.text(max_size=200))
+@given(text=st.one_of(st.sampled_from(SAMPLES), st.text(max_size=200)))
 def test_counts_match_tiktoken_on_any_text(shared_cache: Path, text: str) -> None:
     import tiktoken
 
     for model, name in (("gpt-4o", "o200k_base"), ("gpt-4", "cl100k_base")):
-        reference = _std_encoding(name, tiktoken)
-        assert count_text(text, model) == len(reference.encode_ordinary(text))
+        expected = tiktoken.get_encoding(name).encode(text, disallowed_special=())
+        assert count_text(text, model) == len(expected)
 
 
-_STD: dict[str, Any] = {}
+def test_truncate_text(shared_cache: Path) -> None:
+    text = "one two three four five six seven eight nine ten " * 20
+    assert truncate_text("short", 10, "gpt-4o") == "short"
+    cut = truncate_text(text, 10, "gpt-4o")
+    assert cut.endswith("…") and text.startswith(cut[:-1])
+    assert count_text(cut, "gpt-4o") <= 10
 
 
-def _std_encoding(name: str, tiktoken: Any) -> Any:
-    if name not in _STD:
-        seed_tiktoken_cache(name)
-        _STD[name] = tiktoken.get_encoding(name)
-    return _STD[name]
+def test_the_first_load_happens_once_across_threads(
+    empty_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tiktoken
+
+    seeds: list[str] = []
+    loads: list[str] = []
+    real_seed, real_get = tokens.seed_tiktoken_cache, tiktoken.get_encoding
+
+    def slow_seed(name: str) -> bool:
+        seeds.append(name)
+        time.sleep(0.05)  # widen the window in which a second thread could start a load
+        return real_seed(name)
+
+    def counting_get(name: str) -> Any:
+        loads.append(name)
+        return real_get(name)
+
+    monkeypatch.setattr(tokens, "seed_tiktoken_cache", slow_seed)
+    monkeypatch.setattr(tiktoken, "get_encoding", counting_get)
+    with ThreadPoolExecutor(8) as pool:
+        counts = list(pool.map(lambda _: count_text("tiktoken is great!", "gpt-4"), range(16)))
+    assert counts == [6] * 16
+    assert seeds == loads == ["cl100k_base"]
+
+
+# Counts in a fresh interpreter whose sockets cannot connect: any download attempt fails
+# loudly, so passing means the seeded files were all tiktoken needed.
+_OFFLINE = """
+import hashlib, os, socket, sys
+
+def refuse(*args, **kwargs):
+    raise OSError("no network in this test")
+
+socket.socket.connect = refuse
+socket.create_connection = refuse
+socket.getaddrinfo = refuse
+import tiktoken.load
+
+real_read_file = tiktoken.load.read_file
+def read_file(blobpath):
+    if "://" in blobpath:
+        raise AssertionError(f"tiktoken tried to download {blobpath}")
+    return real_read_file(blobpath)
+tiktoken.load.read_file = read_file
+
+from flowgpt.accounting import tokens
+cookbook = __import__("json").loads(sys.argv[1])
+print(tokens.count_tokens(cookbook, "gpt-4o"), tokens.count_tokens(cookbook, "gpt-4"))
+for name, (url, sha) in tokens._BLOBS.items():
+    path = os.path.join(os.environ["TIKTOKEN_CACHE_DIR"], hashlib.sha1(url.encode()).hexdigest())
+    with open(path, "rb") as f:
+        print(name, hashlib.sha256(f.read()).hexdigest() == sha)
+"""
+
+
+def test_counts_are_exact_offline_from_an_empty_cache(tmp_path: Path) -> None:
+    import json
+
+    env = {**os.environ, "TIKTOKEN_CACHE_DIR": str(tmp_path / "tiktoken")}
+    for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        env.pop(proxy, None)
+    out = subprocess.run(
+        [sys.executable, "-c", _OFFLINE, json.dumps(COOKBOOK_MESSAGES)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:3] == ["124 129", "cl100k_base True", "o200k_base True"]
 
 
 def test_importing_tokens_does_not_import_tiktoken() -> None:

@@ -1,13 +1,22 @@
 """Output validation: every check kind passing and failing, JSON parsing, cut-off replies,
-structured outputs and the fallback when an endpoint refuses them."""
+structured outputs and the fallback when an endpoint refuses them, and the metaschema
+check of a workflow's output schemas."""
 
 from __future__ import annotations
+
+import datetime
+from typing import Any
 
 import pytest
 
 from flowgpt import Engine, OutputSpec, parse_workflow
 from flowgpt.providers.openai import OpenAIProvider
-from flowgpt.spec.output import parse_json_reply, response_format_for, validate_reply
+from flowgpt.spec.output import (
+    check_schema,
+    parse_json_reply,
+    response_format_for,
+    validate_reply,
+)
 from tests.support.fake_openai import FakeOpenAI, Fault, Reply
 
 TEXT = "The quick brown fox jumps over the lazy dog"  # 9 words, 43 characters
@@ -75,6 +84,28 @@ def test_strict_structured_outputs_only_when_the_schema_allows() -> None:
         "type": "json_object"
     }
     assert response_format_for("s", OutputSpec.model_validate({"checks": []})) is None
+
+
+def test_check_schema_reports_every_problem_by_path() -> None:
+    bad: dict[str, Any] = {"type": "object", "properties": {"n": {"type": 3}}, "required": "n"}
+    problems = check_schema(bad)
+    assert sorted(path for path, _ in problems) == [("properties", "n", "type"), ("required",)]
+    assert all(isinstance(message, str) and message for _, message in problems)
+    assert check_schema({"type": "object", "properties": {"n": {"type": "integer"}}}) == []
+    # the same answer every time: nothing is remembered between calls
+    assert check_schema(bad) == problems
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "string", "default": datetime.date(2024, 1, 2)},  # YAML gives dates
+        {"enum": [{1: "int key"}]},
+        {"const": float("nan")},
+    ],
+)
+def test_check_schema_takes_values_json_cannot_say(schema: dict[str, Any]) -> None:
+    assert check_schema(schema) == []
 
 
 WF = """\

@@ -1,4 +1,8 @@
-"""flowgpt's cache folder and the one safe way to write a file in it."""
+"""flowgpt's one cache helper: its cache folder, and the one safe way to write a cache file.
+
+Used by the genai-prices cache (prices.py, in ``user_cache_dir()``) and by the seeding of
+tiktoken's encoding files (tokens.py, in tiktoken's own cache folder).
+"""
 
 from __future__ import annotations
 

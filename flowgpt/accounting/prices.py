@@ -10,11 +10,11 @@ Where a price comes from, first match wins:
 
 Anything else is unpriced: None, never 0, so reports can say "unpriced" instead of "$0".
 
-``import genai_prices`` alone takes ~0.4 s, more than ``flowgpt validate`` may spend in
-total, so ``resolve_price`` answers from a small JSON file in the user's cache folder,
-filled from genai-prices on a miss and thrown away when the installed genai-prices data
-changes. ``cost_of`` (the exact cost of a finished call) always asks genai-prices itself.
-This is the only module that imports genai_prices.
+``import genai_prices`` alone takes ~0.25-0.3 s, half of what ``flowgpt validate`` may
+spend in total (0.5 s), so ``resolve_price`` answers from a small JSON file in the user's
+cache folder, filled from genai-prices on a miss; see "The disk cache" below for when it
+is thrown away. ``cost_of`` (the exact cost of a finished call) always asks genai-prices
+itself. This is the only module that imports genai_prices.
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ __all__ = [
     "is_local_url",
     "is_openai_url",
     "resolve_price",
-    "user_cache_dir",
     "worst_case_cost",
 ]
 
@@ -51,8 +50,6 @@ PriceSource = Literal["workflow", "genai-prices", "local"]
 
 _MILLION = Decimal(1_000_000)
 _PROVIDER = "openai"
-# Bump when the cache file's layout or the way entries are derived changes.
-_CACHE_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -210,7 +207,27 @@ def worst_case_cost(
 
 # --------------------------------------------------------------------------------------
 # The disk cache of genai-prices' OpenAI table
+#
+# File: <user_cache_dir()>/genai-prices-<install>.json, where <install> hashes the folder
+# genai-prices is installed in (two virtualenvs sharing a cache folder keep a file each
+# instead of evicting each other). Content:
+#     {"signature": "v<format>:<size>:<mtime_ns>", "models": {name: entry | null}}
+# with the size and mtime of genai_prices/data.py (the price data itself) and null for a
+# model genai-prices does not price per token.
+#
+# Invalidation, two rules and nothing else:
+# 1. The whole file is ignored, and rewritten on the next miss, when its signature is not
+#    the installed data's: installing or upgrading genai-prices writes a new data.py (a
+#    new size or mtime), and bumping _CACHE_FORMAT below changes every signature too.
+# 2. One entry is recomputed from its "valid_until" day on: genai-prices already knows
+#    some future price changes, so today's price of such a model has an end date.
+# A damaged file or entry counts as missing. Every miss prices the requested model and
+# every exact OpenAI model name at once, and the file is written atomically, merged with
+# what another process may have written meanwhile.
 # --------------------------------------------------------------------------------------
+
+# Bump when entries change shape or meaning: every existing file then fails rule 1.
+_CACHE_FORMAT = 1
 
 
 def _genai_prices_dir() -> str | None:
@@ -226,7 +243,8 @@ def _genai_prices_dir() -> str | None:
 
 
 def _signature(package_dir: str) -> str | None:
-    """Cheap fingerprint of the installed price data: size and mtime of data.py."""
+    """The installed price data's fingerprint (rule 1): the cache format, and the size
+    and mtime of data.py, read with one stat instead of importing genai-prices."""
     try:
         st = os.stat(os.path.join(package_dir, "data.py"))
     except OSError:
@@ -239,12 +257,8 @@ def _today() -> date:
 
 
 class _PriceCache:
-    """genai-prices' OpenAI prices, flattened to one ModelPrice per model name.
-
-    One JSON file per genai-prices installation (so two virtualenvs sharing the cache
-    folder do not evict each other), holding the data signature and
-    ``{model: entry | null}``.
-    """
+    """One cache file (see above), read once: genai-prices' OpenAI prices flattened to
+    one entry per model name."""
 
     def __init__(self, path: str | None, signature: str | None) -> None:
         self.path = path
@@ -259,7 +273,7 @@ class _PriceCache:
         except (OSError, ValueError):
             return {}
         if not isinstance(data, dict) or data.get("signature") != self.signature:
-            return {}  # another genai-prices version made it: stale
+            return {}  # rule 1: made from other data (or another format)
         models = data.get("models")
         return models if isinstance(models, dict) else {}
 
@@ -294,7 +308,7 @@ class _PriceCache:
 
 
 def _entry_to_price(entry: Any) -> tuple[bool, ModelPrice | None]:
-    """(still valid, price) for a cache entry; null entries are unpriced models."""
+    """(still valid, price) for a cache entry (rule 2); null entries are unpriced models."""
     if entry is None:
         return True, None
     try:
@@ -317,7 +331,8 @@ _caches: dict[tuple[str | None, str | None], _PriceCache] = {}
 
 
 def _price_cache() -> _PriceCache:
-    """This process's view of the disk cache, re-read when the folder or data change."""
+    """This process's view of the disk cache; read again when the cache folder or the
+    installed data change (a test's folder, an upgrade under a long-running process)."""
     import hashlib
 
     package_dir = _genai_prices_dir()

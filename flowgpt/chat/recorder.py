@@ -1,75 +1,64 @@
-"""A chat recorded in the run store as it goes, so ``flowgpt runs list/show`` show it.
+"""A chat recorded in the run store as it goes (``ChatRecorder``), so ``flowgpt runs
+list/show`` show it.
 
-The run starts with the first turn (``start_run``); every turn is recorded the moment it
-ends, as a step ``turn-1``, ``turn-2``, ..., a failed one too, with its error. How the
-chat ended is :meth:`flowgpt.chat.ChatSession.finish`.
-
-:class:`_ChatRecorder` is that part of :class:`flowgpt.chat.ChatSession`, which sets the
-attributes it reads.
+The run starts with the first turn; every turn is recorded the moment it ends, as a step
+``turn-1``, ``turn-2``, ..., a failed one too, with its error; ``finish`` records how the
+chat ended.
 """
 
 from __future__ import annotations
 
-import random
-import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
 
+from flowgpt.accounting.prices import ModelPrice
+from flowgpt.accounting.tokens import is_exact_for
+from flowgpt.chat.turn import ChatTurn
+from flowgpt.providers.base import Message
 from flowgpt.results import AttemptResult, StepResult
+from flowgpt.spec.workflow import Workflow
+from flowgpt.store.run_store import RunStore, new_run_id
+from flowgpt.usage import Usage
 
-if TYPE_CHECKING:
-    from flowgpt.accounting.prices import ModelPrice
-    from flowgpt.chat.session import ChatTurn
-    from flowgpt.errors import FlowgptError
-    from flowgpt.providers.base import Message
-    from flowgpt.spec.workflow import Workflow
-    from flowgpt.store.run_store import RunStore
+__all__ = ["ChatRecorder"]
 
 
-def _new_run_id() -> str:
-    # The engine's format: sortable by time, a random part for runs started in one second.
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    return f"{stamp}-{random.getrandbits(24):06x}"
+class ChatRecorder:
+    """Records one chat as a run named ``name`` in ``store``."""
 
+    def __init__(
+        self,
+        store: RunStore,
+        *,
+        name: str,
+        run_id: str | None = None,
+        workflow: Workflow | None = None,
+        inputs: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.store = store
+        self.name = name
+        self.run_id = run_id or new_run_id()
+        self.workflow = workflow
+        self.inputs: dict[str, Any] = dict(inputs or {})
+        self.started = False  # the run exists in the store (from the first turn on)
 
-class _ChatRecorder:
-    """Records a session's turns as a run (the base of :class:`flowgpt.chat.ChatSession`,
-    whose ``__init__`` sets these)."""
-
-    store: RunStore | None
-    name: str
-    workflow: Workflow | None
-    inputs: dict[str, Any]
-    _model: str
-    _run_id: str | None
-    _run_started: bool
-
-    if TYPE_CHECKING:
-
-        def _price(self) -> ModelPrice | None: ...  # ChatSession's
-
-    def _ensure_run(self) -> str | None:
-        if self.store is None:
-            return None
-        if self._run_id is None:
-            self._run_id = _new_run_id()
-        if not self._run_started:
-            wf = self.workflow
-            self.store.start_run(
-                self._run_id,
-                workflow_name=self.name,
-                workflow_text=wf.source if wf is not None else None,
-                workflow_path=str(wf.path) if wf is not None and wf.path else None,
-                inputs=self.inputs,
-            )
-            self._run_started = True
-        return self._run_id
-
-    def _record(self, turn: ChatTurn) -> None:
-        run_id = self._ensure_run()
-        if run_id is None or self.store is None:
+    def _start(self) -> None:
+        if self.started:
             return
-        from flowgpt.accounting.tokens import is_exact_for
+        wf = self.workflow
+        self.store.start_run(
+            self.run_id,
+            workflow_name=self.name,
+            workflow_text=wf.source if wf is not None else None,
+            workflow_path=str(wf.path) if wf is not None and wf.path else None,
+            inputs=self.inputs,
+        )
+        self.started = True
 
+    def record(self, turn: ChatTurn, price: ModelPrice | None) -> None:
+        """An answered turn."""
+        self._start()
         step = StepResult(
             id=f"turn-{turn.number}",
             model=turn.model,
@@ -90,20 +79,42 @@ class _ChatRecorder:
             latency_s=turn.latency_s,
             exact_tokens=is_exact_for(turn.model),
         )
-        self.store.record_step(run_id, step, fingerprint=None, price=self._price())
+        self.store.record_step(self.run_id, step, fingerprint=None, price=price)
 
-    def _record_failure(
-        self, number: int, messages: list[Message], error: FlowgptError, latency: float
+    def record_failure(
+        self, number: int, model: str, messages: list[Message], error: str, latency_s: float
     ) -> None:
-        run_id = self._ensure_run()
-        if run_id is None or self.store is None:
-            return
+        """A turn that failed (nothing was billed for it)."""
+        self._start()
         step = StepResult(
             id=f"turn-{number}",
-            model=self._model,
+            model=model,
             status="failed",
             messages=[dict(m) for m in messages],
-            latency_s=latency,
-            error=error.message,
+            latency_s=latency_s,
+            error=error,
         )
-        self.store.record_step(run_id, step, fingerprint=None, price=None)
+        self.store.record_step(self.run_id, step, fingerprint=None, price=None)
+
+    def finish(
+        self,
+        status: str,
+        error: str | None,
+        *,
+        turns: int,
+        usage: Usage,
+        cost_usd: Decimal | None,
+        latency_s: float,
+    ) -> None:
+        """How the chat ended; nothing when no turn was recorded."""
+        if not self.started:
+            return
+        self.store.finish_run(
+            self.run_id,
+            status=status,
+            error=error,
+            outputs={"turns": turns},
+            cost_usd=cost_usd,
+            usage=usage,
+            latency_s=latency_s,
+        )

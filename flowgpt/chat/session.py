@@ -18,7 +18,7 @@ One turn (:meth:`ChatSession.send`):
    ``messages:``), the turns kept so far (user + assistant) and the new user message.
 2. It must fit: at most the model's context window minus ``max_tokens`` (room for the
    reply), and at most ``max_history_tokens`` when that is set (the smaller wins). Tokens
-   are counted exactly as the API bills them (:func:`flowgpt.tokens.count_tokens`). Whole
+   are counted exactly as the API bills them (:func:`flowgpt.accounting.tokens.count_tokens`). Whole
    turns are dropped, oldest first, until it fits; the system prompt, the pinned messages
    and the new message are always sent, and when even they do not fit the turn fails
    with :class:`~flowgpt.errors.ContextWindowError` before anything is sent. A dropped
@@ -34,9 +34,6 @@ A failed turn (an API error, a context window or budget refusal) raises a
 :class:`~flowgpt.errors.FlowgptError`; its user message is not kept, and the next
 :meth:`~ChatSession.send` goes on with the history as it was.
 
-:func:`run_repl` is the interactive loop of ``flowgpt chat`` (standard streams only; the
-command line itself lives in ``flowgpt.cli``).
-
 Together with :mod:`flowgpt.chat.history` (the request a turn sends: the history trimmed
 to fit), :mod:`flowgpt.chat.recorder` (the conversation recorded as a run) and
 :mod:`flowgpt.chat.setup` (a session from a workflow step).
@@ -48,63 +45,29 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from decimal import Decimal
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flowgpt.accounting.budget import Budget, Reservation
-from flowgpt.chat.history import _ChatHistory, _Kept
-from flowgpt.chat.recorder import _ChatRecorder
+from flowgpt.accounting.prices import ModelPrice, cost_of, resolve_price, worst_case_cost
+from flowgpt.chat.history import ChatHistory, ChatRequestPlan
+from flowgpt.chat.recorder import ChatRecorder
+from flowgpt.chat.setup import setup_from_workflow
+from flowgpt.chat.turn import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, SETTINGS, ChatTurn
 from flowgpt.errors import BudgetExceededError, FlowgptError
 from flowgpt.money import sum_costs
 from flowgpt.providers.base import ChatRequest, Message, OnText, Provider
+from flowgpt.providers.factory import make_provider
+from flowgpt.spec.models import PriceSpec, ProviderSpec
+from flowgpt.spec.workflow import Workflow
+from flowgpt.store.run_store import RunStore
 from flowgpt.usage import Usage
 
-if TYPE_CHECKING:
-    from flowgpt.accounting.prices import ModelPrice
-    from flowgpt.spec.models import PriceSpec
-    from flowgpt.spec.workflow import Workflow
-    from flowgpt.store.run_store import RunStore
-
-__all__ = [
-    "DEFAULT_MAX_TOKENS",
-    "DEFAULT_MODEL",
-    "EXIT_WORDS",
-    "ChatSession",
-    "ChatTurn",
-]
-
-DEFAULT_MODEL = "gpt-4o-mini"
-# Replies are bounded by default: it reserves room for the reply when trimming, and gives
-# every turn a known worst case, so cost limits work.
-DEFAULT_MAX_TOKENS = 1000
-# Typed alone on a line, these end the REPL (ASCII ones in any case).
-EXIT_WORDS = frozenset({"exit", "quit", "退出"})
-
-# ChatRequest settings a session may pass besides model, temperature and max_tokens.
-_SETTINGS = ("top_p", "seed", "stop", "presence_penalty", "frequency_penalty")
+__all__ = ["ChatSession"]
 
 
-@dataclass(frozen=True)
-class ChatTurn:
-    """One answered turn of a chat."""
-
-    number: int  # 1, 2, ...; a failed turn uses up its number too
-    user: str
-    text: str  # the reply
-    usage: Usage
-    cost_usd: Decimal | None  # None: the model is unpriced
-    latency_s: float
-    model: str
-    messages: list[Message] = field(default_factory=list)  # the request, as sent
-    finish_reason: str | None = None
-    # the numbers of earlier turns dropped from the history to make this one fit
-    dropped: tuple[int, ...] = ()
-    retries: int = 0  # transport retries the provider took
-
-
-class ChatSession(_ChatHistory, _ChatRecorder):
+class ChatSession:
     """A conversation with one model: streamed turns, trimmed history, running totals.
 
     ``provider``: any :class:`~flowgpt.providers.base.Provider`; None means OpenAI with
@@ -138,11 +101,11 @@ class ChatSession(_ChatHistory, _ChatRecorder):
         workflow: Workflow | None = None,
         inputs: Mapping[str, Any] | None = None,
     ) -> None:
-        unknown = set(settings or {}) - set(_SETTINGS)
+        unknown = set(settings or {}) - set(SETTINGS)
         if unknown:
             raise ValueError(
                 f"unknown chat setting(s): {', '.join(sorted(unknown))}; "
-                f"known: {', '.join(_SETTINGS)}"
+                f"known: {', '.join(SETTINGS)}"
             )
         if max_tokens is not None and max_tokens < 1:
             raise ValueError("max_tokens must be >= 1")
@@ -150,83 +113,114 @@ class ChatSession(_ChatHistory, _ChatRecorder):
             raise ValueError("max_history_tokens must be >= 1")
         self._owns_provider = provider is None
         if provider is None:
-            from flowgpt.providers.openai import OpenAIProvider
-
-            provider = OpenAIProvider()
+            provider = make_provider(ProviderSpec())  # OpenAI, configured by the environment
         self.provider: Provider = provider
-        self._model = model
-        self.system = system
-        self.pinned: list[Message] = [Message(**m) for m in pinned]
-        self.max_tokens = max_tokens
-        self.temperature = temperature
-        self.settings: dict[str, Any] = {k: v for k, v in (settings or {}).items() if v is not None}
-        self.max_history_tokens = max_history_tokens
         self.pricing: dict[str, PriceSpec] = dict(pricing or {})
+        override = self.pricing.get(model)
+        self._history = ChatHistory(
+            model=model,
+            system=system,
+            pinned=pinned,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            settings=settings or {},
+            max_history_tokens=max_history_tokens,
+            window_override=override.context_window if override else None,
+        )
         limit = None if max_cost_usd is None else Decimal(str(max_cost_usd))
         self.budget = Budget(limit, max_total_tokens)
         # Prices follow where requests really go, as in a run: OPENAI_BASE_URL pointing at
         # a local server makes "gpt-4o" unpriced, not billed at OpenAI's rate.
-        resolver = getattr(provider, "resolved_base_url", None)
-        self.price_base_url: str | None = resolver() if callable(resolver) else price_base_url
-        self.store = store
-        self.name = name
-        self.workflow = workflow
-        self.inputs: dict[str, Any] = dict(inputs or {})
+        self.price_base_url = provider.resolved_base_url() or price_base_url
+        self._recorder = (
+            None
+            if store is None
+            else ChatRecorder(store, name=name, run_id=run_id, workflow=workflow, inputs=inputs)
+        )
+        self.name = name  # of the run the chat is recorded as
         self.turns: list[ChatTurn] = []
         self.failed_turns = 0
-        self._run_id = run_id
-        self._run_started = False
         self._finished = False
         self._busy = False
         self._number = 0
-        self._kept: list[_Kept] = []
-        self._first_kept = 0
 
     # -- what the session holds ------------------------------------------------------------
     @property
     def model(self) -> str:
-        return self._model
+        return self._history.model
+
+    @property
+    def system(self) -> str | None:
+        return self._history.system
+
+    @property
+    def pinned(self) -> list[Message]:
+        return self._history.pinned
+
+    @property
+    def max_tokens(self) -> int | None:
+        return self._history.max_tokens
+
+    @property
+    def temperature(self) -> float | None:
+        return self._history.temperature
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The other request settings sent with every turn (``top_p``, ``seed``, ...)."""
+        return dict(self._history.settings)
+
+    @property
+    def max_history_tokens(self) -> int | None:
+        return self._history.max_history_tokens
+
+    @property
+    def turns_sent(self) -> int:
+        """Turns sent so far, failed ones included (the last turn's number)."""
+        return self._number
 
     @property
     def run_id(self) -> str | None:
         """The id of the stored run; None until the first turn is recorded (or no store)."""
-        return self._run_id if self._run_started else None
+        recorder = self._recorder
+        return recorder.run_id if recorder is not None and recorder.started else None
 
     @property
     def history(self) -> list[Message]:
         """The turns the next request will start from (oldest dropped ones left out)."""
-        out: list[Message] = []
-        for kept in self._kept[self._first_kept :]:
-            out += [kept.user, kept.assistant]
-        return out
+        return self._history.messages
 
     @property
     def usage(self) -> Usage:
-        total = Usage()
-        for turn in self.turns:
-            total = total + turn.usage
-        return total
+        return Usage.total([turn.usage for turn in self.turns])
 
     @property
     def cost_usd(self) -> Decimal | None:
         """Dollars so far; None ("unpriced") when any turn is unpriced."""
-        return sum_costs([t.cost_usd for t in self.turns])
+        return sum_costs(t.cost_usd for t in self.turns)
 
     def context_limit(self) -> int | None:
         """Most prompt tokens a request may have: the context window minus max_tokens,
         or max_history_tokens when smaller; None when the window is unknown and no
         max_history_tokens is set (then nothing is trimmed)."""
-        return self._limit()[0]
+        return self._history.limit()[0]
+
+    def context_limit_kind(self) -> str:
+        """What sets :meth:`context_limit`: "window" (the model's context window minus
+        max_tokens), "history" (max_history_tokens) or "" (nothing: no trimming)."""
+        return self._history.limit()[1]
 
     # -- one turn --------------------------------------------------------------------------
-    def _reserve(self, number: int, request: ChatRequest, prompt_tokens: int) -> Reservation | None:
+    def _price(self) -> ModelPrice | None:
+        return resolve_price(self.model, base_url=self.price_base_url, overrides=self.pricing)
+
+    def _reserve(self, number: int, plan: ChatRequestPlan) -> Reservation | None:
         if not self.budget.active:
             return None
-        from flowgpt.accounting.prices import worst_case_cost
-
+        request = plan.request
         max_tokens = request.max_tokens
         if max_tokens is None:
-            window = self._window()
+            window = self._history.window()
             if window is None:
                 raise BudgetExceededError(
                     f"turn {number}: without max_tokens the worst case of a reply from "
@@ -234,18 +228,13 @@ class ChatSession(_ChatHistory, _ChatRecorder):
                     hint="set max_tokens (--max-tokens)",
                     step=f"turn-{number}",
                 )
-            max_tokens = max(window - prompt_tokens, 0)
+            max_tokens = max(window - plan.prompt_tokens, 0)
         return self.budget.reserve(
             f"turn-{number}",
             request.model,
-            prompt_tokens + max_tokens,
-            worst_case_cost(prompt_tokens, max_tokens, self._price()),
+            plan.prompt_tokens + max_tokens,
+            worst_case_cost(plan.prompt_tokens, max_tokens, self._price()),
         )
-
-    def _price(self) -> ModelPrice | None:
-        from flowgpt.accounting.prices import resolve_price
-
-        return resolve_price(self._model, base_url=self.price_base_url, overrides=self.pricing)
 
     async def send(self, text: str, *, on_text: OnText | None = None) -> ChatTurn:
         """Send one user message and return the answered turn.
@@ -262,18 +251,21 @@ class ChatSession(_ChatHistory, _ChatRecorder):
         number = self._number
         user = Message(role="user", content=text)
         started = time.perf_counter()
-        request: ChatRequest | None = None
+        plan: ChatRequestPlan | None = None
         reservation: Reservation | None = None
         try:
-            request, first_kept, prompt_tokens = self._build(number, user)
-            reservation = self._reserve(number, request, prompt_tokens)
-            response = await self.provider.complete(request, on_text=on_text)
+            plan = self._history.plan(number, user)
+            reservation = self._reserve(number, plan)
+            response = await self.provider.complete(plan.request, on_text=on_text)
         except FlowgptError as exc:
             if reservation is not None:
                 self.budget.settle(reservation, 0, Decimal(0))  # a failed call is not billed
             self.failed_turns += 1
-            sent = request.messages if request is not None else [*self._fixed(), user]
-            self._record_failure(number, sent, exc, time.perf_counter() - started)
+            if self._recorder is not None:
+                sent = plan.request.messages if plan is not None else [*self._history.fixed(), user]
+                self._recorder.record_failure(
+                    number, self.model, sent, exc.message, time.perf_counter() - started
+                )
             raise
         except BaseException:
             # Cancelled (Ctrl-C) mid-reply: no result to keep, as for a run's steps.
@@ -283,17 +275,13 @@ class ChatSession(_ChatHistory, _ChatRecorder):
         finally:
             self._busy = False
         latency = time.perf_counter() - started
-        from flowgpt.accounting.prices import cost_of
-
+        request: ChatRequest = plan.request
         cost = cost_of(
             response.usage, request.model, base_url=self.price_base_url, overrides=self.pricing
         )
         if reservation is not None:
             self.budget.settle(reservation, response.usage.total_tokens, cost)
-        assistant = Message(role="assistant", content=response.text)
-        dropped = tuple(t.number for t in self.turns[self._first_kept : first_kept])
-        self._first_kept = first_kept
-        self._kept.append(_Kept(user, assistant, self._tokens(user) + self._tokens(assistant)))
+        self._history.keep(plan, number, user, response.text)
         turn = ChatTurn(
             number=number,
             user=text,
@@ -304,11 +292,12 @@ class ChatSession(_ChatHistory, _ChatRecorder):
             model=request.model,
             messages=list(request.messages),
             finish_reason=response.finish_reason,
-            dropped=dropped,
+            dropped=plan.dropped,
             retries=response.retries,
         )
         self.turns.append(turn)
-        self._record(turn)
+        if self._recorder is not None:
+            self._recorder.record(turn, self._price())
         return turn
 
     async def stream(self, text: str) -> AsyncIterator[str]:
@@ -340,18 +329,16 @@ class ChatSession(_ChatHistory, _ChatRecorder):
         if self._finished:
             return
         self._finished = True
-        if self.store is None or not self._run_started or self._run_id is None:
-            return
-        self.store.finish_run(
-            self._run_id,
-            status=status,
-            error=error,
-            outputs={"turns": len(self.turns)},
-            cost_usd=self.cost_usd,
-            usage=self.usage,
-            # time spent waiting for replies, not the time the chat was open
-            latency_s=sum(t.latency_s for t in self.turns),
-        )
+        if self._recorder is not None:
+            self._recorder.finish(
+                status,
+                error,
+                turns=len(self.turns),
+                usage=self.usage,
+                cost_usd=self.cost_usd,
+                # time spent waiting for replies, not the time the chat was open
+                latency_s=sum(t.latency_s for t in self.turns),
+            )
 
     async def aclose(self) -> None:
         """Finish the session (status "ok" unless :meth:`finish` said otherwise) and close
@@ -403,12 +390,10 @@ class ChatSession(_ChatHistory, _ChatRecorder):
         rendered with ``inputs`` (defaults applied; ``inputs_from_cli`` converts strings
         by the declared types); only the inputs it uses are needed. The step's ``prompt``
         and ``output`` are not used: the user types the messages. A system prompt that
-        uses other steps' outputs cannot be rendered and is refused.
+        uses other steps' outputs cannot be rendered and is refused. ``provider``: None
+        makes one from the workflow's ``provider:``, which the session closes.
         """
-        from flowgpt.chat.setup import session_from_workflow
-
-        return session_from_workflow(
-            cls,
+        setup = setup_from_workflow(
             workflow,
             step,
             provider=provider,
@@ -418,7 +403,25 @@ class ChatSession(_ChatHistory, _ChatRecorder):
             system=system,
             max_tokens=max_tokens,
             temperature=temperature,
-            max_history_tokens=max_history_tokens,
             max_cost_usd=max_cost_usd,
-            store=store,
         )
+        session = cls(
+            setup.provider,
+            model=setup.model,
+            system=setup.system,
+            pinned=setup.pinned,
+            max_tokens=setup.max_tokens,
+            temperature=setup.temperature,
+            settings=setup.settings,
+            max_history_tokens=max_history_tokens,
+            max_cost_usd=setup.max_cost_usd,
+            max_total_tokens=setup.max_total_tokens,
+            pricing=setup.pricing,
+            price_base_url=setup.price_base_url,
+            store=store,
+            name=setup.name,
+            workflow=setup.workflow,
+            inputs=setup.inputs,
+        )
+        session._owns_provider = setup.owns_provider
+        return session

@@ -1,4 +1,4 @@
-"""A chat session from one step of a workflow (:meth:`flowgpt.chat.ChatSession.from_workflow`).
+"""A chat set up from one step of a workflow (:meth:`flowgpt.chat.ChatSession.from_workflow`).
 
 The step is picked (the only one, or by id), its system prompt and few-shot ``messages``
 are rendered with the inputs they use (templates that need other steps' outputs are
@@ -7,24 +7,47 @@ refused), and the session gets the step's model, settings, provider, pricing and
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from flowgpt.chat.session import _SETTINGS, DEFAULT_MAX_TOKENS, DEFAULT_MODEL
+from flowgpt import templating
+from flowgpt.chat.turn import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, SETTINGS
 from flowgpt.errors import SpecError
-from flowgpt.providers.base import Message
+from flowgpt.providers.base import Message, Provider
+from flowgpt.providers.factory import make_provider
+from flowgpt.spec.inputs import resolve_inputs
+from flowgpt.spec.loader import load_workflow
+from flowgpt.spec.models import PriceSpec, StepSpec
+from flowgpt.spec.workflow import Workflow
 
-if TYPE_CHECKING:
-    from flowgpt.chat.session import ChatSession
-    from flowgpt.providers.base import Provider
-    from flowgpt.spec.models import StepSpec
-    from flowgpt.spec.workflow import Workflow
-    from flowgpt.store.run_store import RunStore
+__all__ = ["ChatSetup", "setup_from_workflow"]
 
 
-def session_from_workflow(
-    cls: type[ChatSession],
+@dataclass(frozen=True)
+class ChatSetup:
+    """What a chat takes from one step of a workflow: ``ChatSession``'s arguments."""
+
+    provider: Provider
+    owns_provider: bool  # made here from the workflow's `provider:`: the session closes it
+    model: str
+    system: str | None
+    pinned: list[Message]
+    max_tokens: int
+    temperature: float | None
+    settings: dict[str, Any]
+    max_cost_usd: Decimal | None
+    max_total_tokens: int | None
+    pricing: dict[str, PriceSpec]
+    price_base_url: str | None
+    name: str
+    workflow: Workflow
+    inputs: dict[str, Any]
+
+
+def setup_from_workflow(
     workflow: Workflow | str,
     step: str | None = None,
     *,
@@ -35,16 +58,11 @@ def session_from_workflow(
     system: str | None = None,
     max_tokens: int | None = None,
     temperature: float | None = None,
-    max_history_tokens: int | None = None,
     max_cost_usd: Decimal | float | str | None = None,
-    store: RunStore | None = None,
-) -> ChatSession:
-    """:meth:`flowgpt.chat.ChatSession.from_workflow` (documented there), for ``cls``."""
-    from flowgpt.spec.inputs import resolve_inputs
-
+) -> ChatSetup:
+    """The setup of a chat with one step of ``workflow`` (see
+    :meth:`flowgpt.chat.ChatSession.from_workflow`); arguments override the step's."""
     if isinstance(workflow, str):
-        from flowgpt.spec.loader import load_workflow
-
         workflow = load_workflow(workflow)
     spec = workflow.spec
     step_spec = _pick_step(workflow, step)
@@ -61,7 +79,10 @@ def session_from_workflow(
     subset = spec.model_copy(update={"inputs": declared})
     resolved = resolve_inputs(subset, given, from_cli=inputs_from_cli)
     context = {"inputs": resolved, "steps": {}}
-    rendered = {where: _render(source, context, step_spec.id, where) for where, source in templates}
+    rendered = {
+        where: templating.render(source, context, step=step_spec.id, where=where)
+        for where, source in templates
+    }
     pinned: list[Message] = []
     for i, m in enumerate(step_spec.messages or []):
         entry = Message(role=m.role, content=rendered[f"messages[{i}]"])
@@ -74,35 +95,28 @@ def session_from_workflow(
     if max_cost_usd is not None:
         given_limit = Decimal(str(max_cost_usd))
         cost_limit = given_limit if cost_limit is None else min(cost_limit, given_limit)
-    step_max = step_spec.setting("max_tokens", defaults)
-    owned = False
+    owned = provider is None
     if provider is None:
-        # The workflow's `provider:`, built exactly as a run builds it.
-        from flowgpt.engine.engine import Engine
-
-        provider, owned = Engine()._provider_for(spec, workflow.base_dir)
-    session = cls(
-        provider,
+        provider = make_provider(spec.provider, workflow.base_dir)
+    return ChatSetup(
+        provider=provider,
+        owns_provider=owned,
         model=model or step_spec.setting("model", defaults) or DEFAULT_MODEL,
         system=system if system is not None else rendered.get("system"),
         pinned=pinned,
-        max_tokens=max_tokens or step_max or DEFAULT_MAX_TOKENS,
+        max_tokens=max_tokens or step_spec.setting("max_tokens", defaults) or DEFAULT_MAX_TOKENS,
         temperature=(
             temperature if temperature is not None else step_spec.setting("temperature", defaults)
         ),
-        settings={name: step_spec.setting(name, defaults) for name in _SETTINGS},
-        max_history_tokens=max_history_tokens,
+        settings={name: step_spec.setting(name, defaults) for name in SETTINGS},
         max_cost_usd=cost_limit,
         max_total_tokens=limits.max_tokens if limits else None,
-        pricing=spec.pricing,
-        price_base_url=spec.provider.base_url,
-        store=store,
+        pricing=dict(spec.pricing),
+        price_base_url=spec.provider.price_base_url,
         name=f"{spec.name} (chat)",
         workflow=workflow,
         inputs=resolved,
     )
-    session._owns_provider = owned
-    return session
 
 
 def _pick_step(workflow: Workflow, step: str | None) -> StepSpec:
@@ -118,8 +132,6 @@ def _pick_step(workflow: Workflow, step: str | None) -> StepSpec:
     try:
         return spec.step(step)
     except KeyError:
-        import difflib
-
         close = difflib.get_close_matches(step, ids, n=1)
         guess = f"; did you mean `{close[0]}`?" if close else ""
         raise SpecError(
@@ -130,8 +142,6 @@ def _pick_step(workflow: Workflow, step: str | None) -> StepSpec:
 
 def _inputs_needed(workflow: Workflow, step_id: str, templates: list[tuple[str, str]]) -> set[str]:
     """The inputs the templates use; refuses templates that need earlier steps' outputs."""
-    from flowgpt import templating
-
     needed: set[str] = set()
     for where, source in templates:
         refs = templating.references(source)
@@ -154,9 +164,3 @@ def _inputs_needed(workflow: Workflow, step_id: str, templates: list[tuple[str, 
             else:
                 needed.add(ref.name)
     return needed
-
-
-def _render(source: str, context: Mapping[str, Any], step: str, where: str) -> str:
-    from flowgpt import templating
-
-    return templating.render(source, context, step=step, where=where)

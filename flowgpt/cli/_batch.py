@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shlex
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -12,6 +11,7 @@ import click
 
 from flowgpt.cli._common import (
     EXIT_RUN_FAILED,
+    _continue_command,
     _handle_errors,
     _limit_options,
     _make_provider,
@@ -59,7 +59,7 @@ def batch(
     Rows run concurrently under one request limiter; a failed row does not stop the
     others. Running the same command again skips the rows already done in --out."""
     from flowgpt.cli._progress import BatchProgress
-    from flowgpt.engine.batch import BatchOutput, read_rows, scan_rows
+    from flowgpt.engine.data import BatchOutput, read_rows, scan_rows
     from flowgpt.engine.engine import Engine
     from flowgpt.spec.loader import load_workflow
 
@@ -72,7 +72,7 @@ def batch(
         rpm=rpm,
         tpm=tpm,
     )
-    command = " ".join(shlex.quote(a) for a in ["flowgpt", *sys.argv[1:]])
+    command = _continue_command()
     budget = None if max_cost is None else str(max_cost)
     output = BatchOutput(out, wf.spec.name).open()
     try:

@@ -80,7 +80,8 @@ def chat(
     The history is trimmed to the context window (oldest turns first, the system prompt
     kept). End with exit, quit, 退出 or Ctrl-D. The conversation is stored as a run
     (see `flowgpt runs`)."""
-    from flowgpt.chat.session import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, ChatSession
+    from flowgpt.chat.session import ChatSession
+    from flowgpt.chat.turn import DEFAULT_MAX_TOKENS, DEFAULT_MODEL
     from flowgpt.cli._repl import run_repl
 
     if workflow is None and (step_id or pairs or inputs_file):

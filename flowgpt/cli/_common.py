@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import gc
 import json
+import shlex
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from functools import wraps
 from typing import Any, NoReturn, TypeVar
@@ -80,6 +81,35 @@ def _loading_modules(first: str) -> Iterator[None]:
         gc.freeze()
         if was_enabled:
             gc.enable()
+
+
+def _continue_command(*, drop: Collection[str] = (), add: Sequence[str] = ()) -> str:
+    """The command that continues the one running now (run and batch alike): its name and
+    arguments, then ``add``, then every option the user gave on the command line except
+    the parameters named in ``drop``. Read from click's parsed parameters, so it is the
+    command as understood, whatever the spelling (``-ifoo=1``, ``--model=x``)."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    words = ["flowgpt", ctx.info_name or ""]
+    options: list[str] = []
+    for param in ctx.command.params:
+        name = param.name or ""
+        if name in drop or ctx.get_parameter_source(name) != ParameterSource.COMMANDLINE:
+            continue
+        value: Any = ctx.params.get(name)
+        if isinstance(param, click.Argument):
+            words += [shlex.quote(str(v)) for v in (value if param.multiple else [value])]
+        elif isinstance(param, click.Option) and param.is_flag:
+            flag = param.opts[0] if value else (param.secondary_opts or [""])[0]
+            if flag:
+                options.append(flag)
+        elif isinstance(param, click.Option):
+            given: Sequence[Any] = value if param.multiple else [value]
+            for v in given:
+                text = f"{v:g}" if isinstance(v, float) else str(v)
+                options += [param.opts[0], shlex.quote(text)]
+    return " ".join([*words, *add, *options])
 
 
 def _read_inputs_file(path: str) -> dict[str, Any]:

@@ -25,9 +25,8 @@ from flowgpt.cli._common import (
 @_handle_errors
 def validate(workflows: tuple[str, ...], as_json: bool, strict: bool) -> None:
     """Check workflows without calling a model. Exit 0 when clean, 2 on errors."""
-    with _loading_modules("flowgpt.spec.analysis"):
-        import flowgpt.spec.loader  # noqa: F401  (check_file needs it: load it in the same pause)
-        from flowgpt.spec.analysis import check_file
+    with _loading_modules("flowgpt.accounting.checks"):
+        from flowgpt.accounting.checks import check_file
 
     reports = []
     failed = False

@@ -17,7 +17,7 @@ from flowgpt.results import RunResult, cost_table
 from flowgpt.spec.models import WorkflowSpec
 
 if TYPE_CHECKING:
-    from flowgpt.engine.batch import BatchRowResult
+    from flowgpt.engine.data import BatchRowResult
 
 __all__ = ["BatchProgress", "Progress"]
 

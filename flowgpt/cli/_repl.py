@@ -20,7 +20,8 @@ from flowgpt.errors import (
 if TYPE_CHECKING:
     pass
 
-from flowgpt.chat.session import EXIT_WORDS, ChatSession, ChatTurn
+from flowgpt.chat.session import ChatSession
+from flowgpt.chat.turn import EXIT_WORDS, ChatTurn
 
 __all__ = ["format_turn_summary", "run_repl"]
 
@@ -41,7 +42,8 @@ def format_turn_summary(turn: ChatTurn, session: ChatSession) -> str:
     if turn.dropped:
         first, last = turn.dropped[0], turn.dropped[-1]
         which = f"turn {first}" if first == last else f"turns {first}-{last}"
-        limit = "the context window" if session._limit()[1] == "window" else "max_history_tokens"
+        by_window = session.context_limit_kind() == "window"
+        limit = "the context window" if by_window else "max_history_tokens"
         line += f" · {which} dropped to fit {limit}"
     return line
 
@@ -170,7 +172,7 @@ def run_repl(
                     code, status, error = exc.exit_code, "failed", exc.message
                     break
                 except FlowgptError as exc:
-                    say(f"turn {session._number} failed: {exc.format()}")
+                    say(f"turn {session.turns_sent} failed: {exc.format()}")
                     continue
             if interrupt.hit:
                 say("interrupted")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 from typing import Any
 
 import click
 
 from flowgpt.cli._common import (
+    _continue_command,
     _fail,
     _handle_errors,
     _limit_options,
@@ -89,27 +89,9 @@ def run(
     store = _open_store(store_path, no_store, needed_by="--resume" if resume else None)
 
     def resume_command(run_id: str) -> str:
-        # The same provider, model, limit and store as this run: resuming a --mock run
-        # must not turn into paid calls, nor drop a cost limit.
-        parts = ["flowgpt", "run", shlex.quote(workflow), "--resume", run_id]
-        if mock:
-            parts.append("--mock")
-        if local_model:
-            parts += ["--local-model", shlex.quote(local_model)]
-        elif local:
-            parts.append("--local")
-        if model:
-            parts += ["--model", shlex.quote(model)]
-        if max_cost is not None:
-            parts += ["--max-cost", f"{max_cost:g}"]
-        for flag, limit in (("--concurrency", concurrency), ("--rpm", rpm), ("--tpm", tpm)):
-            if limit is not None:
-                parts += [flag, str(limit)]
-        if store_path:
-            parts += ["--store", shlex.quote(store_path)]
-        if cache:
-            parts.append("--cache")
-        return " ".join(parts)
+        # The same provider, model, limits and store as this run (resuming a --mock run
+        # must not turn into paid calls, nor drop a cost limit); the inputs are the run's.
+        return _continue_command(drop={"pairs", "inputs_file", "resume"}, add=["--resume", run_id])
 
     if cache and store is None:
         raise InputError("--cache keeps answers in the run store", hint="drop --no-store")

@@ -1,349 +1,45 @@
 """Batches: one workflow over many rows of inputs.
 
-Rows run concurrently under the engine's one request limiter (so ``--concurrency``,
-``--rpm`` and ``--tpm`` hold for the whole batch, not per row) and an optional budget
-shared by every row. Results come back as rows finish. Everything is a stream: rows are
-read as they are needed and each result is written the moment its row finishes, so memory
-stays flat in the number of rows.
-
-The output file is the batch's record and its resume point: running the same batch again
-with the same ``--out`` keeps the rows already done (status ok) and runs only the others,
-so every row appears in the output exactly once.
+Rows run concurrently under one request limiter (so ``--concurrency``, ``--rpm`` and
+``--tpm`` hold for the whole batch, not per row) and an optional budget shared by every
+row. Results come back as rows finish. Everything is a stream: rows are read as they are
+needed and each result is handed over the moment its row finishes, so memory stays flat
+in the number of rows. The data file and the output file are ``flowgpt.engine.data``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import csv
-import hashlib
-import io
-import json
-import os
-from collections.abc import AsyncIterable, AsyncIterator, Collection, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection, Iterable, Mapping
 from decimal import Decimal
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 from flowgpt.accounting.budget import Budget
-from flowgpt.errors import Diagnostic, FlowgptError, InputError
+from flowgpt.engine.data import BatchRowResult, DataRow
+from flowgpt.engine.run import Run
+from flowgpt.errors import FlowgptError
 from flowgpt.results import RunResult
-from flowgpt.spec.inputs import resolve_inputs
 from flowgpt.usage import Usage
 
-if TYPE_CHECKING:
-    from flowgpt.engine.engine import Engine
-    from flowgpt.spec.workflow import Workflow
+__all__ = ["StartRow", "run_rows"]
 
-__all__ = [
-    "BatchOutput",
-    "BatchRowResult",
-    "DataRow",
-    "read_rows",
-    "row_digest",
-    "run_rows",
-    "scan_rows",
-]
-
-# How many bad rows one error message lists before saying "and N more".
-_MAX_LISTED = 10
-# json.dumps(doc, ensure_ascii=False, default=str), without building an encoder per line.
-_LINE_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
-# json.dumps(inputs, sort_keys=True, ensure_ascii=False, default=str): a row's digest.
-_DIGEST_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=str)
-
-
-@dataclass(frozen=True)
-class DataRow:
-    """One row of a data file: its number (1-based, counting rows), where it is, and the
-    inputs as written (CSV values are strings, converted like ``-i key=value``)."""
-
-    number: int
-    inputs: dict[str, Any]
-    line: int = 0
-    from_text: bool = False  # values are text to convert (CSV), not typed (JSON)
-
-
-@dataclass
-class BatchRowResult:
-    """What one row of a batch produced."""
-
-    row: int
-    inputs: dict[str, Any]
-    status: Literal["ok", "failed"]
-    outputs: dict[str, Any] | None = None
-    usage: Usage = field(default_factory=Usage)
-    cost_usd: Decimal | None = None
-    error: str | None = None
-    run_id: str | None = None
-    latency_s: float = 0.0
-    result: RunResult | None = None  # the whole run (per-step detail); not written out
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    def to_dict(self, workflow: str | None = None) -> dict[str, Any]:
-        """The JSON line written to the output file."""
-        doc: dict[str, Any] = {
-            "row": self.row,
-            "status": self.status,
-            "inputs": self.inputs,
-            "outputs": self.outputs,
-            "usage": self.usage.to_dict(),
-            # Money as a string (no precision lost); unpriced is null, never 0.
-            "cost_usd": None if self.cost_usd is None else str(self.cost_usd),
-            "error": self.error,
-            "run_id": self.run_id,
-            "latency_s": round(self.latency_s, 4),
-            "input_digest": row_digest(self.inputs),
-        }
-        if workflow is not None:
-            doc["workflow"] = workflow
-        return doc
-
-
-def row_digest(inputs: Mapping[str, Any]) -> str:
-    """A short fingerprint of a row's inputs, so a resumed batch notices changed data."""
-    text = _DIGEST_ENCODER.encode(inputs)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-# -- reading data -------------------------------------------------------------------------
-
-
-def read_rows(path: str | os.PathLike[str]) -> Iterator[DataRow]:
-    """The rows of a ``.jsonl`` (one JSON object per line) or ``.csv`` file (a header
-    row, then one row per line), read lazily. Blank lines are skipped."""
-    path = Path(path)
-    kind = _kind(path)
-    try:
-        f = open(path, encoding="utf-8", newline="")  # noqa: SIM115 (a generator holds it)
-    except OSError as exc:
-        raise InputError(
-            f"{path}: cannot read the data file ({exc.strerror or exc})",
-            hint="check the path given to --data",
-        ) from None
-    with f:
-        try:
-            if kind == "csv":
-                yield from _csv_rows(path, f)
-            else:
-                yield from _jsonl_rows(path, f)
-        except UnicodeDecodeError as exc:
-            raise InputError(
-                f"{path}: not UTF-8 text (byte {exc.start} of a line)",
-                hint="save the file as UTF-8",
-            ) from None
-
-
-def _kind(path: Path) -> Literal["csv", "jsonl"]:
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return "csv"
-    if suffix in (".jsonl", ".ndjson"):
-        return "jsonl"
-    raise InputError(
-        f"{path}: unknown data format `{suffix or path.name}`",
-        hint="give a .jsonl file (one JSON object per line) or a .csv file with a header row",
-    )
-
-
-def _jsonl_rows(path: Path, f: io.TextIOBase) -> Iterator[DataRow]:
-    number = 0
-    for line_no, line in enumerate(f, start=1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except ValueError as exc:
-            raise InputError(
-                f"{path}:{line_no}: not valid JSON ({exc})",
-                hint='each line must be one JSON object, e.g. {"topic": "tea"}',
-            ) from None
-        if not isinstance(value, dict):
-            raise InputError(
-                f"{path}:{line_no}: a row must be a JSON object, not {type(value).__name__}",
-                hint='write each row as an object of inputs, e.g. {"topic": "tea"}',
-            )
-        number += 1
-        yield DataRow(number, value, line_no)
-
-
-def _csv_rows(path: Path, f: io.TextIOBase) -> Iterator[DataRow]:
-    reader = csv.reader(f)
-    header = next(reader, None)
-    if header is None:
-        return
-    names = [h.strip() for h in header]
-    if any(not n for n in names) or len(set(names)) != len(names):
-        raise InputError(
-            f"{path}:1: the header row needs one distinct, non-empty name per column",
-            hint="name each column after a workflow input",
-        )
-    number = 0
-    for values in reader:
-        if not any(v.strip() for v in values):
-            continue
-        line_no = reader.line_num
-        if len(values) != len(names):
-            raise InputError(
-                f"{path}:{line_no}: {len(values)} values for {len(names)} columns",
-                hint="quote values that contain commas or newlines",
-            )
-        number += 1
-        yield DataRow(number, dict(zip(names, values, strict=True)), line_no, from_text=True)
-
-
-def scan_rows(path: str | os.PathLike[str], workflow: Workflow) -> int:
-    """Check every row of a data file against the workflow's inputs before anything runs
-    (so a bad row costs nothing), and count them. Raises InputError naming each bad row."""
-    problems: list[Diagnostic] = []
-    bad = count = 0
-    for row in read_rows(path):
-        count += 1
-        try:
-            resolve_inputs(workflow.spec, row.inputs, from_cli=row.from_text)
-        except InputError as exc:
-            bad += 1
-            if len(problems) < _MAX_LISTED:
-                said = "; ".join(d.message for d in exc.diagnostics)
-                problems.append(
-                    Diagnostic(message=f"row {row.number}: {said}", file=str(path), line=row.line)
-                )
-    if problems:
-        more = f" ({bad - len(problems)} more not shown)" if bad > len(problems) else ""
-        summary = (
-            f"{bad} row{'s' * (bad != 1)} of {path} "
-            f"{'does' if bad == 1 else 'do'} not fit the workflow's inputs{more}; "
-            "nothing was run"
-        )
-        problems.append(
-            Diagnostic(
-                message=summary, hint="fix the rows (or the workflow's `inputs:`) and run again"
-            )
-        )
-        raise InputError(summary, diagnostics=problems)
-    return count
-
-
-# -- the output file ----------------------------------------------------------------------
-
-
-class BatchOutput:
-    """The JSON-lines output of a batch, which is also where it resumes from.
-
-    Opening it keeps the rows already done (status ok) and drops failed rows and any line
-    cut short by a crash, so the rows run again are written once more and every row ends
-    up in the file exactly once.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], workflow: str) -> None:
-        self.path = Path(path)
-        self.workflow = workflow
-        self.done: dict[int, str] = {}  # row number -> input digest
-        self.dropped = 0  # failed or unreadable lines dropped on opening
-        self._file: io.TextIOWrapper | None = None
-
-    def open(self) -> BatchOutput:
-        if self.path.exists():
-            self._keep_done()
-        try:
-            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
-        except OSError as exc:
-            raise InputError(
-                f"{self.path}: cannot write the output file ({exc.strerror or exc})",
-                hint="check the path given to --out",
-            ) from None
-        return self
-
-    def _keep_done(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        try:
-            with (
-                open(self.path, encoding="utf-8", errors="replace") as src,
-                open(tmp, "w", encoding="utf-8") as dst,
-            ):
-                for line_no, line in enumerate(src, start=1):
-                    doc = _parse_line(line)
-                    if doc is None or doc.get("status") != "ok":
-                        self.dropped += bool(line.strip())
-                        continue
-                    if doc.get("workflow", self.workflow) != self.workflow:
-                        raise InputError(
-                            f"{self.path}:{line_no}: written by workflow "
-                            f"`{doc.get('workflow')}`, not `{self.workflow}`",
-                            hint="give this batch its own --out file",
-                        )
-                    self.done[doc["row"]] = str(doc.get("input_digest", ""))
-                    dst.write(line if line.endswith("\n") else line + "\n")
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            raise InputError(
-                f"{self.path}: cannot read the earlier output ({exc.strerror or exc})",
-                hint="check the path given to --out",
-            ) from None
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-
-    def check(self, row: DataRow) -> bool:
-        """Whether the row is already done; raises when it was done with other inputs."""
-        digest = self.done.get(row.number)
-        if digest is None:
-            return False
-        if digest and digest != row_digest(row.inputs):
-            raise InputError(
-                f"{self.path}: row {row.number} was done with other inputs than row "
-                f"{row.number} of the data now (line {row.line}): the data changed",
-                hint="write to a new --out file, or delete the old one to start over",
-            )
-        return True
-
-    def write(self, result: BatchRowResult) -> None:
-        assert self._file is not None, "open() first"
-        line = _LINE_ENCODER.encode(result.to_dict(self.workflow))
-        # Flushed per row: a crash loses at most the rows still in flight.
-        self._file.write(line + "\n")
-        self._file.flush()
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-    def __enter__(self) -> BatchOutput:
-        return self.open()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _parse_line(line: str) -> dict[str, Any] | None:
-    try:
-        doc = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(doc, dict) or not isinstance(doc.get("row"), int):
-        return None
-    return doc
-
-
-# -- running ------------------------------------------------------------------------------
+# Makes the run of one row, under the batch's shared budget (the engine passes it).
+StartRow = Callable[[DataRow, Budget], Run]
 
 
 async def run_rows(
-    engine: Engine,
-    workflow: Workflow,
+    start: StartRow,
     rows: Iterable[Mapping[str, Any] | DataRow] | AsyncIterable[Mapping[str, Any] | DataRow],
     *,
-    concurrency: int | None = None,
+    concurrency: int,
     max_cost_usd: Decimal | None = None,
     skip: Collection[int] = (),
     inputs_from_cli: bool = False,
 ) -> AsyncIterator[BatchRowResult]:
-    """Run ``workflow`` once per row, ``concurrency`` rows at a time, yielding each row's
-    result as it finishes. Stops starting rows once the shared budget refuses a call.
+    """Run each row (``start`` makes its run), ``concurrency`` rows at a time, yielding
+    each row's result as it finishes. Stops starting rows once the shared budget refuses a
+    call. Rows given as mappings are numbered from 1; ``inputs_from_cli`` says their
+    values are text to convert (as from a CSV file).
 
     ``concurrency`` workers each take the next row, run it, hand its result over and take
     another: a finished row's place is taken again at once, in the same task, so the
@@ -352,11 +48,7 @@ async def run_rows(
     At most ``concurrency`` results wait for the caller, so a slow caller holds the
     workers back instead of letting results pile up.
     """
-    from flowgpt.engine.plan import _Plan
-
-    _Plan.of(workflow)  # static errors before anything runs
-    provider, owned = engine._provider_for(workflow.spec, workflow.base_dir)
-    limit = concurrency or engine.concurrency or workflow.spec.provider.concurrency
+    limit = concurrency
     shared = Budget(max_cost_usd, None, label="the batch's budget")
     source = _numbered(rows, inputs_from_cli)
     reading = asyncio.Lock()  # an async source may suspend in anext(): one reader at a time
@@ -383,14 +75,8 @@ async def run_rows(
                 # The row's run is awaited right here (no coroutine of its own between):
                 # every level is crossed again whenever one of its requests suspends.
                 try:
-                    state, _ = engine._start(
-                        workflow,
-                        row.inputs,
-                        provider,
-                        inputs_from_cli=row.from_text,
-                        outer_budget=shared,
-                    )
-                    outcome = _succeeded(row, state.outcome(await state.execute()))
+                    run = start(row, shared)
+                    outcome = _succeeded(row, run.outcome(await run.execute()))
                 except FlowgptError as exc:
                     outcome = _failed(row, exc)
                 await room.acquire()
@@ -422,8 +108,6 @@ async def run_rows(
         for task in workers:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
-        if owned:
-            await provider.aclose()
 
 
 async def _numbered(

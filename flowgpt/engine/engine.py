@@ -1,7 +1,11 @@
-"""The engine: the public API that runs workflows (``Engine``). It holds what every run
-shares (the provider, request limiters, the run store, a cost limit) and starts runs;
-each run schedules its steps, renders their prompts, calls the provider, validates and
-repairs replies, and accounts for every token and dollar (``flowgpt.engine.run``).
+"""The engine: the public API that runs workflows (``Engine``).
+
+An engine holds what its runs share, the way an HTTP client holds connections: one
+provider (SDK client, connection pool) per provider configuration, made on first use and
+reused by every run and batch; one request limiter per provider, so concurrent runs
+respect ``provider.concurrency`` together; the run store, the response cache, a cost limit.
+Each run (``flowgpt.engine.run``) schedules its steps, renders prompts, calls the
+provider, validates and repairs replies, and accounts for every token and dollar.
 
 There is one async core (``Engine.run``); ``Engine.run_sync`` wraps it.
 """
@@ -9,8 +13,6 @@ There is one async core (``Engine.run``); ``Engine.run_sync`` wraps it.
 from __future__ import annotations
 
 import asyncio
-import random
-import time
 import weakref
 from collections.abc import (
     AsyncIterable,
@@ -22,39 +24,38 @@ from collections.abc import (
 )
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import TracebackType
+from typing import Any
 
 from flowgpt.accounting.budget import Budget
+from flowgpt.engine.batch import run_rows
+from flowgpt.engine.data import BatchRowResult, DataRow
 from flowgpt.engine.events import EngineEvent
-from flowgpt.engine.plan import _Plan
-from flowgpt.engine.run import _Run
+from flowgpt.engine.plan import Plan
+from flowgpt.engine.run import Run, RunSettings
 from flowgpt.errors import SpecError
 from flowgpt.providers.base import Provider
+from flowgpt.providers.factory import make_provider
 from flowgpt.providers.limiter import RequestLimiter
 from flowgpt.results import RunResult
 from flowgpt.spec.inputs import resolve_inputs
-from flowgpt.spec.models import WorkflowSpec
+from flowgpt.spec.loader import load_workflow
+from flowgpt.spec.models import ProviderSpec, WorkflowSpec
 from flowgpt.spec.workflow import Workflow
+from flowgpt.store.run_store import RunStore, new_run_id
 
-if TYPE_CHECKING:
-    from flowgpt.engine.batch import BatchRowResult, DataRow
-    from flowgpt.store.run_store import RunStore
-
-__all__ = ["Engine", "EngineEvent"]
-
-
-def _new_run_id() -> str:
-    # Sortable by time; the random part tells apart runs started in the same second.
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    return f"{stamp}-{random.getrandbits(24):06x}"
+__all__ = ["Engine"]
 
 
 class Engine:
     """Runs workflows.
 
-    ``Engine()`` sends requests to OpenAI (or the workflow's ``provider.base_url``) with the
-    key from the environment; ``Engine(provider=MockProvider())`` runs offline. When a run
-    fails, the error raised carries the partial result as ``error.result``.
+    ``Engine()`` sends requests where each workflow's ``provider:`` says (OpenAI by
+    default, with the key from the environment); ``Engine(provider=MockProvider())`` sends
+    every request to the given provider instead. The providers an engine makes are reused
+    by all its runs; ``async with Engine() as engine:`` (or ``await engine.aclose()``)
+    closes them, and ``run_sync`` closes them when its event loop ends. When a run fails,
+    the error raised carries the partial result as ``error.result``.
     """
 
     def __init__(
@@ -82,49 +83,105 @@ class Engine:
         self.max_cost_usd = None if max_cost_usd is None else Decimal(str(max_cost_usd))
         self.model = model  # overrides every step's model
         self.on_event = on_event
-        # One request limiter per provider and event loop, shared by every run this engine
-        # makes at once (so concurrent runs respect `provider.concurrency` together).
+        # The providers this engine made, one per configuration (see provider_for).
+        self._providers: dict[tuple[str, str], Provider] = {}
+        # One request limiter per provider and event loop (asyncio primitives belong to a
+        # loop), shared by every run this engine makes at once.
         self._limiters: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, weakref.WeakKeyDictionary[Provider, RequestLimiter]
+            asyncio.AbstractEventLoop, dict[int, tuple[Provider, RequestLimiter]]
         ] = weakref.WeakKeyDictionary()
 
-    def limiter(self, provider: Provider, concurrency: int) -> RequestLimiter:
-        """The request limiter shared by every call to ``provider`` on this event loop."""
-        loop = asyncio.get_running_loop()
-        per_loop = self._limiters.get(loop)
-        if per_loop is None:
-            per_loop = self._limiters[loop] = weakref.WeakKeyDictionary()
-        limiter = per_loop.get(provider)
-        if limiter is None:
-            limiter = per_loop[provider] = RequestLimiter(
-                self.concurrency or concurrency, rpm=self.rpm, tpm=self.tpm
-            )
-        return limiter
+    # -- what runs share ----------------------------------------------------------------
 
-    def _provider_for(
-        self, spec: WorkflowSpec, base_dir: Path | None = None
-    ) -> tuple[Provider, bool]:
-        """The provider for a run, and whether the run owns it (and must close it).
-
-        ``base_dir``: where a relative ``provider.model_path`` starts (the workflow's
-        folder); None means the current folder.
-        """
+    def provider_for(self, spec: ProviderSpec, base_dir: Path | None = None) -> Provider:
+        """The provider for a workflow's ``provider:`` (the engine's own when it was given
+        one): made on first use, then reused by every run with the same configuration.
+        ``base_dir`` is where a relative ``model_path`` starts (the workflow's folder)."""
         if self.provider is not None:
-            return self.provider, False
-        p = spec.provider
-        if p.type == "local":
-            from flowgpt.providers.local import LocalProvider
+            return self.provider
+        # `concurrency` is the limiter's business, not the provider's.
+        key = (spec.model_dump_json(exclude={"concurrency"}), str(base_dir or ""))
+        provider = self._providers.get(key)
+        if provider is None:
+            provider = self._providers[key] = make_provider(spec, base_dir)
+        return provider
 
-            return LocalProvider(p.model_path, n_ctx=p.n_ctx, base_dir=base_dir), True
-        from flowgpt.providers.openai import OpenAIProvider
+    def limiter(self, provider: Provider, concurrency: int) -> RequestLimiter:
+        """The request limiter shared by every call to ``provider`` on this event loop;
+        ``concurrency`` applies when it is made, unless the engine has its own."""
+        loop = asyncio.get_running_loop()
+        per_loop = self._limiters.setdefault(loop, {})
+        entry = per_loop.get(id(provider))
+        if entry is None or entry[0] is not provider:
+            limiter = RequestLimiter(self.concurrency or concurrency, rpm=self.rpm, tpm=self.tpm)
+            entry = per_loop[id(provider)] = (provider, limiter)
+        return entry[1]
 
-        provider = OpenAIProvider(
-            base_url=p.base_url,
-            api_key_env=p.api_key_env,
-            timeout_s=p.timeout_s,
-            max_retries=p.max_retries,
+    async def aclose(self) -> None:
+        """Close the providers this engine made (a given provider is the caller's)."""
+        providers, self._providers = list(self._providers.values()), {}
+        for provider in providers:
+            await provider.aclose()
+
+    async def __aenter__(self) -> Engine:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- runs ---------------------------------------------------------------------------
+
+    def start(
+        self,
+        workflow: Workflow,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        inputs_from_cli: bool = False,
+        run_id: str | None = None,
+        resume: str | None = None,
+        outer_budget: Budget | None = None,
+    ) -> Run:
+        """A run of ``workflow`` ready to ``execute`` (inside an event loop).
+
+        ``resume`` names an earlier run in the engine's store: its finished steps whose
+        request is unchanged are reused at $0, and its inputs are used where none are
+        given. ``outer_budget`` is a budget the run shares with others (a batch's)."""
+        Plan.of(workflow)  # static errors are refused before anything runs
+        previous = None
+        if resume is not None:
+            if self.store is None:
+                raise SpecError(
+                    "resuming needs the run store", hint="drop --no-store to use --resume"
+                )
+            resume = self.store.resolve_run_id(resume)
+            previous = self.store.finished_steps(resume)
+            # The original inputs, with any given now taken instead.
+            inputs = {**self.store.load_run(resume).inputs, **(inputs or {})}
+        resolved = resolve_inputs(workflow.spec, inputs or {}, from_cli=inputs_from_cli)
+        provider = self.provider_for(workflow.spec.provider, workflow.base_dir)
+        settings = RunSettings(
+            provider=provider,
+            limiter=self.limiter(provider, workflow.spec.provider.concurrency),
+            model=self.model,
+            max_cost_usd=self.max_cost_usd,
+            on_event=self.on_event,
+            store=self.store,
+            cache=self.cache,
         )
-        return provider, True
+        return Run(
+            workflow,
+            resolved,
+            run_id or new_run_id(),
+            settings,
+            previous=previous,
+            outer_budget=outer_budget,
+            resumed_from=resume,
+        )
 
     async def run(
         self,
@@ -140,49 +197,31 @@ class Engine:
         ``resume`` names an earlier run (in the engine's store): its finished steps whose
         request is unchanged are reused at $0, and its inputs are used if none are given.
         """
-        wf = _as_workflow(workflow)
-        _Plan.of(wf)  # static errors are refused before anything runs
-        if self.provider is not None:  # the common case: no provider to make or close
-            provider, owned = self.provider, False
-        else:
-            provider, owned = self._provider_for(wf.spec, wf.base_dir)
-        try:
-            state, resume = self._start(
-                wf, inputs, provider, inputs_from_cli=inputs_from_cli, run_id=run_id, resume=resume
-            )
-            return state.outcome(await state.execute(resumed_from=resume))
-        finally:
-            if owned:
-                await provider.aclose()
+        run = self.start(
+            _as_workflow(workflow),
+            inputs,
+            inputs_from_cli=inputs_from_cli,
+            run_id=run_id,
+            resume=resume,
+        )
+        return run.outcome(await run.execute())
 
-    def _start(
+    def run_sync(
         self,
-        wf: Workflow,
-        inputs: Mapping[str, Any] | None,
-        provider: Provider,
-        *,
-        inputs_from_cli: bool = False,
-        run_id: str | None = None,
-        resume: str | None = None,
-        outer_budget: Budget | None = None,
-    ) -> tuple[_Run, str | None]:
-        """A run ready to ``execute``, and the full id of the run it resumes (if any).
+        workflow: Workflow | WorkflowSpec | str | Path,
+        inputs: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> RunResult:
+        """``run`` for code that is not async. Its event loop ends with the call, so the
+        providers' connections (which belong to that loop) are closed before it returns."""
 
-        Callers await ``execute`` themselves rather than through a helper coroutine: every
-        coroutine level is crossed again each time a request suspends and resumes."""
-        previous = None
-        if resume is not None:
-            if self.store is None:
-                raise SpecError(
-                    "resuming needs the run store", hint="drop --no-store to use --resume"
-                )
-            resume = self.store.resolve_run_id(resume)
-            previous = self.store.finished_steps(resume)
-            # The original inputs, with any given now taken instead.
-            inputs = {**self.store.load_run(resume).inputs, **(inputs or {})}
-        resolved = resolve_inputs(wf.spec, inputs or {}, from_cli=inputs_from_cli)
-        state = _Run(self, wf, resolved, provider, run_id or _new_run_id(), previous, outer_budget)
-        return state, resume
+        async def once() -> RunResult:
+            try:
+                return await self.run(workflow, inputs, **kwargs)
+            finally:
+                await self.aclose()
+
+        return asyncio.run(once())
 
     def run_batch(
         self,
@@ -203,26 +242,20 @@ class Engine:
         row is started. A failed row does not stop the others. ``skip`` names rows (by
         1-based number) to leave out, e.g. the ones an earlier run already finished.
         """
-        from flowgpt.engine.batch import run_rows
+        wf = _as_workflow(workflow)
+        Plan.of(wf)  # static errors before anything runs
+
+        def start(row: DataRow, shared: Budget) -> Run:
+            return self.start(wf, row.inputs, inputs_from_cli=row.from_text, outer_budget=shared)
 
         return run_rows(
-            self,
-            _as_workflow(workflow),
+            start,
             rows,
-            concurrency=concurrency,
+            concurrency=concurrency or self.concurrency or wf.spec.provider.concurrency,
             max_cost_usd=None if max_cost_usd is None else Decimal(str(max_cost_usd)),
             skip=skip,
             inputs_from_cli=inputs_from_cli,
         )
-
-    def run_sync(
-        self,
-        workflow: Workflow | WorkflowSpec | str | Path,
-        inputs: Mapping[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> RunResult:
-        """``run`` for code that is not async."""
-        return asyncio.run(self.run(workflow, inputs, **kwargs))
 
 
 def _as_workflow(workflow: Workflow | WorkflowSpec | str | Path) -> Workflow:
@@ -230,6 +263,4 @@ def _as_workflow(workflow: Workflow | WorkflowSpec | str | Path) -> Workflow:
         return workflow
     if isinstance(workflow, WorkflowSpec):
         return Workflow(spec=workflow)
-    from flowgpt.spec.loader import load_workflow
-
     return load_workflow(workflow)

@@ -15,9 +15,11 @@ from flowgpt.spec.models import MODEL_SETTING_NAMES, StepSpec
 from flowgpt.spec.output import response_format_for
 from flowgpt.spec.workflow import Workflow
 
+__all__ = ["Plan", "StepPlan"]
+
 
 @dataclass(frozen=True)
-class _StepPlan:
+class StepPlan:
     """What can be worked out about a step once per workflow, not once per call."""
 
     step: StepSpec
@@ -30,7 +32,7 @@ class _StepPlan:
     response_format: dict[str, Any] | None
 
 
-class _Plan:
+class Plan:
     """A workflow checked and prepared for running; cached on the Workflow object."""
 
     def __init__(self, workflow: Workflow) -> None:
@@ -41,11 +43,11 @@ class _Plan:
         for sid, needs in deps.items():
             for dep in needs:
                 dependents[dep].append(sid)
-        self.steps: dict[str, _StepPlan] = {}
+        self.steps: dict[str, StepPlan] = {}
         for step in spec.steps:
             system = workflow.template(step, "system")
             prompt = workflow.template(step, "prompt")
-            self.steps[step.id] = _StepPlan(
+            self.steps[step.id] = StepPlan(
                 step=step,
                 deps=frozenset(deps[step.id]),
                 dependents=tuple(dependents[step.id]),
@@ -66,7 +68,7 @@ class _Plan:
         )
 
     @classmethod
-    def of(cls, workflow: Workflow) -> _Plan:
+    def of(cls, workflow: Workflow) -> Plan:
         plan = workflow.cache.get("engine.plan")
         if not isinstance(plan, cls):
             plan = workflow.cache["engine.plan"] = cls(workflow)

@@ -1,34 +1,260 @@
-"""One run's execution: its steps scheduled as soon as what they need has finished, each
-step's calls made within the request limit, replies validated and repaired, results
-recorded in the store, and the workflow's outputs computed.
+"""One run of one workflow: its steps scheduled as soon as what they need has finished,
+each step's calls made within the request limit (the context window and the budget checked
+before paying), replies validated and repaired, results recorded in the store the moment
+they finish (so ``--resume`` and the response cache work), and the workflow's outputs.
 
-The run's state and the work each call needs before and after it is ``flowgpt.engine.run_state``.
+A run takes what it shares with other runs from its engine as one small object,
+``RunSettings``; the request each step sends is built by ``flowgpt.engine.requests``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any, cast
 
 from flowgpt import templating
-from flowgpt.accounting.tokens import count_tokens, truncate_text
-from flowgpt.engine.run_state import _RunState
-from flowgpt.errors import BadRequestError, FlowgptError, OutputValidationError, TemplateError
+from flowgpt.accounting.budget import Budget, Reservation
+from flowgpt.accounting.prices import ModelPrice, cost_of, resolve_price, worst_case_cost
+from flowgpt.accounting.tokens import context_window, count_text, count_tokens, truncate_text
+from flowgpt.engine.events import EngineEvent, EventKind
+from flowgpt.engine.plan import Plan
+from flowgpt.engine.requests import build_messages, downgrade_format, refused_format, step_request
+from flowgpt.errors import (
+    BadRequestError,
+    BudgetExceededError,
+    ContextWindowError,
+    FlowgptError,
+    OutputValidationError,
+    TemplateError,
+)
 from flowgpt.money import format_usd
-from flowgpt.providers.base import Message
+from flowgpt.providers.base import ChatRequest, ChatResponse, Message, Provider
+from flowgpt.providers.limiter import RequestLimiter
 from flowgpt.results import AttemptResult, RunResult, StepResult
 from flowgpt.spec.models import StepSpec
 from flowgpt.spec.output import FEEDBACK_MAX_TOKENS, repair_message, validate_reply
+from flowgpt.spec.workflow import Workflow
+from flowgpt.store.fingerprint import request_fingerprint
+from flowgpt.store.run_store import RunStore
+
+__all__ = ["Run", "RunSettings"]
 
 _FINISHED = frozenset({"ok", "failed", "skipped", "reused", "cached"})
+# step id -> (the request fingerprint it had, its result): the run being resumed
+Previous = Mapping[str, tuple[str | None, StepResult]]
+_NO_PREVIOUS: Previous = MappingProxyType({})
 
 
-class _Run(_RunState):
-    """One run of one workflow, executed (``Engine._start`` makes it, callers ``execute`` it)."""
+@dataclass(frozen=True)
+class RunSettings:
+    """What a run takes from the engine that starts it."""
 
-    tasks: list[asyncio.Future[None]]  # steps running in tasks of their own (execute)
+    provider: Provider
+    limiter: RequestLimiter  # shared by every run sending to the same provider
+    model: str | None = None  # overrides every step's model
+    max_cost_usd: Decimal | None = None  # on top of the workflow's `budget:` (the lower wins)
+    on_event: Callable[[EngineEvent], None] | None = None
+    store: RunStore | None = None
+    cache: bool = False  # answer identical deterministic requests from the store
+
+
+class Run:
+    """One run of one workflow: ``Engine`` makes it, callers ``execute`` it, then take its
+    ``outcome``."""
+
+    def __init__(
+        self,
+        workflow: Workflow,
+        inputs: dict[str, Any],
+        run_id: str,
+        settings: RunSettings,
+        *,
+        previous: Previous | None = None,
+        outer_budget: Budget | None = None,
+        resumed_from: str | None = None,
+    ) -> None:
+        self.workflow = workflow
+        self.spec = workflow.spec
+        self.inputs = inputs
+        self.settings = settings
+        self.provider = settings.provider
+        self.limiter = settings.limiter
+        self.store = settings.store
+        self.plan = Plan.of(workflow)
+        limits = self.spec.budget
+        max_cost = limits.max_cost_usd if limits else None
+        if settings.max_cost_usd is not None:
+            max_cost = (
+                settings.max_cost_usd if max_cost is None else min(max_cost, settings.max_cost_usd)
+            )
+        self.budget = Budget(max_cost, limits.max_tokens if limits else None, outer=outer_budget)
+        # Prices follow where requests really go: OPENAI_BASE_URL pointing at a local
+        # server makes "gpt-4o" unpriced, not billed at OpenAI's rate.
+        self.price_base_url = self.provider.resolved_base_url() or self.spec.provider.price_base_url
+        self.results: dict[str, StepResult] = {
+            s.id: StepResult(id=s.id, model=self._model(s)) for s in self.spec.steps
+        }
+        # What templates see as `steps.<id>`, filled as each step finishes.
+        self.views: dict[str, dict[str, Any]] = {}
+        self.previous: Previous = previous or _NO_PREVIOUS
+        self.resumed_from = resumed_from  # the run whose finished steps are reused
+        self.fingerprints: dict[str, str] = {}
+        # response_format types the endpoint refused (then not sent again this run).
+        self.refused_formats: frozenset[str] = frozenset()
+        self.failure: FlowgptError | None = None
+        self.tasks: list[asyncio.Future[None]] = []  # steps running in tasks of their own
+        self.result = RunResult(
+            workflow=self.spec.name, inputs=inputs, steps=self.results, run_id=run_id
+        )
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def emit(self, kind: EventKind, step: str | None = None, **kw: Any) -> None:
+        if self.settings.on_event is not None:
+            self.settings.on_event(EngineEvent(kind, step, **kw))
+
+    def _model(self, step: StepSpec) -> str | None:
+        return self.settings.model or self.plan.steps[step.id].model
+
+    def context(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        ctx: dict[str, Any] = {"inputs": self.inputs, "steps": dict(self.views)}
+        if extra:
+            ctx.update(extra)
+        return ctx
+
+    def messages_for(self, step: StepSpec, ctx: dict[str, Any]) -> list[Message]:
+        history = self.results[step.history] if step.history is not None else None
+        return build_messages(self.plan.steps[step.id], ctx, history)
+
+    def request_for(self, step: StepSpec, messages: list[Message]) -> ChatRequest:
+        return step_request(
+            self.plan.steps[step.id], messages, self._model(step), self.refused_formats
+        )
+
+    def format_fallback(
+        self, step: StepSpec, request: ChatRequest, error: BadRequestError
+    ) -> ChatRequest | None:
+        """When an endpoint refuses structured outputs, ask for less (see
+        ``downgrade_format``); None when the error is about something else."""
+        kind = refused_format(request, error)
+        if kind is None:
+            return None
+        self.refused_formats = self.refused_formats | {kind}
+        downgraded = downgrade_format(request)
+        now = (downgraded.response_format or {}).get("type", "instructions in the prompt")
+        self.emit(
+            "warning",
+            step.id,
+            message=f"step `{step.id}`: the endpoint does not accept response_format "
+            f"{kind}; asking with {now} instead",
+        )
+        return downgraded
+
+    # -- before and after a call: the context window, the budget, prices ---------------
+
+    def preflight(self, step: StepSpec, request: ChatRequest) -> Reservation | None:
+        """Before paying: refuse a call that cannot fit the model's context window, and
+        reserve its worst case in the budget (None when the run has no budget)."""
+        override = self.spec.pricing.get(request.model)
+        window = context_window(request.model, override.context_window if override else None)
+        max_tokens = request.max_tokens
+        prompt_tokens: int | None = None
+        if window is not None:
+            # A token is at least one byte and a character at most four, so when even
+            # four bytes per character fit, the exact count (a tokenizer pass) is not needed.
+            upper = 3 + sum(
+                4 + 4 * (len(m["content"]) + len(m["role"]) + len(m.get("name", "")))
+                for m in request.messages
+            )
+            if upper + (max_tokens or 0) > window:
+                prompt_tokens = count_tokens(request.messages, request.model)
+                needed = prompt_tokens + (max_tokens or 0)
+                if needed > window:
+                    raise ContextWindowError(
+                        f"step `{step.id}`: {prompt_tokens:,} prompt tokens + max_tokens "
+                        f"{max_tokens or 0:,} = {needed:,} do not fit {request.model}'s "
+                        f"context window of {window:,} tokens",
+                        hint="shorten the prompt or the inputs, lower max_tokens, "
+                        "or use a model with a larger window",
+                        step=step.id,
+                    )
+        if not self.budget.active:
+            return None
+        if prompt_tokens is None:
+            prompt_tokens = count_tokens(request.messages, request.model)
+        if request.response_format is not None:
+            # Structured-output schemas are billed as prompt tokens too: bound them.
+            prompt_tokens += count_text(json.dumps(request.response_format), request.model)
+        if max_tokens is None:
+            if window is None:
+                raise BudgetExceededError(
+                    f"step `{step.id}`: without max_tokens the worst case of a call to "
+                    f"{request.model} is unknown, so the budget cannot be enforced",
+                    hint="set `max_tokens` in `defaults` or on the step",
+                    step=step.id,
+                )
+            max_tokens = max(window - prompt_tokens, 0)
+        price = resolve_price(
+            request.model, base_url=self.price_base_url, overrides=self.spec.pricing
+        )
+        return self.budget.reserve(
+            step.id,
+            request.model,
+            prompt_tokens + max_tokens,
+            worst_case_cost(prompt_tokens, max_tokens, price),
+        )
+
+    def cost(self, request: ChatRequest, response: ChatResponse) -> Decimal | None:
+        return cost_of(
+            response.usage,
+            request.model,
+            base_url=self.price_base_url,
+            overrides=self.spec.pricing,
+        )
+
+    # -- the store: resume and the response cache ---------------------------------------
+
+    def fingerprint(self, request: ChatRequest) -> str:
+        return request_fingerprint(
+            request, base_url=self.price_base_url, provider=self.provider.name
+        )
+
+    def price_of(self, model: str | None) -> ModelPrice | None:
+        if model is None:
+            return None
+        return resolve_price(model, base_url=self.price_base_url, overrides=self.spec.pricing)
+
+    def reuse(self, step: StepSpec, result: StepResult) -> bool:
+        """Take a step's result from the run being resumed when its request is unchanged."""
+        earlier = self.previous.get(step.id)
+        if earlier is None or earlier[0] != self.fingerprints.get(step.id):
+            return False
+        old = earlier[1]
+        if not validate_reply(old.text or "", step.output, old.finish_reason).ok:
+            return False  # the step's checks changed since, and the old reply fails them
+        result.status = "reused"
+        result.output, result.text, result.model = old.output, old.text, old.model
+        result.exact_tokens = old.exact_tokens
+        # What it cost the first time is what reusing it saved.
+        result.saved_usd = old.saved_usd if old.status in ("reused", "cached") else old.cost_usd
+        return True
+
+    def use_cache(self, step: StepSpec) -> bool:
+        if self.store is None:
+            return False
+        asked = step.cache if step.cache is not None else self.spec.defaults.cache
+        if asked is not None:
+            return asked
+        # --cache alone caches only deterministic steps: a step sampled with temperature > 0
+        # is meant to vary, so it is cached only when it asks for it.
+        temperature = step.setting("temperature", self.spec.defaults)
+        return self.settings.cache and (temperature is None or temperature == 0)
 
     # -- one step ----------------------------------------------------------------------
 
@@ -97,8 +323,8 @@ class _Run(_RunState):
                 )
             )
             result.text = response.text
-            if self.provider.name == "local" and response.model:
-                # The step's `model` only labels a local run: show the model that answered.
+            if self.provider.model_is_label and response.model:
+                # The step's `model` only labels the call: show the model that answered.
                 result.model = response.model
             if verdict.ok:
                 result.output = verdict.output
@@ -155,7 +381,7 @@ class _Run(_RunState):
                 result.status = "ok"
                 self.emit("step_finished", step.id, result=result)
                 return
-            messages = self.build_messages(step, ctx)
+            messages = self.messages_for(step, ctx)
             # The request's own messages, not a copy (nothing changes them in place: a
             # repair or a format fallback builds a new list); a batch would otherwise hold
             # two of each for every row in flight.
@@ -212,7 +438,7 @@ class _Run(_RunState):
         ]
 
         async def one(sub: StepResult, item: Any) -> None:
-            messages = self.build_messages(step, {**ctx, name: item})
+            messages = self.messages_for(step, {**ctx, name: item})
             sub.messages = [dict(m) for m in messages]
             started = time.perf_counter()
             try:
@@ -262,7 +488,7 @@ class _Run(_RunState):
                 outputs[name] = templating.render(source, ctx, step=f"outputs.{name}")
         return outputs
 
-    async def execute(self, resumed_from: str | None = None) -> RunResult:
+    async def execute(self) -> RunResult:
         started = time.perf_counter()
         run_id = self.result.run_id or ""
         if self.store is not None:
@@ -273,7 +499,7 @@ class _Run(_RunState):
                 workflow_path=str(self.workflow.path) if self.workflow.path else None,
                 inputs=self.inputs,
                 steps=self.results.values(),
-                resumed_from=resumed_from,
+                resumed_from=self.resumed_from,
             )
         self.emit("run_started", message=run_id)
         # Every step runs as soon as the steps it needs have finished: the first root's

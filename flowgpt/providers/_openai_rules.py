@@ -1,10 +1,11 @@
 """The OpenAI provider's rules that need neither the openai SDK nor httpx2.
 
-Which models take ``max_completion_tokens``, the wait a 429 asks for, what a refused
-request body looks like, the per-call attempt count the httpx hooks reach through a
-context variable, reading a reply's usage, and the wording shared by error messages.
-flowgpt/providers/openai.py (the only module that imports the SDK) builds on these and
-re-exports ``uses_max_completion_tokens``; importing this module loads no SDK.
+Which models take ``max_completion_tokens`` (and so the settings ``create()`` is given),
+the wait a 429 or an unreadable reply asks for, what a refused request body looks like,
+the per-call attempt count the httpx hooks reach through a context variable, reading a
+reply's usage, and the wording shared by error messages. flowgpt/providers/openai.py (the
+only module that imports the SDK) builds on these and re-exports
+``uses_max_completion_tokens``; importing this module loads no SDK.
 """
 
 from __future__ import annotations
@@ -45,34 +46,29 @@ def uses_max_completion_tokens(model: str) -> bool:
     return bool(_MAX_COMPLETION_TOKENS_RE.match(model.rsplit("/", 1)[-1].lower()))
 
 
-def _body(request: ChatRequest, *, stream: bool = False) -> dict[str, Any]:
-    """The JSON body of a Chat Completions request, exactly as ``create()`` would send it.
-
-    ``create()`` first runs the params through the SDK's type-driven transform, which for
-    these plain JSON values (strings, numbers, the ``response_format`` dict) changes
-    nothing but costs about a quarter of the SDK's CPU per request; the provider posts
-    this body instead. tests/test_openai_body.py checks that the body and headers reaching
-    the server are the ones ``create()`` sends.
-    """
-    body: dict[str, Any] = {"model": request.model, "messages": request.messages}
+def _settings(request: ChatRequest) -> dict[str, Any]:
+    """The request's settings as ``chat.completions.create()`` keyword arguments, with
+    ``max_tokens`` spelled as the model wants it (see ``uses_max_completion_tokens``)."""
     params = request.params()
     if "max_tokens" in params and uses_max_completion_tokens(request.model):
         params["max_completion_tokens"] = params.pop("max_tokens")
-    body.update(params)
-    if stream:
-        # Usage arrives in a last chunk, so a streamed reply is counted as exactly.
-        body["stream"] = True
-        body["stream_options"] = {"include_usage": True}
-    return body
+    return params
+
+
+# What the SDK does between its own retries (openai's documented retry behaviour), which a
+# re-read of an unreadable reply follows too: a server-directed wait (retry-after-ms, then
+# Retry-After) is obeyed when 0 < wait <= 120 s, otherwise the first backoff is 0.5 s.
+_SERVER_WAIT_MAX_S = 120.0
+_FIRST_BACKOFF_S = 0.5
 
 
 @dataclass
 class _Call:
     """Per-complete() state, reached by the httpx hooks through a context variable."""
 
-    max_backoff_s: float | None = None
     earlier: int = 0  # HTTP attempts of the create() calls already finished
     current: int = 0  # HTTP attempts of the create() call in progress
+    headers: Mapping[str, str] | None = None  # of the last response received
 
     @property
     def retries(self) -> int:
@@ -100,6 +96,16 @@ def _retry_after_s(headers: Mapping[str, str]) -> float | None:
         except (KeyError, ValueError):
             continue
     return None
+
+
+def _reread_wait_s(headers: Mapping[str, str] | None) -> float:
+    """How long to wait before re-reading an unreadable reply, as the SDK waits between
+    its retries: the wait the reply's headers ask for if the SDK would obey it, else the
+    SDK's first backoff."""
+    wait = None if headers is None else _retry_after_s(headers)
+    if wait is not None and 0 < wait <= _SERVER_WAIT_MAX_S:
+        return wait
+    return _FIRST_BACKOFF_S
 
 
 class _Unreadable(Exception):

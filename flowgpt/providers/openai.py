@@ -5,29 +5,37 @@ client, the httpx hooks, the calls (plain and streamed) and the translation of S
 exceptions; the rules that need no SDK (which models take ``max_completion_tokens``,
 Retry-After, usage mapping, error wording) are in ``_openai_rules``. Decisions, in one place:
 
+* The SDK is used through its public API only: a plain ``openai.AsyncOpenAI``,
+  ``client.chat.completions.create()`` for every call (``stream=True`` with
+  ``stream_options={"include_usage": True}`` when streaming, so usage stays exact), and
+  ``openai.DefaultAsyncHttpxClient(event_hooks=...)`` for the two hooks below. No
+  subclass, no private module, no ``client.post()``: one call path, at the price of
+  ``create()``'s parameter transform (about 0.5 ms of CPU per call on a 2-core VM).
 * Transport retries are the SDK's own (``max_retries``; 408/409/429/5xx, timeouts and
-  connection errors; ``retry-after-ms`` / ``Retry-After`` honoured up to two minutes, else
-  exponential backoff 0.5 s doubling up to 8 s). Two adjustments, both through documented
-  SDK behaviour rather than a copy of its loop:
+  connection errors; a server-directed wait, ``retry-after-ms`` then ``Retry-After``, is
+  obeyed when 0 < wait <= 120 s, else exponential backoff 0.5 s doubling up to 8 s).
+  flowgpt adds no backoff of its own and has no setting to shorten the SDK's: tests make
+  retries quick the way a server does, with ``retry-after-ms``. Two adjustments, both
+  through the httpx hooks and the SDK's documented server-directed behaviour rather than
+  a copy of its loop:
 
-  - a 429 whose error code/type is ``insufficient_quota`` is marked ``x-should-retry:
-    false`` by an httpx response hook, so the SDK gives up at once (retrying cannot help);
-  - every HTTP attempt is counted by an httpx request hook into a per-call context
-    variable, so ``ChatResponse.retries`` / ``ProviderError.retries`` are exact even with
-    many calls in flight on one client.
-
-  ``max_backoff_s`` caps the SDK's computed backoff (not a server-directed wait); tests
-  use it for tiny backoffs.
-* Requests go out through the SDK's ``client.post()`` with the body ``_body`` builds: the
-  bytes and headers ``chat.completions.create()`` sends, without its per-request param
-  transform (an identity on flowgpt's plain JSON values; about a quarter of the SDK's CPU
-  per request). Auth, retries, timeouts, parsing and streaming stay the SDK's.
+  - a 429 whose error code/type is ``insufficient_quota`` (and a 5xx that is really a
+    refused request) is marked ``x-should-retry: false`` by the response hook, so the
+    SDK gives up at once (retrying cannot help); any other 429 tells the request limiter
+    to slow down before the SDK retries it;
+  - every HTTP attempt is counted by the request hook into a per-call context variable,
+    so ``ChatResponse.retries`` / ``ProviderError.retries`` are exact even with many
+    calls in flight on one client.
 * A reply that cannot be read (bad JSON, no choices, a stream that broke or ended without
-  a finish_reason) is retried once more, within the same ``max_retries`` budget; a broken
-  stream only if no text was handed to ``on_text`` yet, so callers never see text twice.
+  a finish_reason) is retried once more, within the same ``max_retries`` budget, after
+  the wait the SDK would take (the reply's own retry-after if it sent one, else 0.5 s);
+  a broken stream only if no text was handed to ``on_text`` yet, so callers never see
+  text twice.
 * ``max_tokens`` is sent as ``max_completion_tokens`` for the o-series and gpt-5 families
   (which reject ``max_tokens``) and as ``max_tokens`` for every other model, the spelling
   that OpenAI-compatible servers (Ollama, vLLM, llama.cpp, ...) understand.
+* One SDK client per (base_url, digest of the key) per event loop, made on first use and
+  reused by every call; a client from a finished loop is dropped, never reused.
 * Every SDK exception becomes one ``flowgpt.errors.ProviderError`` subclass here, with a
   message that says what to do next. The API key is never stored on the provider, never
   put in a message (the literal key and anything key-shaped are scrubbed) and exceptions
@@ -40,27 +48,26 @@ import asyncio
 import json
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx2
 import openai
-from openai._constants import MAX_RETRY_AFTER_DELAY
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
-from typing_extensions import override
+from openai.types.chat import ChatCompletion
 
 from flowgpt.errors import AuthenticationError, ConnectionError, ProviderError, ServerError
 from flowgpt.providers._openai_rules import (
     _CALL,
     _REQUEST_INVALID_RE,
     _after,
-    _body,
     _Call,
     _cause,
     _endpoint,
     _key_digest,
     _Reply,
+    _reread_wait_s,
     _retry_after_s,
     _scrub,
+    _settings,
     _status_error,
     _str_or_none,
     _Unreadable,
@@ -72,14 +79,11 @@ from flowgpt.providers.base import ChatRequest, ChatResponse, OnText
 from flowgpt.providers.limiter import note_rate_limited
 
 if TYPE_CHECKING:
-    from openai._models import FinalRequestOptions
-    from openai._types import RequestOptions
+    from openai.types.chat import ChatCompletionMessageParam
 
 __all__ = ["DEFAULT_BASE_URL", "OpenAIProvider", "uses_max_completion_tokens"]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-# chat.completions.create() posts here; the provider posts its own body (see _body).
-_PATH = "/chat/completions"
 
 
 async def _count_attempt(request: httpx2.Request) -> None:
@@ -94,10 +98,14 @@ async def _count_attempt(request: httpx2.Request) -> None:
         call.current += 1
 
 
-async def _on_error(response: httpx2.Response) -> None:
-    """Before the SDK decides to retry an error response: a 429 slows the limiter down
-    (and ``insufficient_quota`` is not retried); a 5xx that is really a refused request
+async def _on_response(response: httpx2.Response) -> None:
+    """Every response, before the SDK reads it: its headers are kept for a re-read's wait.
+    Before the SDK decides to retry an error response: a 429 slows the limiter down (and
+    ``insufficient_quota`` is not retried); a 5xx that is really a refused request
     (llama-cpp-python reports request-validation errors as 500) is not retried."""
+    call = _CALL.get()
+    if call is not None:
+        call.headers = response.headers
     status = response.status_code
     if status >= 500:
         await response.aread()
@@ -127,33 +135,6 @@ def _refused_request(response: httpx2.Response) -> bool:
         return False
 
 
-class _Client(openai.AsyncOpenAI):
-    """AsyncOpenAI whose computed backoff can be capped per call (tests use tiny ones)."""
-
-    @property
-    @override
-    def user_agent(self) -> str:
-        # The SDK puts the class name here; to the API this is still AsyncOpenAI.
-        return f"AsyncOpenAI/Python {self._version}"
-
-    @override
-    def _calculate_retry_timeout(
-        self,
-        remaining_retries: int,
-        options: FinalRequestOptions,
-        response_headers: httpx2.Headers | None = None,
-    ) -> float:
-        delay = super()._calculate_retry_timeout(remaining_retries, options, response_headers)
-        call = _CALL.get()
-        # Only a wait the SDK will really obey counts as the server's: it ignores values
-        # outside (0, 120] s and falls back to its own backoff, which the cap then bounds.
-        asked = self._parse_retry_after_header(response_headers)
-        server_directed = asked is not None and 0 < asked <= MAX_RETRY_AFTER_DELAY
-        if call is None or call.max_backoff_s is None or server_directed:
-            return delay
-        return min(delay, call.max_backoff_s)
-
-
 class OpenAIProvider:
     """Chat Completions through the official SDK, against OpenAI or a compatible API.
 
@@ -173,7 +154,6 @@ class OpenAIProvider:
         max_retries: int = 3,
         *,
         environ: Mapping[str, str] | None = None,
-        max_backoff_s: float | None = None,
     ) -> None:
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
@@ -183,13 +163,14 @@ class OpenAIProvider:
         self.api_key_env = api_key_env
         self.timeout_s = float(timeout_s)
         self.max_retries = max_retries
-        self.max_backoff_s = max_backoff_s
         self._environ = environ
         # (base_url, sha256 of the key) -> (client, the loop its connections belong to)
-        self._clients: dict[tuple[str, str], tuple[_Client, asyncio.AbstractEventLoop]] = {}
+        self._clients: dict[
+            tuple[str, str], tuple[openai.AsyncOpenAI, asyncio.AbstractEventLoop]
+        ] = {}
         # (base_url, loop, client) the last call used: most calls need the same one again,
         # found without hashing the key (the client holds the key anyway).
-        self._last: tuple[str, asyncio.AbstractEventLoop, _Client] | None = None
+        self._last: tuple[str, asyncio.AbstractEventLoop, openai.AsyncOpenAI] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -219,7 +200,7 @@ class OpenAIProvider:
         """The SDK client for the current key and base URL (created on first use)."""
         return self._client_for(self._read_key())
 
-    def _client_for(self, key: str) -> _Client:
+    def _client_for(self, key: str) -> openai.AsyncOpenAI:
         base_url = self.resolved_base_url()
         loop = asyncio.get_running_loop()
         last = self._last
@@ -235,9 +216,9 @@ class OpenAIProvider:
         timeout = httpx2.Timeout(self.timeout_s, connect=min(self.timeout_s, 10.0))
         http_client = openai.DefaultAsyncHttpxClient(
             timeout=timeout,
-            event_hooks={"request": [_count_attempt], "response": [_on_error]},
+            event_hooks={"request": [_count_attempt], "response": [_on_response]},
         )
-        client = _Client(
+        client = openai.AsyncOpenAI(
             api_key=key,
             base_url=base_url,
             timeout=timeout,
@@ -261,9 +242,9 @@ class OpenAIProvider:
     ) -> ChatResponse:
         key = self._read_key()  # before any request: no key, no call
         client = self._client_for(key)
-        call = _Call(max_backoff_s=self.max_backoff_s)
+        call = _Call()
         token = _CALL.set(call)
-        sdk: openai.AsyncOpenAI = client
+        sdk = client
         reread = False
         try:
             while True:
@@ -280,9 +261,9 @@ class OpenAIProvider:
                         ) from None
                     # One more try, inside the same retry budget as the SDK's own retries.
                     reread = True
+                    wait = _reread_wait_s(call.headers)
                     call.next_create()
-                    backoff = 0.5 if self.max_backoff_s is None else min(0.5, self.max_backoff_s)
-                    await asyncio.sleep(backoff)
+                    await asyncio.sleep(wait)
                     sdk = client.with_options(max_retries=remaining - 1)
                     continue
                 except openai.OpenAIError as exc:
@@ -300,8 +281,9 @@ class OpenAIProvider:
 
     async def _create(self, sdk: openai.AsyncOpenAI, request: ChatRequest) -> _Reply:
         try:
-            completion: Any = await sdk.post(
-                _PATH, cast_to=ChatCompletion, body=_body(request), options=_options()
+            # Any: a compatible server may send what the SDK's model does not describe.
+            completion: Any = await sdk.chat.completions.create(
+                model=request.model, messages=_messages(request), **_settings(request)
             )
         except (json.JSONDecodeError, openai.APIResponseValidationError) as exc:
             raise _Unreadable(f"the body is not valid JSON ({exc})") from None
@@ -339,13 +321,13 @@ class OpenAIProvider:
         model: str | None = None
         completion_id: str | None = None
         refusal: list[str] = []
-        stream = await sdk.post(
-            _PATH,
-            cast_to=ChatCompletion,
-            body=_body(request, stream=True),
-            options=_options(),
+        stream = await sdk.chat.completions.create(
+            model=request.model,
+            messages=_messages(request),
+            # Usage arrives in a last chunk, so a streamed reply is counted as exactly.
             stream=True,
-            stream_cls=openai.AsyncStream[ChatCompletionChunk],
+            stream_options={"include_usage": True},
+            **_settings(request),
         )
         try:
             async with stream:
@@ -363,8 +345,9 @@ class OpenAIProvider:
                         if isinstance(piece, str) and piece:
                             parts.append(piece)
                             on_text(piece)
-                        if getattr(delta, "refusal", None):
-                            refusal.append(str(delta.refusal))  # type: ignore[union-attr]
+                        refused = getattr(delta, "refusal", None)
+                        if refused:
+                            refusal.append(str(refused))
                         finish = _str_or_none(getattr(choice, "finish_reason", None))
                         finish_reason = finish or finish_reason
         except json.JSONDecodeError as exc:
@@ -440,10 +423,10 @@ class OpenAIProvider:
         )
 
 
-def _options() -> RequestOptions:
-    # What create() passes: the API key as a bearer token. (A bare post() would also allow
-    # the admin key the SDK reads from OPENAI_ADMIN_KEY.)
-    return {"security": {"bearer_auth": True}}
+def _messages(request: ChatRequest) -> list[ChatCompletionMessageParam]:
+    # flowgpt's Message is a plain {"role", "content", "name"} dict: what the SDK's
+    # message params are on the wire; only their static types differ.
+    return cast("list[ChatCompletionMessageParam]", request.messages)
 
 
 def _api_message(exc: openai.APIError) -> str:

@@ -7,7 +7,6 @@ import difflib
 import itertools
 import re
 from collections.abc import Sequence
-from pathlib import Path
 
 from flowgpt import templating
 from flowgpt.errors import Diagnostic, SpecError
@@ -17,7 +16,7 @@ from flowgpt.spec.models import StepSpec
 from flowgpt.spec.output import check_schema
 from flowgpt.spec.workflow import Location, TemplateSource, Workflow
 
-__all__ = ["analyze", "check_file", "check_runnable"]
+__all__ = ["analyze", "check_runnable"]
 
 
 def _close(word: str, options: Sequence[str]) -> str:
@@ -26,8 +25,7 @@ def _close(word: str, options: Sequence[str]) -> str:
 
 
 class _Checker:
-    def __init__(self, workflow: Workflow, *, prices: bool = True) -> None:
-        self.prices = prices
+    def __init__(self, workflow: Workflow) -> None:
         self.wf = workflow
         self.spec = workflow.spec
         self.found: list[Diagnostic] = []
@@ -188,9 +186,6 @@ class _Checker:
             self.check_template(TemplateSource(text, ("outputs", name)), f"output `{name}`")
         self._cycles()
         self._inputs()
-        self._windows()
-        if self.prices:
-            self._prices()
         self.found.sort(key=lambda d: (d.file or "", d.line or 0, d.col or 0))
         return self.found
 
@@ -245,38 +240,6 @@ class _Checker:
             code="cycle",
         )
 
-    def _windows(self) -> None:
-        """Warn when a step's own text (before any input or reply is added) plus its
-        max_tokens already cannot fit its model's context window."""
-        from flowgpt.accounting.tokens import context_window
-
-        for index, step in enumerate(self.spec.steps):
-            model = step.setting("model", self.spec.defaults)
-            if model is None:
-                continue
-            override = self.spec.pricing.get(model)
-            window = context_window(model, override.context_window if override else None)
-            if window is None:
-                continue
-            texts = [t.source.text for t in step_templates(self.wf, step) if not t.expression]
-            max_tokens = step.setting("max_tokens", self.spec.defaults) or 0
-            # Four bytes per character bound the tokens: the tokenizer is only loaded for
-            # prompts long enough to possibly not fit.
-            if 4 * sum(len(t) for t in texts) + max_tokens <= window:
-                continue
-            from flowgpt.accounting.tokens import count_text
-
-            static = sum(count_text(t, model) for t in texts)
-            if static + max_tokens > window:
-                self.add(
-                    self.at("steps", index),
-                    f"step `{step.id}`: its own text is {static:,} tokens; with max_tokens "
-                    f"{max_tokens:,} it cannot fit {model}'s context window of {window:,}",
-                    "shorten the prompt, lower max_tokens, or use a model with a larger window",
-                    severity="warning",
-                    code="context",
-                )
-
     def _inputs(self) -> None:
         for name, spec in self.spec.inputs.items():
             if spec.required:
@@ -289,50 +252,17 @@ class _Checker:
                     f"make the default a valid {spec.type}, or change `type`",
                 )
 
-    def _prices(self) -> None:
-        from flowgpt.accounting.prices import resolve_price
 
-        seen: set[str] = set()
-        for index, step in enumerate(self.spec.steps):
-            model = step.setting("model", self.spec.defaults)
-            if model is None or model in seen:
-                continue
-            seen.add(model)
-            price = resolve_price(
-                model, base_url=self.spec.provider.price_base_url, overrides=self.spec.pricing
-            )
-            if price is None:
-                path = ("steps", index, "model") if step.model else ("defaults", "model")
-                self.add(
-                    self.at(*path),
-                    f'model `{model}` has no known price: costs will show as "unpriced"',
-                    f"add `pricing: {{{model}: {{input: ..., output: ...}}}}` (USD per million "
-                    "tokens) to the workflow",
-                    severity="warning",
-                    code="unpriced",
-                )
-
-
-def analyze(workflow: Workflow, *, prices: bool = True) -> list[Diagnostic]:
-    """Every problem found in a loaded workflow (errors and warnings); ``prices=False``
-    skips the unpriced-model warnings."""
-    return _Checker(workflow, prices=prices).run()
-
-
-def check_file(path: str | Path) -> list[Diagnostic]:
-    """Load and check one workflow file; never raises for problems in the file."""
-    from flowgpt.spec.loader import load_workflow
-
-    try:
-        workflow = load_workflow(path)
-    except SpecError as exc:
-        return exc.diagnostics
-    return analyze(workflow)
+def analyze(workflow: Workflow) -> list[Diagnostic]:
+    """Every problem in a loaded workflow's structure (errors and warnings): references,
+    cycles, templates, schemas, inputs. What it will cost (unpriced models, prompts that
+    cannot fit) is ``flowgpt.accounting.checks``."""
+    return _Checker(workflow).run()
 
 
 def check_runnable(workflow: Workflow) -> None:
     """Raise SpecError when a workflow cannot be run: any static error, or a feature this
     version does not run yet. Used by the engine and by estimates, before any call."""
-    errors = [d for d in analyze(workflow, prices=False) if d.severity == "error"]
+    errors = [d for d in analyze(workflow) if d.severity == "error"]
     if errors:
         raise SpecError(f"{workflow.display_path}: the workflow is not valid", diagnostics=errors)

@@ -1,15 +1,11 @@
-"""Output validation: parse a reply, check it against the step's contract, and word the
-message that asks the model to repair it. The only module that imports jsonschema."""
+"""A step's output contract (``output:``): the ``response_format`` it asks for, whether its
+schema is a valid JSON Schema, judging a reply against it (parse, schema, checks), and the
+message that asks the model to repair a reply that failed. Nothing here calls a model."""
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
-import math
-import os
 import re
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,127 +67,11 @@ SchemaProblems = list[tuple[tuple[str | int, ...], str]]
 
 
 def check_schema(schema: dict[str, Any]) -> SchemaProblems:
-    """Problems that make ``schema`` an invalid Draft 2020-12 JSON Schema, by path.
-
-    Importing jsonschema costs more than the rest of ``flowgpt validate`` together, and a
-    workflow's schemas rarely change, so answers are kept in the user's cache folder, keyed
-    by the schema's content and the installed jsonschema: a schema checked before is
-    answered without importing jsonschema at all.
-    """
-    key = _schema_cache_key(schema)
-    if key is not None:
-        cached = _cached_problems(key)
-        if cached is not None:
-            return cached
-    problems = _metaschema_problems(schema)
-    if key is not None:
-        _store_problems(key, problems)
-    return problems
-
-
-def _metaschema_problems(schema: dict[str, Any]) -> SchemaProblems:
+    """Problems that make ``schema`` an invalid Draft 2020-12 JSON Schema, by path."""
     from jsonschema import Draft202012Validator
 
     validator = Draft202012Validator(Draft202012Validator.META_SCHEMA)
-    problems = []
-    for error in validator.iter_errors(schema):
-        path = tuple(error.path)
-        problems.append((path, error.message))
-    return problems
-
-
-# -- the schema-check cache: <cache dir>/schema-checks/<sha256>.json -----------------------
-
-_CHECK_CACHE_FORMAT = 1
-
-
-def _is_plain_json(value: Any, depth: int = 0) -> bool:
-    """Whether ``value`` is exactly what JSON can say (so its JSON text identifies it):
-    YAML may also give dates, sets, bytes or non-string keys, which are not cached."""
-    if value is None or isinstance(value, (str, bool, int)):
-        return True
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if depth > 200:
-        return False
-    if isinstance(value, list):
-        return all(_is_plain_json(v, depth + 1) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _is_plain_json(v, depth + 1) for k, v in value.items())
-    return False
-
-
-@functools.cache
-def _package_stamp(name: str) -> str | None:
-    """Which installation of a package this is, without importing it (importing jsonschema
-    is what the cache avoids; importlib.metadata is slow too): the location and stat of
-    its ``__init__.py`` and the name (so the version) of its dist-info folder."""
-    import importlib.util
-
-    try:
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.origin is None:
-            return None
-        origin = os.path.abspath(spec.origin)
-        st = os.stat(origin)
-        parent = os.path.dirname(os.path.dirname(origin))
-        dists = sorted(
-            n for n in os.listdir(parent) if n.startswith(f"{name}-") and n.endswith(".dist-info")
-        )
-    except (ImportError, ValueError, OSError):
-        return None
-    return f"{origin}:{st.st_size}:{st.st_mtime_ns}:{','.join(dists)}"
-
-
-def _schema_cache_key(schema: dict[str, Any]) -> str | None:
-    """sha256 of the schema's JSON text with the installed jsonschema (and its metaschemas);
-    None when the schema holds values JSON cannot say exactly. Keys keep their order: the
-    order of jsonschema's findings (and dicts quoted in its messages) follows it."""
-    if not _is_plain_json(schema):
-        return None
-    stamps = [_package_stamp("jsonschema"), _package_stamp("jsonschema_specifications")]
-    if None in stamps:
-        return None
-    import hashlib
-
-    text = json.dumps(
-        [_CHECK_CACHE_FORMAT, sys.version_info[:2], stamps, schema],
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _cache_file(key: str) -> str:
-    from flowgpt.accounting._cache import user_cache_dir
-
-    return os.path.join(user_cache_dir(), "schema-checks", f"{key}.json")
-
-
-def _cached_problems(key: str) -> SchemaProblems | None:
-    """The stored answer, or None if there is none (or it is unreadable or damaged)."""
-    try:
-        with open(_cache_file(key), encoding="utf-8") as f:
-            data = json.load(f)
-        problems: SchemaProblems = []
-        for path, message in data["problems"]:
-            if not (isinstance(message, str) and isinstance(path, list)) or not all(
-                isinstance(p, (str, int)) and not isinstance(p, bool) for p in path
-            ):
-                return None
-            problems.append((tuple(path), message))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return problems
-
-
-def _store_problems(key: str, problems: SchemaProblems) -> None:
-    """Save an answer atomically; a cache folder that cannot be written only costs speed."""
-    from flowgpt.accounting._cache import write_atomic
-
-    payload = json.dumps({"problems": [[list(p), m] for p, m in problems]}, ensure_ascii=False)
-    with contextlib.suppress(OSError):
-        write_atomic(_cache_file(key), payload.encode("utf-8"))
+    return [(tuple(error.path), error.message) for error in validator.iter_errors(schema)]
 
 
 def _schema_failures(instance: Any, schema: dict[str, Any]) -> list[str]:

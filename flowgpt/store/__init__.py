@@ -11,6 +11,7 @@ from flowgpt.store.run_store import (
     RunSummary,
     StoreError,
     default_store_path,
+    new_run_id,
     request_fingerprint,
 )
 
@@ -20,5 +21,6 @@ __all__ = [
     "RunSummary",
     "StoreError",
     "default_store_path",
+    "new_run_id",
     "request_fingerprint",
 ]

@@ -44,7 +44,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import sqlite3
+import time
 from collections.abc import Iterable
 from decimal import Decimal
 from types import TracebackType
@@ -81,8 +83,17 @@ __all__ = [
     "RunSummary",
     "StoreError",
     "default_store_path",
+    "new_run_id",
     "request_fingerprint",
 ]
+
+
+def new_run_id() -> str:
+    """A new run id: sortable by time, with a random part that tells apart runs started
+    in the same second (``20261204-181816-3fa2c1``)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    return f"{stamp}-{random.getrandbits(24):06x}"
+
 
 # A step in one of these states has a usable result: `--resume` may reuse it.
 _REUSABLE = ("ok", "reused", "cached")

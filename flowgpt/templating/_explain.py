@@ -1,6 +1,10 @@
 """Error explanations: turn an exception raised while rendering into a message naming the
 full path that failed and why (undefined key, null value, skipped step, a text step read
-like JSON, unsafe access...), with a did-you-mean or a hint."""
+like JSON, unsafe access...), with a did-you-mean or a hint.
+
+It reads the failing template only as plain data, so it sits below ``_template``: ``uses``,
+the root names the template reads with the static path of each (from ``_references``), and
+``step_ids``, the steps it names, in order."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import difflib
 from collections import deque
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from jinja2.exceptions import (
     SecurityError,
@@ -19,11 +23,7 @@ from jinja2.exceptions import (
 from jinja2.utils import missing
 
 from flowgpt.templating._errors import _MissingValue, _NotAValue, _UnsafeAccess
-from flowgpt.templating._references import _format_path
-
-if TYPE_CHECKING:
-    from flowgpt.templating._template import Template
-
+from flowgpt.templating._references import _format_path, _Use
 
 _TEMPLATE_FILENAME = "<template>"
 
@@ -49,10 +49,13 @@ def _descend(value: Any, segment: str | int) -> Any:
 
 
 def _find_path(
-    obj: Any, name: Any, context: Mapping[str, Any], tpl: Template
+    obj: Any, name: Any, context: Mapping[str, Any], uses: Sequence[_Use]
 ) -> list[str | int] | None:
     """Where ``obj`` sits in the context, preferring the path the template spelled."""
-    for root, path in tpl._chains(context):
+    for use in uses:
+        if use.shadowed or use.name not in context:
+            continue  # the template's own variable, or a Jinja global: not in the context
+        root, path = use.name, use.path
         value: Any = context[root]
         for i, segment in enumerate(path):
             if value is obj and segment == name:
@@ -82,14 +85,13 @@ def _suggest(name: str, candidates: Sequence[str]) -> str | None:
     return close[0] if close else None
 
 
-def _skipped_steps(context: Mapping[str, Any], tpl: Template) -> list[str]:
+def _skipped_steps(context: Mapping[str, Any], step_ids: Sequence[str]) -> list[str]:
     steps = context.get("steps")
     if not isinstance(steps, dict):
         return []
-    ids = [r.name for r in tpl.references().steps if r.name is not None]
     return [
         sid
-        for sid in dict.fromkeys(ids)
+        for sid in dict.fromkeys(step_ids)
         if isinstance(steps.get(sid), dict) and steps[sid].get("skipped")
     ]
 
@@ -103,12 +105,12 @@ def _skipped_message(step_id: str, what: str) -> tuple[str, str]:
 
 
 def _explain_missing(
-    exc: _MissingValue, context: Mapping[str, Any], tpl: Template
+    exc: _MissingValue, context: Mapping[str, Any], uses: Sequence[_Use], step_ids: Sequence[str]
 ) -> tuple[str, str | None]:
     obj, name = exc.obj, exc.name
     if obj is missing:
         return _explain_unknown_name(str(name), context)
-    path = _find_path(obj, name, context, tpl)
+    path = _find_path(obj, name, context, uses)
     if obj is None:
         if path and len(path) == 3 and path[0] == "steps" and path[2] == "output":
             step_id = str(path[1])
@@ -122,7 +124,7 @@ def _explain_missing(
                 f"`{where}` is null, so `{_format_path([*path, name])}` is undefined",
                 f"guard it with `{{% if {where} %}}...{{% endif %}}`",
             )
-        skipped = _skipped_steps(context, tpl)
+        skipped = _skipped_steps(context, step_ids)
         if skipped:
             return _skipped_message(skipped[0], f"`{name}` cannot be read from it")
         return f"tried to read `{name}` of a null value", None
@@ -206,9 +208,11 @@ def _explain_unknown_name(name: str, context: Mapping[str, Any]) -> tuple[str, s
     )
 
 
-def _explain(exc: Exception, context: Mapping[str, Any], tpl: Template) -> tuple[str, str | None]:
+def _explain(
+    exc: Exception, context: Mapping[str, Any], uses: Sequence[_Use], step_ids: Sequence[str]
+) -> tuple[str, str | None]:
     if isinstance(exc, _MissingValue):
-        return _explain_missing(exc, context, tpl)
+        return _explain_missing(exc, context, uses, step_ids)
     if isinstance(exc, SecurityError):
         attr = getattr(exc, "name", None)
         obj = getattr(exc, "obj", None)
@@ -249,7 +253,7 @@ def _explain(exc: Exception, context: Mapping[str, Any], tpl: Template) -> tuple
         return f"the template built a value that is too large: {exc}", None
     detail = f"{type(exc).__name__}: {exc}"
     if "NoneType" in str(exc):
-        skipped = _skipped_steps(context, tpl)
+        skipped = _skipped_steps(context, step_ids)
         if skipped:
             return _skipped_message(skipped[0], f"the template failed ({detail})")
         return f"{detail} (a value is null)", None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import difflib
 import functools
 import re
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, cast
 
 from jinja2 import meta, nodes
@@ -20,7 +20,6 @@ from flowgpt.templating._errors import TemplateRenderProblem, TemplateSyntaxProb
 from flowgpt.templating._explain import _explain, _template_line
 from flowgpt.templating._references import Reference, References, _Use, _walk
 from flowgpt.templating._sandbox import _ENV, _finalize, _render_bounded
-from flowgpt.templating._substitution import substitute, substitution_parts
 
 _RESULT_NAME = "flowgpt_expression_result_"
 
@@ -82,12 +81,6 @@ class Template:
         self._multiline = "\n" in source.strip()
         self._uses: tuple[_Use, ...] | None = None
         self._free: frozenset[str] | None = None
-        # Text and `{{ name.key }}` references only: rendered without Jinja (see there).
-        parts = None if expression else substitution_parts(ast)
-        self._parts = parts
-        # Plain text (a system prompt, mostly) renders the same every time: made once.
-        plain = parts is not None and all(isinstance(part, str) for part in parts)
-        self._text = substitute(parts, {}) if parts is not None and plain else None
 
     def __repr__(self) -> str:
         kind = "expression" if self.expression else "template"
@@ -132,19 +125,12 @@ class Template:
         self, context: Mapping[str, Any], *, step: str | None = None, where: str | None = None
     ) -> str:
         """Render to text. Raises :class:`TemplateRenderProblem` (a ``TemplateError``)."""
-        if self._text is not None:
-            return self._text
-        if self._parts is not None:
-            text = substitute(self._parts, context)
-            if text is not None:
-                return text
         try:
             if self.expression:
                 return str(_finalize_text(self._run(context)))
-            text = _render_bounded(self._compiled, context)
+            return _render_bounded(self._compiled, context)
         except Exception as exc:
             raise self._problem(exc, context, step, where) from exc
-        return text
 
     def evaluate(
         self, context: Mapping[str, Any], *, step: str | None = None, where: str | None = None
@@ -174,7 +160,10 @@ class Template:
     def _problem(
         self, exc: Exception, context: Mapping[str, Any], step: str | None, where: str | None
     ) -> TemplateRenderProblem:
-        detail, hint = _explain(exc, context, self)
+        # _explain gets plain data, not the Template: it sits below this module.
+        uses, _ = self._analyse()
+        step_ids = [r.name for r in self.references().steps if r.name is not None]
+        detail, hint = _explain(exc, context, uses, step_ids)
         return TemplateRenderProblem(
             detail,
             line=_template_line(exc.__traceback__),
@@ -183,12 +172,6 @@ class Template:
             hint=hint,
             multiline=self._multiline,
         )
-
-    def _chains(self, context: Mapping[str, Any]) -> Iterator[tuple[str, tuple[str | int, ...]]]:
-        uses, _ = self._analyse()
-        for use in uses:
-            if not use.shadowed and use.name in context:
-                yield use.name, use.path
 
 
 def _finalize_text(value: Any) -> Any:

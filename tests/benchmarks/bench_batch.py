@@ -14,10 +14,8 @@ one run:
   written with ``BatchOutput.write`` (a JSON line, flushed per row).
 
 Both sides send the same requests (model, messages, settings, max_retries, timeout) and
-get the same replies; the warm-up checks that both produce the same final text. ``--raw
-post`` makes the raw side send its requests as flowgpt's provider does (see bench_chain:
-``client.post()`` with the JSON body ready, no SDK param transform), leaving only
-flowgpt's own work in the ratio. Each
+get the same replies; the warm-up checks that both produce the same final text. Both call
+``chat.completions.create()`` (flowgpt's provider uses only the SDK's public API). Each
 repeat runs the whole batch on both sides, one after the other, swapping which goes first.
 ``ratio`` is flowgpt / raw: the median of the per-repeat ratios, with their range;
 ``cpu ratio`` is the same for this process's CPU time (the client alone: the server is
@@ -78,7 +76,7 @@ if str(ROOT) not in sys.path:  # run as a script: make `flowgpt` importable from
 import openai  # noqa: E402  (the raw side uses the SDK directly, as a script would)
 
 from flowgpt import Engine, parse_workflow  # noqa: E402
-from flowgpt.engine.batch import BatchOutput, read_rows  # noqa: E402
+from flowgpt.engine.data import BatchOutput, read_rows  # noqa: E402
 from flowgpt.providers.openai import OpenAIProvider  # noqa: E402
 from flowgpt.spec.workflow import Workflow  # noqa: E402
 from tests.benchmarks.bench_chain import (  # noqa: E402  (one request, one model: as bench_chain)
@@ -87,7 +85,7 @@ from tests.benchmarks.bench_chain import (  # noqa: E402  (one request, one mode
     MAX_RETRIES,
     MAX_TOKENS,
     MODEL,
-    RAW_CALLS,
+    RAW_CALL,
     SYSTEM,
     TEMPERATURE,
     TIMEOUT_S,
@@ -160,11 +158,10 @@ class Raw:
     client: openai.AsyncOpenAI
     steps: int
     concurrency: int
-    how: str = "create"  # --raw: see bench_chain.chat()
 
     async def ask(self, limit: asyncio.Semaphore, prompt: str) -> tuple[str, Any]:
         async with limit:
-            completion = await chat(self.client, self.how, SYSTEM, prompt)
+            completion = await chat(self.client, SYSTEM, prompt)
         return completion.choices[0].message.content or "", completion.usage
 
     async def row(self, limit: asyncio.Semaphore, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -261,15 +258,13 @@ class Batches:
     concurrency: int
 
     @classmethod
-    def make(
-        cls, base_url: str, tmp: Path, steps: int, concurrency: int, how: str = "create"
-    ) -> Batches:
+    def make(cls, base_url: str, tmp: Path, steps: int, concurrency: int) -> Batches:
         client = openai.AsyncOpenAI(
             api_key=KEY, base_url=base_url, timeout=TIMEOUT_S, max_retries=MAX_RETRIES
         )
         provider = make_provider(base_url)
         workflow = parse_workflow(workflow_text(steps, concurrency))
-        raw = Raw(client, steps, concurrency, how)
+        raw = Raw(client, steps, concurrency)
         return cls(tmp, raw, Engine(provider=provider), provider, workflow, concurrency)
 
     async def run_raw(self, n: int) -> None:
@@ -307,7 +302,7 @@ class Batches:
 
 
 async def measure_throughput(args: argparse.Namespace, base_url: str, tmp: Path) -> Throughput:
-    batches = Batches.make(base_url, tmp, args.steps, args.concurrency, args.raw)
+    batches = Batches.make(base_url, tmp, args.steps, args.concurrency)
     try:
         await batches.warm_up(args.rows)
         result = Throughput(args.rows)
@@ -366,7 +361,7 @@ def _instructions_child(args: argparse.Namespace) -> dict[str, Any]:
     side = args.instructions_child
     tmp = Path(tempfile.mkdtemp(prefix="bench-batch-"))
     loop = asyncio.new_event_loop()
-    batches = Batches.make(args.base_url, tmp, args.steps, args.concurrency, args.raw)
+    batches = Batches.make(args.base_url, tmp, args.steps, args.concurrency)
     run = batches.run_raw if side == "raw" else batches.run_flowgpt
     try:
         loop.run_until_complete(batches.warm_up(args.rows))
@@ -388,7 +383,6 @@ def measure_instructions(args: argparse.Namespace, base_url: str, tmp: Path) -> 
             *(sys.executable, "-m", "tests.benchmarks.bench_batch"),
             *("--instructions-child", side, "--base-url", base_url, "--rows", str(n)),
             *("--steps", str(args.steps), "--concurrency", str(args.concurrency)),
-            *("--raw", args.raw),
         ]
         for side in ("raw", "flowgpt")
     }
@@ -501,7 +495,7 @@ def report(
             f"{'batch':<12} {i.rows:>6} {raw:>10,.0f} {flow:>13,.0f} {flow - raw:>11,.0f} "
             f"{i.flowgpt / i.raw:>6.3f}",
             "Instructions the client executed for the measured batch (valgrind callgrind, "
-            f"both sides at once, each in its own process). raw: {RAW_CALLS[args.raw]}.",
+            f"both sides at once, each in its own process). raw: {RAW_CALL}.",
             "",
         ]
     if throughput is not None:
@@ -519,7 +513,7 @@ def report(
             f"{statistics.median(ratios):>6.3f} "
             f"{f'{min(ratios):.3f}-{max(ratios):.3f}':>13} {statistics.median(cpu):>9.3f} "
             f"{f'{min(cpu):.3f}-{max(cpu):.3f}':>13}",
-            f"raw: {RAW_CALLS[args.raw]}. {args.steps} calls per row, "
+            f"raw: {RAW_CALL}. {args.steps} calls per row, "
             f"{args.latency_ms:g} ms server latency, "
             f"{args.concurrency} rows in flight; ideal "
             f"{args.rows * args.steps * args.latency_ms / 1000 / args.concurrency:.2f} s.",
@@ -591,13 +585,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--instr-rows", type=int, default=150, help="rows per side in --mode instructions"
-    )
-    parser.add_argument(
-        "--raw",
-        choices=tuple(RAW_CALLS),
-        default="create",
-        help="how the raw side calls the SDK: create() as a script does (default), or post() "
-        "with a ready JSON body as flowgpt does, which leaves only flowgpt's own work",
     )
     parser.add_argument("--profile", metavar="FILE", help="also cProfile flowgpt into FILE")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every repeat")

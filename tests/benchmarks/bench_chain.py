@@ -12,11 +12,9 @@ against the loopback OpenAI-compatible server (tests/support/fake_openai.py), in
 Both sides send the same requests (model, messages, settings) and get the same replies;
 the warm-up checks that both produce the same final text.
 
-flowgpt's provider sends each request through the SDK's ``client.post()`` with the JSON
-body ready, which skips the SDK's param transform (about a quarter of the SDK's CPU per
-request; the bytes sent are the same). ``--raw post`` makes the raw side do the same, so
-that the ratio shows flowgpt's own work only; the default, ``--raw create``, is what a
-hand-written app does. Two timed modes:
+flowgpt's provider calls ``chat.completions.create()`` too (the SDK's public API, nothing
+else), so the ratio is flowgpt's own work on top of the very calls an app makes. Two timed
+modes:
 
 * **sequential**: ``--chains-seq`` chains (default 200) one after another, no server
   latency. This shows flowgpt's CPU cost per step next to the SDK's own.
@@ -147,51 +145,32 @@ def topic(i: int) -> str:
 # -- the two sides ------------------------------------------------------------------------
 
 
-# --raw: how the raw side calls the SDK (see chat()), as the tables name it.
-RAW_CALLS = {
-    "create": "client.chat.completions.create()",
-    "post": "client.post() with the JSON body ready",
-}
+# How the raw side calls the SDK, as the tables name it.
+RAW_CALL = "client.chat.completions.create()"
 
 
-async def chat(client: openai.AsyncOpenAI, how: str, system: str, prompt: str) -> ChatCompletion:
-    """One request, hand-written. ``how`` is ``create``: ``chat.completions.create()``, as
-    an app calls it; or ``post``: the SDK's ``post()`` with the JSON body ready, as
-    flowgpt's provider sends it, which skips the SDK's param transform. The same bytes go
-    out either way; ``post`` leaves only flowgpt's own work in the ratio."""
+async def chat(client: openai.AsyncOpenAI, system: str, prompt: str) -> ChatCompletion:
+    """One request, hand-written: ``chat.completions.create()``, as an app calls it."""
     messages: list[ChatCompletionMessageParam] = [
         {"role": "system", "content": system},
         {"role": "user", "content": prompt},
     ]
-    if how == "post":
-        body = {
-            "model": MODEL,
-            "messages": messages,
-            "temperature": TEMPERATURE,
-            "max_tokens": MAX_TOKENS,
-        }
-        return await client.post(
-            "/chat/completions",
-            cast_to=ChatCompletion,
-            body=body,
-            options={"security": {"bearer_auth": True}},
-        )
     return await client.chat.completions.create(
         model=MODEL, messages=messages, temperature=TEMPERATURE, max_tokens=MAX_TOKENS
     )
 
 
-async def _ask(client: openai.AsyncOpenAI, how: str, prompt: str) -> str:
-    completion = await chat(client, how, SYSTEM, prompt)
+async def _ask(client: openai.AsyncOpenAI, prompt: str) -> str:
+    completion = await chat(client, SYSTEM, prompt)
     return completion.choices[0].message.content or ""
 
 
-async def raw_chain(client: openai.AsyncOpenAI, i: int, how: str = "create") -> str:
+async def raw_chain(client: openai.AsyncOpenAI, i: int) -> str:
     # Jinja drops a template's final newline, so the workflow's `prompt: |` blocks render
     # exactly like these f-strings.
-    facts = await _ask(client, how, f"List three key facts about {topic(i)}.")
-    summary = await _ask(client, how, f"Summarise these facts in one sentence:\n{facts}")
-    return await _ask(client, how, f"Write a headline for this summary:\n{summary}")
+    facts = await _ask(client, f"List three key facts about {topic(i)}.")
+    summary = await _ask(client, f"Summarise these facts in one sentence:\n{facts}")
+    return await _ask(client, f"Write a headline for this summary:\n{summary}")
 
 
 async def flowgpt_chain(engine: Engine, workflow: Workflow, i: int) -> str:
@@ -213,7 +192,7 @@ class Sides:
     provider: OpenAIProvider
 
 
-def make_sides(base_url: str, workflow: Workflow, how: str = "create") -> Sides:
+def make_sides(base_url: str, workflow: Workflow) -> Sides:
     client = openai.AsyncOpenAI(
         api_key=KEY, base_url=base_url, timeout=TIMEOUT_S, max_retries=MAX_RETRIES
     )
@@ -226,7 +205,7 @@ def make_sides(base_url: str, workflow: Workflow, how: str = "create") -> Sides:
     )
     engine = Engine(provider=provider)
     return Sides(
-        raw=lambda i: raw_chain(client, i, how),
+        raw=lambda i: raw_chain(client, i),
         flowgpt=lambda i: flowgpt_chain(engine, workflow, i),
         client=client,
         provider=provider,
@@ -321,7 +300,7 @@ async def _same_output(sides: Sides) -> None:
 
 async def measure(args: argparse.Namespace, urls: dict[str, str]) -> list[Row]:
     workflow = parse_workflow(WORKFLOW)
-    sides = {mode: make_sides(url, workflow, args.raw) for mode, url in urls.items()}
+    sides = {mode: make_sides(url, workflow) for mode, url in urls.items()}
     n_seq, n_conc, width = args.chains_seq, args.chains_conc, args.concurrency
     try:
         # Warm-up: same output on both sides, tokenizer loaded, connection pools filled.
@@ -416,7 +395,7 @@ def _instructions_child(args: argparse.Namespace) -> dict[str, Any]:
     side, shape = args.instructions_child, args.instructions_shape
     n, width = _instr_chains(args, shape), args.concurrency
     loop = asyncio.new_event_loop()
-    sides = make_sides(args.base_url, parse_workflow(WORKFLOW), args.raw)
+    sides = make_sides(args.base_url, parse_workflow(WORKFLOW))
     chain = sides.raw if side == "raw" else sides.flowgpt
 
     def run(k: int) -> Awaitable[list[str]]:
@@ -499,7 +478,7 @@ def measure_instructions(
             *(sys.executable, "-m", "tests.benchmarks.bench_chain"),
             *("--instructions-child", side, "--instructions-shape", shape),
             *("--base-url", base_url, "--concurrency", str(args.concurrency)),
-            *("--raw", args.raw, "--instr-chains-seq", str(args.instr_chains_seq)),
+            *("--instr-chains-seq", str(args.instr_chains_seq)),
             *("--instr-chains-conc", str(args.instr_chains_conc)),
         ]
         for side in ("raw", "flowgpt")
@@ -567,7 +546,7 @@ def table(rows: Sequence[Row], args: argparse.Namespace) -> str:
             f"{row.ratio('cpu'):>9.3f}"
         )
     lines += [
-        f"raw: {RAW_CALLS[args.raw]}. 3 calls per chain. sequential: no server "
+        f"raw: {RAW_CALL}. 3 calls per chain. sequential: no server "
         "latency, the sides alternate chain by "
         f"chain. concurrent: {args.latency_ms:g} ms server latency, {args.concurrency} chains "
         "in flight.",
@@ -594,7 +573,7 @@ def instructions_table(counts: Sequence[Instructions], args: argparse.Namespace)
         f"Instructions the client executed for the measured chains, per call ({CALLS} calls "
         "per chain; valgrind callgrind, client only: the server is another process; both "
         "sides at once, each in its own process).",
-        f"raw: {RAW_CALLS[args.raw]}. sequential: no server latency. concurrent: "
+        f"raw: {RAW_CALL}. sequential: no server latency. concurrent: "
         f"{args.latency_ms:g} ms server latency, {args.concurrency} chains in flight. "
         "ratio: flowgpt / raw.",
     ]
@@ -631,13 +610,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         default=100,
         help="concurrent chains per side in --mode instructions",
-    )
-    parser.add_argument(
-        "--raw",
-        choices=tuple(RAW_CALLS),
-        default="create",
-        help="how the raw side calls the SDK: create() as an app does (default), or post() "
-        "with a ready JSON body as flowgpt does, which leaves only flowgpt's own work",
     )
     parser.add_argument("--profile", metavar="FILE", help="also cProfile flowgpt into FILE")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every repeat")

@@ -43,6 +43,7 @@ from types import FrameType, TracebackType
 from typing import Any, Literal
 
 __all__ = [
+    "FAST_RETRY_AFTER_MS",
     "FakeOpenAI",
     "Fault",
     "RecordedRequest",
@@ -54,6 +55,14 @@ __all__ = [
 ]
 
 DEFAULT_MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "o4-mini", "gpt-5-mini")
+
+# The faults a client retries (429 rate limits, 5xx, unreadable replies and broken
+# streams) ask it to wait this long with ``retry-after-ms``, so that tests stay fast: the
+# openai SDK obeys a server-directed wait of 0 < wait <= 120 s instead of its own backoff
+# (0.5 s doubling up to 8 s). Pass ``retry_after_ms=None`` for a fault without the header
+# (the client's own backoff applies); ``retry_after_s``, when given, is sent instead.
+# Faults that are not HTTP replies (timeouts, dropped connections) cannot carry a header.
+FAST_RETRY_AFTER_MS: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -82,9 +91,11 @@ StreamBreak = Literal["cut", "garbage", "error", "truncated"]
 class Fault:
     """A failure to inject; build one with the class methods below.
 
-    In ``error`` messages, ``{model}`` becomes the requested model, ``{key}`` a masked form
-    of the bearer key (as the real API does) and ``{raw_key}`` the whole key (a careless
-    proxy), so tests can check that clients scrub keys from what they show.
+    Retryable faults carry ``retry-after-ms: 1`` unless told otherwise (see
+    ``FAST_RETRY_AFTER_MS``). In ``error`` messages, ``{model}`` becomes the requested
+    model, ``{key}`` a masked form of the bearer key (as the real API does) and
+    ``{raw_key}`` the whole key (a careless proxy), so tests can check that clients scrub
+    keys from what they show.
     """
 
     kind: FaultKind
@@ -149,7 +160,7 @@ class Fault:
         cls,
         *,
         retry_after_s: float | None = None,
-        retry_after_ms: float | None = None,
+        retry_after_ms: float | None = FAST_RETRY_AFTER_MS,
         message: str | None = None,
     ) -> Fault:
         return cls.status_error(
@@ -178,7 +189,7 @@ class Fault:
         message: str = "The server had an error while processing your request. Sorry about that!",
         *,
         retry_after_s: float | None = None,
-        retry_after_ms: float | None = None,
+        retry_after_ms: float | None = FAST_RETRY_AFTER_MS,
     ) -> Fault:
         return cls.status_error(
             status,
@@ -189,7 +200,10 @@ class Fault:
 
     @classmethod
     def unavailable(
-        cls, *, retry_after_s: float | None = None, retry_after_ms: float | None = None
+        cls,
+        *,
+        retry_after_s: float | None = None,
+        retry_after_ms: float | None = FAST_RETRY_AFTER_MS,
     ) -> Fault:
         return cls.server_error(
             503,
@@ -209,14 +223,17 @@ class Fault:
         cls,
         body: bytes = b'{"id": "chatcmpl-broken", "object": "chat.completion", "choices": [',
         content_type: str = "application/json",
+        *,
+        retry_after_ms: float | None = FAST_RETRY_AFTER_MS,
     ) -> Fault:
         """Status 200 with a body that is not a Chat Completions reply."""
-        return cls("malformed", status=200, body=body, content_type=content_type)
+        headers = _retry_headers(None, retry_after_ms)
+        return cls("malformed", status=200, body=body, content_type=content_type, headers=headers)
 
     @classmethod
-    def no_choices(cls) -> Fault:
+    def no_choices(cls, *, retry_after_ms: float | None = FAST_RETRY_AFTER_MS) -> Fault:
         body = {"id": "chatcmpl-nochoices", "object": "chat.completion", "created": 0}
-        return cls.malformed(json.dumps(body).encode())
+        return cls.malformed(json.dumps(body).encode(), retry_after_ms=retry_after_ms)
 
     @classmethod
     def drop(cls, *, partial: bool = True) -> Fault:
@@ -224,14 +241,21 @@ class Fault:
         return cls("drop", partial=partial)
 
     @classmethod
-    def broken_stream(cls, mode: StreamBreak = "cut", *, after_chunks: int = 2) -> Fault:
-        """Start a stream, then break it.
+    def broken_stream(
+        cls,
+        mode: StreamBreak = "cut",
+        *,
+        after_chunks: int = 2,
+        retry_after_ms: float | None = FAST_RETRY_AFTER_MS,
+    ) -> Fault:
+        """Start a stream (its headers carry ``retry_after_ms``), then break it.
 
         cut: the connection closes mid-stream; garbage: a data line that is not JSON;
         error: an in-stream ``{"error": ...}`` event; truncated: the body ends cleanly but
         without a finish_reason or ``[DONE]``. Non-streaming requests get a dropped body.
         """
-        return cls("broken_stream", mode=mode, after_chunks=after_chunks)
+        headers = _retry_headers(None, retry_after_ms)
+        return cls("broken_stream", mode=mode, after_chunks=after_chunks, headers=headers)
 
 
 Spec = Reply | Fault
@@ -239,12 +263,13 @@ Responder = Callable[[dict[str, Any]], Spec]
 
 
 def _retry_headers(retry_after_s: float | None, retry_after_ms: float | None) -> dict[str, str]:
-    headers: dict[str, str] = {}
+    """``retry-after`` when ``retry_after_s`` is given (then instead of ``retry-after-ms``,
+    which clients read first), else ``retry-after-ms`` when ``retry_after_ms`` is given."""
     if retry_after_s is not None:
-        headers["retry-after"] = f"{retry_after_s:g}"
+        return {"retry-after": f"{retry_after_s:g}"}
     if retry_after_ms is not None:
-        headers["retry-after-ms"] = f"{retry_after_ms:g}"
-    return headers
+        return {"retry-after-ms": f"{retry_after_ms:g}"}
+    return {}
 
 
 @dataclass
@@ -681,7 +706,7 @@ class FakeOpenAI:
             return False  # the delay already ran; close without a byte of answer
         if fault.kind == "malformed":
             head = [("Content-Type", fault.content_type), ("Content-Length", str(len(fault.body)))]
-            writer.write(_head(200, head) + fault.body)
+            writer.write(_head(200, [*head, *fault.headers.items()]) + fault.body)
             await writer.drain()
             return True
         if fault.kind == "broken_stream" and body.get("stream") is True:

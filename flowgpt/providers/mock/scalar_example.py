@@ -1,4 +1,4 @@
-"""The leaf values of :func:`flowgpt.jsonschema_example.minimal_instance`: strings that
+"""The leaf values of :func:`flowgpt.providers.mock.schema_example.minimal_instance`: strings that
 read like data (from the property name, a ``format``, a ``pattern``, fitted to the length
 bounds) and the numbers to try within a schema's bounds and ``multipleOf``.
 
