@@ -273,7 +273,8 @@ def test_batch_retries_failed_rows_when_run_again(tmp_path: Path) -> None:
             d["row"]: d for d in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())
         }
         assert docs[2]["status"] == "failed" and "nope" in docs[2]["error"]
-        assert docs[3]["inputs"] == {"topic": "coffee", "n": "3"}
+        # CSV text is converted by the declared types: --out holds the values the run used
+        assert docs[3]["inputs"] == {"topic": "coffee", "n": 3}
         broken["on"] = False
         second = _batch(tmp_path, env, "--data", "rows.csv", "--out", "out.jsonl")
     assert second.returncode == 0, second.stderr
@@ -342,3 +343,40 @@ def test_mock_provider_is_not_needed_for_the_library_path() -> None:
     # The mock works through run_batch too (users test their batches offline).
     results = asyncio.run(_collect(Engine(provider=MockProvider()), [{"topic": "tea"}]))
     assert results[0].ok and results[0].outputs and results[0].cost_usd is not None
+
+
+def test_batch_rows_are_runs_in_the_store(tmp_path: Path) -> None:
+    # Each row's run is recorded like any run: its run_id in --out leads to its steps, and
+    # the store knows which batch and row it was and who answered.
+    from flowgpt.store import RunStore
+
+    (tmp_path / "wf.yaml").write_text(WF, encoding="utf-8")
+    (tmp_path / "rows.jsonl").write_text('{"topic": "tea"}\n{"topic": "milk"}\n')
+    store = tmp_path / "runs.sqlite3"
+    args = ("--data", "rows.jsonl", "--out", "o.jsonl", "--mock", "--store", str(store))
+    done = _batch(tmp_path, {**os.environ}, *args)
+    assert done.returncode == 0, done.stderr
+    docs = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    with RunStore(store) as runs:
+        for doc in docs:
+            summary = runs.run_summary(doc["run_id"])
+            assert summary.status == "ok" and summary.provider == "mock"
+            assert summary.batch == str((tmp_path / "o.jsonl").resolve())
+            assert summary.batch_row == doc["row"]
+            run = runs.load_run(doc["run_id"])
+            assert run.inputs == doc["inputs"]
+            assert run.steps["second"].text == doc["outputs"]["answer"]
+    nothing = tmp_path / "none.sqlite3"
+    again = _batch(
+        tmp_path,
+        {**os.environ},
+        "--data",
+        "rows.jsonl",
+        "--out",
+        "p.jsonl",
+        "--mock",
+        "--no-store",
+        "--store",
+        str(nothing),
+    )
+    assert again.returncode == 0 and not nothing.exists()

@@ -651,7 +651,7 @@ def test_schema_1_store_is_upgraded_and_keeps_its_runs(tmp_path: Path) -> None:
             " VALUES ('old-running', 'a', 0, 'ok', '2026-01-01T00:00:03.000+00:00', '\"A\"')"
         )
     conn.close()
-    assert SCHEMA_VERSION == 2
+    assert SCHEMA_VERSION == 3
     with RunStore(path) as store:
         summaries = {s.run_id: s for s in store.list_runs()}
         assert {r: s.status for r, s in summaries.items()} == {
@@ -662,12 +662,26 @@ def test_schema_1_store_is_upgraded_and_keeps_its_runs(tmp_path: Path) -> None:
         assert summaries["old-ok"].total_tokens == 15
         assert store.load_run("old-ok").inputs == {"n": 1}
         assert store.finished_steps("old-running")["a"][1].output == "A"
-        store.start_run("new", workflow_name="w", workflow_text=None, workflow_path=None, inputs={})
-        assert store.run_summary("new").status == "running"
+        assert summaries["old-ok"].provider is None  # unknown before schema 3
+        store.start_run(
+            "new",
+            workflow_name="w",
+            workflow_text=None,
+            workflow_path=None,
+            inputs={},
+            provider="mock",
+            batch="/data/out.jsonl",
+            batch_row=7,
+        )
+        new = store.run_summary("new")
+        assert new.status == "running"
+        assert (new.provider, new.batch, new.batch_row) == ("mock", "/data/out.jsonl", 7)
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == 2
+        assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == 3
         columns = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
-        assert {"pid", "host", "proc_start"} <= columns
+        assert {"pid", "host", "proc_start", "provider", "endpoint", "batch", "batch_row"} <= (
+            columns
+        )
         assert (
             conn.execute("SELECT pid FROM runs WHERE run_id = 'new'").fetchone()[0] == os.getpid()
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import click
@@ -15,7 +16,9 @@ from flowgpt.cli._common import (
     _handle_errors,
     _limit_options,
     _make_provider,
+    _open_store,
     _provider_options,
+    _store_options,
 )
 
 
@@ -41,6 +44,7 @@ from flowgpt.cli._common import (
     help="Stop starting rows before any call that could take the whole batch past USD.",
 )
 @click.option("--model", help="Use this model for every step.")
+@_store_options("batch's rows")
 @_provider_options
 @_handle_errors
 def batch(
@@ -52,6 +56,8 @@ def batch(
     tpm: int | None,
     max_cost: float | None,
     model: str | None,
+    store_path: str | None,
+    no_store: bool,
     **provider_options: Any,
 ) -> None:
     """Run a workflow once per row of a data file, streaming results to --out.
@@ -65,12 +71,14 @@ def batch(
 
     wf = load_workflow(workflow)
     total = scan_rows(data, wf)  # every row checked before anything is spent
+    store = _open_store(store_path, no_store)
     engine = Engine(
         provider=_make_provider(**provider_options),
         model=model,
         concurrency=concurrency,
         rpm=rpm,
         tpm=tpm,
+        store=store,
     )
     command = _continue_command()
     budget = None if max_cost is None else str(max_cost)
@@ -89,7 +97,10 @@ def batch(
         progress = BatchProgress(max(total - len(output.done), 0))
 
         async def go() -> None:
-            async for row in engine.run_batch(wf, pending(), max_cost_usd=budget):
+            rows = engine.run_batch(
+                wf, pending(), max_cost_usd=budget, batch=str(Path(out).resolve())
+            )
+            async for row in rows:
                 output.write(row)
                 progress.update(row)
 
@@ -105,6 +116,8 @@ def batch(
             sys.exit(130)
     finally:
         output.close()
+        if store is not None:
+            store.close()
     left = total - skipped - progress.done
     summary = (
         f"{progress.done} rows run: {progress.done - progress.failed} ok, {progress.failed} "

@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from flowgpt.accounting.budget import Budget
-from flowgpt.engine.data import BatchRowResult, DataRow
+from flowgpt.engine.data import BatchRowResult, DataRow, row_digest
 from flowgpt.engine.run import Run
 from flowgpt.errors import FlowgptError
 from flowgpt.results import RunResult
@@ -128,7 +128,7 @@ async def _numbered(
 def _succeeded(row: DataRow, result: RunResult) -> BatchRowResult:
     return BatchRowResult(
         row=row.number,
-        inputs=row.inputs,
+        inputs=result.inputs,
         status="ok",
         outputs=result.outputs,
         usage=result.usage,
@@ -136,6 +136,7 @@ def _succeeded(row: DataRow, result: RunResult) -> BatchRowResult:
         run_id=result.run_id,
         latency_s=result.latency_s,
         result=result,
+        input_digest=row_digest(row.inputs),
     )
 
 
@@ -143,7 +144,7 @@ def _failed(row: DataRow, exc: FlowgptError) -> BatchRowResult:
     partial = exc.result if isinstance(exc.result, RunResult) else None
     return BatchRowResult(
         row=row.number,
-        inputs=row.inputs,
+        inputs=partial.inputs if partial else row.inputs,
         status="failed",
         usage=partial.usage if partial else Usage(),
         cost_usd=partial.cost_usd if partial else Decimal(0),
@@ -151,4 +152,5 @@ def _failed(row: DataRow, exc: FlowgptError) -> BatchRowResult:
         run_id=partial.run_id if partial else None,
         latency_s=partial.latency_s if partial else 0.0,
         result=partial,
+        input_digest=row_digest(row.inputs),
     )

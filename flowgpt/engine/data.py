@@ -54,7 +54,10 @@ class DataRow:
 
 @dataclass
 class BatchRowResult:
-    """What one row of a batch produced."""
+    """What one row of a batch produced. ``inputs`` are the values the run used (CSV text
+    converted by the declared types, defaults filled in) once the run started, else the
+    row as read; ``input_digest`` fingerprints the row as read, so a resumed batch notices
+    changed data."""
 
     row: int
     inputs: dict[str, Any]
@@ -66,6 +69,7 @@ class BatchRowResult:
     run_id: str | None = None
     latency_s: float = 0.0
     result: RunResult | None = None  # the whole run (per-step detail); not written out
+    input_digest: str = ""
 
     @property
     def ok(self) -> bool:
@@ -84,7 +88,7 @@ class BatchRowResult:
             "error": self.error,
             "run_id": self.run_id,
             "latency_s": round(self.latency_s, 4),
-            "input_digest": row_digest(self.inputs),
+            "input_digest": self.input_digest or row_digest(self.inputs),
         }
         if workflow is not None:
             doc["workflow"] = workflow

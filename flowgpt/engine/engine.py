@@ -145,12 +145,15 @@ class Engine:
         run_id: str | None = None,
         resume: str | None = None,
         outer_budget: Budget | None = None,
+        batch: str | None = None,
+        batch_row: int | None = None,
     ) -> Run:
         """A run of ``workflow`` ready to ``execute`` (inside an event loop).
 
         ``resume`` names an earlier run in the engine's store: its finished steps whose
         request is unchanged are reused at $0, and its inputs are used where none are
-        given. ``outer_budget`` is a budget the run shares with others (a batch's)."""
+        given. ``outer_budget`` is a budget the run shares with others (a batch's);
+        ``batch`` and ``batch_row`` name the batch and row the run is, for the store."""
         Plan.of(workflow)  # static errors are refused before anything runs
         previous = None
         if resume is not None:
@@ -172,6 +175,8 @@ class Engine:
             on_event=self.on_event,
             store=self.store,
             cache=self.cache,
+            batch=batch,
+            batch_row=batch_row,
         )
         return Run(
             workflow,
@@ -232,6 +237,7 @@ class Engine:
         max_cost_usd: Decimal | float | str | None = None,
         skip: Collection[int] = (),
         inputs_from_cli: bool = False,
+        batch: str | None = None,
     ) -> AsyncIterator[BatchRowResult]:
         """Run a workflow once per row of inputs; an async iterator of each row's result
         (a ``BatchRowResult``), in the order rows finish.
@@ -241,12 +247,21 @@ class Engine:
         ``max_cost_usd`` is one budget shared by every row: once it refuses a call, no new
         row is started. A failed row does not stop the others. ``skip`` names rows (by
         1-based number) to leave out, e.g. the ones an earlier run already finished.
+        ``batch`` names the batch in the run store (``flowgpt batch`` uses its output
+        file): each row's run is recorded as that batch's row.
         """
         wf = _as_workflow(workflow)
         Plan.of(wf)  # static errors before anything runs
 
         def start(row: DataRow, shared: Budget) -> Run:
-            return self.start(wf, row.inputs, inputs_from_cli=row.from_text, outer_budget=shared)
+            return self.start(
+                wf,
+                row.inputs,
+                inputs_from_cli=row.from_text,
+                outer_budget=shared,
+                batch=batch,
+                batch_row=row.number,
+            )
 
         return run_rows(
             start,

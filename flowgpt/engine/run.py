@@ -34,7 +34,7 @@ from flowgpt.errors import (
     TemplateError,
 )
 from flowgpt.money import format_usd
-from flowgpt.providers.base import ChatRequest, ChatResponse, Message, Provider
+from flowgpt.providers.base import ChatRequest, ChatResponse, Message, Provider, endpoint_of
 from flowgpt.providers.limiter import RequestLimiter
 from flowgpt.results import AttemptResult, RunResult, StepResult
 from flowgpt.spec.models import StepSpec
@@ -62,6 +62,8 @@ class RunSettings:
     on_event: Callable[[EngineEvent], None] | None = None
     store: RunStore | None = None
     cache: bool = False  # answer identical deterministic requests from the store
+    batch: str | None = None  # the batch this run is a row of (recorded with the run)
+    batch_row: int | None = None
 
 
 class Run:
@@ -500,6 +502,10 @@ class Run:
                 inputs=self.inputs,
                 steps=self.results.values(),
                 resumed_from=self.resumed_from,
+                provider=self.provider.name,
+                endpoint=endpoint_of(self.provider.resolved_base_url()),
+                batch=self.settings.batch,
+                batch_row=self.settings.batch_row,
             )
         self.emit("run_started", message=run_id)
         # Every step runs as soon as the steps it needs have finished: the first root's

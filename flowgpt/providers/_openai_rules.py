@@ -17,7 +17,6 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from flowgpt.errors import (
     AuthenticationError,
@@ -31,7 +30,7 @@ from flowgpt.errors import (
     ServerError,
     redact,
 )
-from flowgpt.providers.base import ChatRequest
+from flowgpt.providers.base import ChatRequest, endpoint_of
 from flowgpt.usage import Usage
 
 # o1, o3-mini, o4-mini, gpt-5, gpt-5-mini, ... (optionally "ft:" fine-tunes of them).
@@ -126,10 +125,7 @@ def _key_digest(key: str) -> str:
 
 def _endpoint(base_url: str) -> str:
     """The base URL for messages: no user:password, no query."""
-    parts = urlsplit(base_url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", "")) or "the API"
+    return endpoint_of(base_url) or "the API"
 
 
 def _scrub(text: str, key: str | None) -> str:

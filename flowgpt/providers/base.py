@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypedDict, runtime_checkable
+from urllib.parse import urlsplit, urlunsplit
 
 from typing_extensions import NotRequired
 
 from flowgpt.usage import Usage
 
-__all__ = ["ChatRequest", "ChatResponse", "Message", "Provider"]
+__all__ = ["ChatRequest", "ChatResponse", "Message", "Provider", "endpoint_of"]
 
 
 class Message(TypedDict):
@@ -63,6 +64,21 @@ class ChatResponse:
     model: str | None = None  # as reported by the API
     retries: int = 0  # transport retries the provider took (429/5xx/connection)
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def endpoint_of(base_url: str | None) -> str | None:
+    """Where requests go, fit to show and store: a base URL without user:password, query
+    or fragment (credentials belong in environment variables, never in records)."""
+    if base_url is None:
+        return None
+    parts = urlsplit(base_url.strip())
+    host = parts.hostname or ""
+    try:
+        port = parts.port
+    except ValueError:  # a port out of range: the URL is refused where it is used
+        port = None
+    netloc = f"{host}:{port}" if port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", "")) or None
 
 
 # Called with each piece of text as it streams in.

@@ -19,10 +19,19 @@ from flowgpt.errors import InputError
 
 __all__ = ["SCHEMA_VERSION", "StoreDatabase", "StoreError", "default_store_path"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
-# Columns added after schema 1, as (name, type): a schema-1 file gets them by ALTER TABLE.
-_ADDED_RUN_COLUMNS = (("pid", "INTEGER"), ("host", "TEXT"), ("proc_start", "TEXT"))
+# Columns added after schema 1, as (name, type): an older file gets them by ALTER TABLE
+# (schema 2: who runs a run; schema 3: where its requests went, and the batch row it is).
+_ADDED_RUN_COLUMNS = (
+    ("pid", "INTEGER"),
+    ("host", "TEXT"),
+    ("proc_start", "TEXT"),
+    ("provider", "TEXT"),
+    ("endpoint", "TEXT"),
+    ("batch", "TEXT"),
+    ("batch_row", "INTEGER"),
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (
@@ -48,6 +57,10 @@ CREATE TABLE IF NOT EXISTS runs (
     pid INTEGER,                          -- who runs it (schema 2): the process id,
     host TEXT,                            -- socket.gethostname(),
     proc_start TEXT,                      -- and "boot id:start time" on Linux (else NULL)
+    provider TEXT,                        -- schema 3: "openai", "mock", "local", ...
+    endpoint TEXT,                        -- where requests went (no credentials)
+    batch TEXT,                           -- the batch it is a row of (its --out file)
+    batch_row INTEGER,                    -- its row number in that batch
     error TEXT,
     inputs TEXT NOT NULL,                 -- JSON
     outputs TEXT,                         -- JSON
@@ -190,13 +203,15 @@ class StoreDatabase:
                 f"this one knows {SCHEMA_VERSION}); upgrade flowgpt"
             )
         elif row["version"] < SCHEMA_VERSION:
-            # Schema 1 -> 2: the runs table gains who runs a run (its old rows get NULLs:
-            # their liveness is unknown, so a "running" one stays "running").
+            # Older schemas: the runs table gains the newer columns (its old rows get
+            # NULLs: a "running" one's liveness is unknown, so it stays "running").
             have = {c["name"] for c in conn.execute("PRAGMA table_info(runs)")}
             for name, kind in _ADDED_RUN_COLUMNS:
                 if name not in have:
                     conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
             conn.execute("UPDATE schema_version SET version = ? WHERE id = 1", (SCHEMA_VERSION,))
+        # After the migration: an older file has these columns only now.
+        conn.execute("CREATE INDEX IF NOT EXISTS runs_by_batch ON runs (batch, batch_row)")
 
     @contextmanager
     def _tx(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:

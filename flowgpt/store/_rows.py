@@ -248,6 +248,10 @@ class RunSummary:
     workflow_path: str | None = None
     workflow_sha256: str | None = None
     resumed_from: str | None = None
+    provider: str | None = None  # "openai", "mock", "local", ... (None: before schema 3)
+    endpoint: str | None = None  # where its requests went
+    batch: str | None = None  # the batch it is a row of (its output file)
+    batch_row: int | None = None
 
 
 def _summary(run: sqlite3.Row, steps: list[sqlite3.Row]) -> RunSummary:
@@ -271,4 +275,8 @@ def _summary(run: sqlite3.Row, steps: list[sqlite3.Row]) -> RunSummary:
         workflow_path=run["workflow_path"],
         workflow_sha256=run["workflow_sha256"],
         resumed_from=run["resumed_from"],
+        provider=run["provider"],
+        endpoint=run["endpoint"],
+        batch=run["batch"],
+        batch_row=run["batch_row"],
     )

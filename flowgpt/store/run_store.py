@@ -100,7 +100,8 @@ _REUSABLE = ("ok", "reused", "cached")
 _RUN_STATUSES = ("ok", "failed", "interrupted", "running")
 _SUMMARY_COLUMNS = (
     "run_id, workflow, status, started_at, finished_at, cost_usd, prompt_tokens,"
-    " completion_tokens, workflow_sha256, resumed_from, workflow_path, pid, host, proc_start"
+    " completion_tokens, workflow_sha256, resumed_from, workflow_path, pid, host, proc_start,"
+    " provider, endpoint, batch, batch_row"
 )
 
 
@@ -137,6 +138,10 @@ class RunStore(StoreDatabase):
         inputs: dict[str, Any],
         steps: Iterable[StepResult] = (),
         resumed_from: str | None = None,
+        provider: str | None = None,
+        endpoint: str | None = None,
+        batch: str | None = None,
+        batch_row: int | None = None,
     ) -> None:
         """Record a new run as "running", and who runs it: this process (its pid, host
         and, on Linux, start time), so that readers can tell when it died without finishing.
@@ -145,6 +150,9 @@ class RunStore(StoreDatabase):
         ``_Run.results.values()``. They fix the order of the steps and let ``runs list``
         count steps not run yet; steps recorded later but not listed here go after them.
         ``workflow_sha256`` is the hash of the text as given (before redaction).
+        ``provider`` and ``endpoint``: who answered ("openai", "mock", "local", ...) and
+        where its requests went (a base URL without credentials); ``batch`` and
+        ``batch_row``: the batch (its output file) and row this run is.
         """
         sha = None
         if workflow_text is not None:
@@ -160,7 +168,8 @@ class RunStore(StoreDatabase):
             conn.execute(
                 "INSERT INTO runs (run_id, workflow, workflow_path, workflow_text,"
                 " workflow_sha256, inputs, resumed_from, status, started_at, pid, host,"
-                " proc_start) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
+                " proc_start, provider, endpoint, batch, batch_row)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run_id,
                     redact(workflow_name),
@@ -173,6 +182,10 @@ class RunStore(StoreDatabase):
                     pid,
                     host,
                     proc_start,
+                    _text(provider),
+                    _text(endpoint),
+                    _text(batch),
+                    batch_row,
                 ),
             )
             for position, step in enumerate(steps):
