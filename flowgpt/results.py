@@ -113,6 +113,9 @@ class RunResult:
     error: str | None = None
     run_id: str | None = None
     latency_s: float = 0.0
+    # Where the prices came from, when they are not the endpoint's own (OpenAI's list
+    # prices for requests sent through a relay, say); shown under the cost table.
+    price_note: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -208,6 +211,8 @@ def cost_table(result: RunResult) -> Any:
         captions.append(f"saved {format_usd(sum(saved, Decimal(0)))} by reusing results")
     if any_approx:
         captions.append("~ token counts are approximate for models without a known tokenizer")
+    if result.price_note:
+        captions.append(result.price_note)
     if captions:
         table.caption = "; ".join(captions)
         table.caption_justify = "left"
@@ -258,5 +263,6 @@ def result_to_dict(result: RunResult) -> dict[str, Any]:
         "usage": result.usage.to_dict(),
         "cost_usd": _money(result.cost_usd),
         "latency_s": round(result.latency_s, 4),
+        "price_note": result.price_note,
         "steps": [step_to_dict(s) for s in result.steps.values()],
     }

@@ -40,6 +40,7 @@ from flowgpt import (
     load_workflow,
     parse_workflow,
 )
+from flowgpt.accounting.prices import cost_of
 from flowgpt.cli import main
 from flowgpt.cli._repl import run_repl
 from flowgpt.money import format_usd
@@ -370,12 +371,22 @@ async def test_streamed_turns_through_the_sdk(fake_openai: FakeOpenAI, key: str)
 
 
 async def test_a_local_server_is_unpriced_not_free(fake_openai: FakeOpenAI, key: str) -> None:
+    # With `prices: pricing` (a server that bills nothing like OpenAI) and no entries.
+    fake_openai.queue(Reply("hi", prompt_tokens=5, completion_tokens=1))
+    chat = ChatSession(OpenAIProvider(fake_openai.base_url), prices="pricing")
+    turn = await chat.send("hello")
+    await chat.aclose()
+    await chat.provider.aclose()
+    assert turn.cost_usd is None and chat.cost_usd is None
+
+
+async def test_a_relay_is_priced_at_openais_prices(fake_openai: FakeOpenAI, key: str) -> None:
     fake_openai.queue(Reply("hi", prompt_tokens=5, completion_tokens=1))
     chat = ChatSession(OpenAIProvider(fake_openai.base_url))
     turn = await chat.send("hello")
     await chat.aclose()
     await chat.provider.aclose()
-    assert turn.cost_usd is None and chat.cost_usd is None
+    assert turn.cost_usd == cost_of(Usage(5, 1), "gpt-4o-mini") and turn.cost_usd > 0
 
 
 # -- the REPL, in-process ------------------------------------------------------------------

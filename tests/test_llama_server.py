@@ -133,7 +133,11 @@ def test_the_server_lists_its_model(server: str) -> None:
 
 
 def test_workflow_runs_with_usage_from_the_replies_and_unpriced(server: str) -> None:
-    wf = parse_workflow(workflow(server))
+    # A local server bills nothing like OpenAI: the workflow says its prices are its own
+    # `pricing:` entries (none here), so "gpt-4o-mini" is unpriced, not OpenAI's price.
+    wf = parse_workflow(
+        workflow(server).replace("max_retries: 0}", "max_retries: 0, prices: pricing}")
+    )
     result = Engine().run_sync(wf, {"topic": "green tea"})
     assert result.ok, result.error
     facts = result.steps["facts"]
@@ -141,7 +145,6 @@ def test_workflow_runs_with_usage_from_the_replies_and_unpriced(server: str) -> 
     for step in result.steps.values():
         assert step.usage.prompt_tokens > 0 and step.usage.completion_tokens > 0
         assert step.exact_tokens  # reported by the server, in its model's tokens
-    # Not api.openai.com: "gpt-4o-mini" here is not billed by OpenAI, so it is unpriced.
     assert result.cost_usd is None and "unpriced" in result.report()
     assert result.to_dict()["cost_usd"] is None
 

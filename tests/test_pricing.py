@@ -28,6 +28,9 @@ from flowgpt.accounting.prices import (
 from flowgpt.money import format_usd
 from flowgpt.spec.models import PriceSpec
 from flowgpt.usage import Usage
+from tests.support.fake_openai import FakeOpenAI, Reply
+
+ROOT = Path(__file__).resolve().parent.parent
 
 D = Decimal
 
@@ -120,10 +123,20 @@ def test_models_not_priced_per_token_are_unpriced() -> None:
         "not a url",
     ],
 )
-def test_other_servers_are_unpriced(base_url: str) -> None:
+def test_openai_names_are_priced_wherever_requests_go_unless_the_workflow_says(
+    base_url: str,
+) -> None:
+    # Relays in front of OpenAI bill its model names at its prices: budgets keep working.
     assert not is_openai_url(base_url)
-    assert resolve_price("gpt-4o", base_url=base_url) is None
-    assert cost_of(Usage(100, 50), "gpt-4o", base_url=base_url) is None
+    assert resolve_price("gpt-4o", base_url=base_url) == resolve_price("gpt-4o")
+    assert cost_of(Usage(100, 50), "gpt-4o", base_url=base_url) == cost_of(Usage(100, 50), "gpt-4o")
+    # `provider.prices: pricing`: only the workflow's own entries; `none`: nothing.
+    assert resolve_price("gpt-4o", base_url=base_url, prices="pricing") is None
+    assert cost_of(Usage(100, 50), "gpt-4o", base_url=base_url, prices="pricing") is None
+    own = {"gpt-4o": PriceSpec(input=1, output=2)}
+    assert resolve_price("gpt-4o", overrides=own, prices="pricing").source == "workflow"  # type: ignore[union-attr]
+    assert resolve_price("gpt-4o", overrides=own, prices="none") is None
+    assert cost_of(Usage(100, 50), "gpt-4o", overrides=own, prices="none") is None
 
 
 @pytest.mark.parametrize(
@@ -477,3 +490,57 @@ def test_format_usd(amount: Decimal | None, text: str) -> None:
 def test_model_price_round_trips() -> None:
     price = ModelPrice(D("1.25"), D("0.125"), D("10"), source="genai-prices", cache_write=D("2"))
     assert ModelPrice.from_dict(json.loads(json.dumps(price.to_dict()))) == price
+
+
+# ---------------------------------------------------------------- through a relay
+
+
+def test_a_budgeted_workflow_through_a_relay_is_priced_at_openais_prices(
+    fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A reader of a Chinese API guide: OPENAI_BASE_URL points at a relay, the workflow has
+    # a budget. validate, estimate and run agree that gpt-4o-mini is priced, and the run is
+    # billed at OpenAI's list prices, with the table saying where the prices came from.
+    from click.testing import CliRunner
+
+    from flowgpt.cli import main
+
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_openai.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-relay-test-key")
+    monkeypatch.setenv("COLUMNS", "200")
+    workflow = str(ROOT / "workflows" / "note.yaml")
+    plan = '{"title": "Tea", "points": ["grown in hills", "picked by hand"]}'
+    for _ in range(2):  # two runs: plan (JSON), then write
+        fake_openai.queue(Reply(plan, prompt_tokens=40, completion_tokens=20))
+        fake_openai.queue(Reply("Tea is good.", prompt_tokens=50, completion_tokens=4))
+    runner = CliRunner()
+    checked = runner.invoke(main, ["validate", "--strict", workflow])
+    assert checked.exit_code == 0, checked.output
+    estimated = runner.invoke(main, ["estimate", workflow, "-i", "topic=tea", "--json"])
+    assert estimated.exit_code == 0, estimated.output
+    bound = D(json.loads(estimated.stdout)["worst_cost_usd"])
+    ran = runner.invoke(main, ["run", workflow, "-i", "topic=tea", "--json", "--no-store"])
+    assert ran.exit_code == 0, ran.output
+    doc = json.loads(ran.stdout)
+    expected = sum(
+        (
+            cost_of(Usage(s["usage"]["prompt_tokens"], s["usage"]["completion_tokens"]), s["model"])
+            or D(0)
+            for s in doc["steps"]
+        ),
+        D(0),
+    )
+    assert D(doc["cost_usd"]) == expected > 0
+    assert D(doc["cost_usd"]) <= bound  # the estimate is a true bound
+    assert fake_openai.base_url.rstrip("/") in doc["price_note"]
+    table = runner.invoke(main, ["run", workflow, "-i", "topic=tea", "--no-store"])
+    assert "prices are OpenAI's list prices" in table.output
+    # A workflow that says its endpoint bills otherwise: unpriced everywhere, so validate
+    # --strict refuses and the run's budget cannot be enforced.
+    text = Path(workflow).read_text().replace("budget:", "provider: {prices: pricing}\nbudget:")
+    path = tmp_path / "note.yaml"
+    path.write_text(text)
+    strict = runner.invoke(main, ["validate", "--strict", str(path)])
+    assert strict.exit_code == 2 and "no known price" in strict.output
+    refused = runner.invoke(main, ["run", str(path), "-i", "topic=tea", "--no-store"])
+    assert refused.exit_code == 1 and "cannot be enforced" in refused.output

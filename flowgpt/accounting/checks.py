@@ -71,7 +71,12 @@ def _prices(workflow: Workflow) -> list[Diagnostic]:
         if model is None or model in seen:
             continue
         seen.add(model)
-        price = resolve_price(model, base_url=spec.provider.price_base_url, overrides=spec.pricing)
+        price = resolve_price(
+            model,
+            base_url=spec.provider.price_base_url,
+            overrides=spec.pricing,
+            prices=spec.provider.prices,
+        )
         if price is None:
             path = ("steps", index, "model") if step.model else ("defaults", "model")
             found.append(

@@ -278,7 +278,10 @@ class _Estimator:
         self.reply_bound[step.id] = (max_out or 0) * max(n_items, 1)
         attempts = 1 + (step.output.retries if step.output is not None else 0)
         price = resolve_price(
-            model, base_url=self.spec.provider.price_base_url, overrides=self.spec.pricing
+            model,
+            base_url=self.spec.provider.price_base_url,
+            overrides=self.spec.pricing,
+            prices=self.spec.provider.prices,
         )
         worst_tokens: int | None = None
         worst_cost: Decimal | None = None

@@ -5,8 +5,13 @@ Where a price comes from, first match wins:
 1. the workflow's ``pricing:`` section (source ``"workflow"``);
 2. the in-process local provider (``base_url`` ``"local"`` or ``"local:<model file>"``):
    zero, with source ``"local"`` — nobody bills for it, and that is known, not guessed;
-3. genai-prices' OpenAI table (source ``"genai-prices"``), but only for requests that go to
-   api.openai.com: a model called "gpt-4o" behind another server is not billed by OpenAI.
+3. genai-prices' OpenAI table (source ``"genai-prices"``): OpenAI's list prices for OpenAI
+   model names, wherever the requests go. Relays and proxies in front of OpenAI (many
+   users reach it through one, ``OPENAI_BASE_URL``) bill those names at OpenAI's prices or
+   close to them, so budgets keep working there; a workflow whose endpoint bills otherwise
+   says so with ``provider.prices`` (``pricing``: only its own ``pricing:`` entries;
+   ``none``: nothing is priced), and reports say where a price came from when it is not
+   the endpoint's own.
 
 Anything else is unpriced: None, never 0, so reports can say "unpriced" instead of "$0".
 
@@ -27,13 +32,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time, timezone
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from flowgpt.accounting._cache import user_cache_dir, write_atomic
+from flowgpt.spec.models import PriceList, PriceSpec
 from flowgpt.usage import Usage
-
-if TYPE_CHECKING:
-    from flowgpt.spec.models import PriceSpec
 
 __all__ = [
     "LOCAL_BASE_URL",
@@ -103,10 +106,9 @@ def is_local_url(base_url: str | None) -> bool:
 
 
 def is_openai_url(base_url: str | None) -> bool:
-    """True for OpenAI's own API (None means the SDK default, which is OpenAI).
-
-    Regional hosts such as eu.api.openai.com are not included: they may bill differently.
-    """
+    """True for OpenAI's own API (None means the SDK default, which is OpenAI): where
+    OpenAI's list prices are the endpoint's own, so reports need not say where they came
+    from. Regional hosts such as eu.api.openai.com are not included."""
     if base_url is None:
         return True
     from urllib.parse import urlsplit
@@ -140,13 +142,19 @@ def resolve_price(
     *,
     base_url: str | None = None,
     overrides: Mapping[str, PriceSpec] | None = None,
+    prices: PriceList = "openai",
 ) -> ModelPrice | None:
-    """The price of ``model``, or None when it is unpriced (never a made-up zero)."""
+    """The price of ``model``, or None when it is unpriced (never a made-up zero).
+
+    ``base_url`` tells the in-process local model apart (``"local..."``: $0); ``prices``
+    is the workflow's ``provider.prices``."""
+    if prices == "none":
+        return None
     if overrides and model in overrides:
         return _from_override(overrides[model])
     if is_local_url(base_url):
         return LOCAL_PRICE
-    if not is_openai_url(base_url):
+    if prices == "pricing":
         return None
     return _price_cache().get(model)
 
@@ -157,12 +165,15 @@ def cost_of(
     *,
     base_url: str | None = None,
     overrides: Mapping[str, PriceSpec] | None = None,
+    prices: PriceList = "openai",
 ) -> Decimal | None:
     """The exact cost of a finished call, in USD; None when the model is unpriced.
 
     Cached prompt tokens are billed at the cached rate; reasoning tokens are part of
     ``completion_tokens`` and billed as output once, never on top of it.
     """
+    if prices == "none":
+        return None
     if overrides and model in overrides:
         price = _from_override(overrides[model])
         uncached = usage.prompt_tokens - usage.cached_tokens
@@ -173,7 +184,7 @@ def cost_of(
         ) / _MILLION
     if is_local_url(base_url):
         return Decimal(0)
-    if not is_openai_url(base_url):
+    if prices == "pricing":
         return None
     import genai_prices
 

@@ -59,7 +59,7 @@ from flowgpt.errors import BudgetExceededError, FlowgptError
 from flowgpt.money import sum_costs
 from flowgpt.providers.base import ChatRequest, Message, OnText, Provider
 from flowgpt.providers.factory import make_provider
-from flowgpt.spec.models import PriceSpec, ProviderSpec
+from flowgpt.spec.models import PriceList, PriceSpec, ProviderSpec
 from flowgpt.spec.workflow import Workflow
 from flowgpt.store.run_store import RunStore
 from flowgpt.usage import Usage
@@ -76,7 +76,8 @@ class ChatSession:
     non-OpenAI URL makes OpenAI models unpriced). ``settings``: other request settings
     (``top_p``, ``seed``, ``stop``, ``presence_penalty``, ``frequency_penalty``).
     ``pricing``: per-model price overrides (a workflow's ``pricing:``), which also give
-    ``context_window``. ``max_cost_usd`` / ``max_total_tokens``: limits for the whole
+    ``context_window``; ``prices``: which list prices apply (a workflow's
+    ``provider.prices``: "openai", "pricing" or "none"). ``max_cost_usd`` / ``max_total_tokens``: limits for the whole
     conversation. ``store``: record the conversation as a run named ``name``.
     """
 
@@ -95,6 +96,7 @@ class ChatSession:
         max_total_tokens: int | None = None,
         pricing: Mapping[str, PriceSpec] | None = None,
         price_base_url: str | None = None,
+        prices: PriceList = "openai",
         store: RunStore | None = None,
         name: str = "chat",
         run_id: str | None = None,
@@ -132,6 +134,7 @@ class ChatSession:
         # Prices follow where requests really go, as in a run: OPENAI_BASE_URL pointing at
         # a local server makes "gpt-4o" unpriced, not billed at OpenAI's rate.
         self.price_base_url = provider.resolved_base_url() or price_base_url
+        self.prices: PriceList = prices
         self._recorder = (
             None
             if store is None
@@ -212,7 +215,9 @@ class ChatSession:
 
     # -- one turn --------------------------------------------------------------------------
     def _price(self) -> ModelPrice | None:
-        return resolve_price(self.model, base_url=self.price_base_url, overrides=self.pricing)
+        return resolve_price(
+            self.model, base_url=self.price_base_url, overrides=self.pricing, prices=self.prices
+        )
 
     def _reserve(self, number: int, plan: ChatRequestPlan) -> Reservation | None:
         if not self.budget.active:
@@ -277,7 +282,11 @@ class ChatSession:
         latency = time.perf_counter() - started
         request: ChatRequest = plan.request
         cost = cost_of(
-            response.usage, request.model, base_url=self.price_base_url, overrides=self.pricing
+            response.usage,
+            request.model,
+            base_url=self.price_base_url,
+            overrides=self.pricing,
+            prices=self.prices,
         )
         if reservation is not None:
             self.budget.settle(reservation, response.usage.total_tokens, cost)
@@ -418,6 +427,7 @@ class ChatSession:
             max_total_tokens=setup.max_total_tokens,
             pricing=setup.pricing,
             price_base_url=setup.price_base_url,
+            prices=setup.prices,
             store=store,
             name=setup.name,
             workflow=setup.workflow,

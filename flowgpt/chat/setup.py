@@ -20,7 +20,7 @@ from flowgpt.providers.base import Message, Provider
 from flowgpt.providers.factory import make_provider
 from flowgpt.spec.inputs import resolve_inputs
 from flowgpt.spec.loader import load_workflow
-from flowgpt.spec.models import PriceSpec, StepSpec
+from flowgpt.spec.models import PriceList, PriceSpec, StepSpec
 from flowgpt.spec.workflow import Workflow
 
 __all__ = ["ChatSetup", "setup_from_workflow"]
@@ -42,6 +42,7 @@ class ChatSetup:
     max_total_tokens: int | None
     pricing: dict[str, PriceSpec]
     price_base_url: str | None
+    prices: PriceList
     name: str
     workflow: Workflow
     inputs: dict[str, Any]
@@ -113,6 +114,7 @@ def setup_from_workflow(
         max_total_tokens=limits.max_tokens if limits else None,
         pricing=dict(spec.pricing),
         price_base_url=spec.provider.price_base_url,
+        prices=spec.provider.prices,
         name=f"{spec.name} (chat)",
         workflow=workflow,
         inputs=resolved,

@@ -20,7 +20,14 @@ from typing import Any, cast
 
 from flowgpt import templating
 from flowgpt.accounting.budget import Budget, Reservation
-from flowgpt.accounting.prices import ModelPrice, cost_of, resolve_price, worst_case_cost
+from flowgpt.accounting.prices import (
+    ModelPrice,
+    cost_of,
+    is_local_url,
+    is_openai_url,
+    resolve_price,
+    worst_case_cost,
+)
 from flowgpt.accounting.tokens import context_window, count_text, count_tokens, truncate_text
 from flowgpt.engine.events import EngineEvent, EventKind
 from flowgpt.engine.plan import Plan
@@ -202,9 +209,7 @@ class Run:
                     step=step.id,
                 )
             max_tokens = max(window - prompt_tokens, 0)
-        price = resolve_price(
-            request.model, base_url=self.price_base_url, overrides=self.spec.pricing
-        )
+        price = self.price_of(request.model)
         return self.budget.reserve(
             step.id,
             request.model,
@@ -218,6 +223,7 @@ class Run:
             request.model,
             base_url=self.price_base_url,
             overrides=self.spec.pricing,
+            prices=self.spec.provider.prices,
         )
 
     # -- the store: resume and the response cache ---------------------------------------
@@ -230,7 +236,30 @@ class Run:
     def price_of(self, model: str | None) -> ModelPrice | None:
         if model is None:
             return None
-        return resolve_price(model, base_url=self.price_base_url, overrides=self.spec.pricing)
+        return resolve_price(
+            model,
+            base_url=self.price_base_url,
+            overrides=self.spec.pricing,
+            prices=self.spec.provider.prices,
+        )
+
+    def price_note(self) -> str | None:
+        """Says where prices came from when they are not the endpoint's own: OpenAI's list
+        prices for requests that went to another host (a relay, a proxy, a local server)."""
+        endpoint = endpoint_of(self.provider.resolved_base_url())
+        if endpoint is None or is_openai_url(endpoint) or is_local_url(endpoint):
+            return None
+        listed = any(
+            (price := self.price_of(r.model)) is not None and price.source == "genai-prices"
+            for r in self.results.values()
+            if r.attempts or r.items
+        )
+        if not listed:
+            return None
+        return (
+            f"prices are OpenAI's list prices; requests went to {endpoint} "
+            "(set provider.prices: pricing to use only this workflow's pricing:)"
+        )
 
     def reuse(self, step: StepSpec, result: StepResult) -> bool:
         """Take a step's result from the run being resumed when its request is unchanged."""
@@ -536,6 +565,7 @@ class Run:
             except FlowgptError as exc:
                 self.failure = exc
         self.result.latency_s = time.perf_counter() - started
+        self.result.price_note = self.price_note()
         if self.failure is not None:
             self.result.status = "failed"
             self.result.error = self.failure.message

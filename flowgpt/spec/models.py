@@ -21,6 +21,7 @@ __all__ = [
     "MessageSpec",
     "ModelSettings",
     "OutputSpec",
+    "PriceList",
     "PriceSpec",
     "ProviderSpec",
     "StepSpec",
@@ -32,6 +33,8 @@ IDENT = r"^[a-z_][a-z0-9_]*$"
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 InputType = Literal["string", "integer", "number", "boolean", "array", "object"]
+# provider.prices: which prices requests are billed at (flowgpt.accounting.prices).
+PriceList = Literal["openai", "pricing", "none"]
 
 
 # Empty-collection defaults. Not ``default_factory=list``: pydantic inspects a factory's
@@ -113,6 +116,13 @@ class ProviderSpec(_Spec):
         3, ge=0, le=20, description="Transport retries (429, 5xx, connection errors)."
     )
     concurrency: int = Field(8, ge=1, le=1000, description="Most requests in flight at once.")
+    prices: PriceList = Field(
+        "openai",
+        description="Which prices requests are billed at: openai (OpenAI's list prices for "
+        "OpenAI model names, wherever the requests go: OpenAI itself or a relay in front of "
+        "it), pricing (only this workflow's `pricing:` entries; other models unpriced), or "
+        "none (nothing priced). `pricing:` entries always win over OpenAI's prices.",
+    )
     model_path: str | None = Field(
         None,
         min_length=1,
