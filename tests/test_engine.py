@@ -339,3 +339,75 @@ def test_concurrent_runs_share_one_request_limit() -> None:
 
     asyncio.run(many())
     assert provider.most == 4 and len(provider.requests) == 40
+
+
+def test_json_cut_off_at_max_tokens_is_not_asked_again(
+    fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    # The same limit cuts the same reply off again: one paid call, then a hint that says
+    # to raise max_tokens (not output.retries).
+    from click.testing import CliRunner
+
+    from flowgpt.cli import main
+    from tests.support.fake_openai import Reply
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-cutoff")
+    path = tmp_path / "cut.yaml"
+    path.write_text(
+        "version: 1\nname: cut\n"
+        f"provider: {{base_url: '{fake_openai.base_url}'}}\n"
+        "defaults: {model: gpt-4o-mini, max_tokens: 8}\n"
+        "steps:\n"
+        "  - id: plan\n    prompt: Plan it as JSON.\n"
+        "    output: {format: json, retries: 2}\n"
+    )
+    for _ in range(3):
+        fake_openai.queue(Reply('{"title": "A long ti', finish_reason="length"))
+    result = CliRunner().invoke(main, ["run", str(path), "--no-store"])
+    assert result.exit_code == 1
+    assert len(fake_openai.requests) == 1
+    assert "cut off at max_tokens (8)" in result.output
+    assert "raise max_tokens (now 8)" in result.output
+    assert "output.retries" not in result.output
+
+
+def test_the_json_word_400_is_diagnosed_not_worked_around(
+    fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    # OpenAI's 400 for JSON mode without the word "JSON" is about the prompt, not about
+    # response_format being unsupported: say so (and validate warns before any call).
+    from click.testing import CliRunner
+
+    from flowgpt.cli import main
+    from tests.support.fake_openai import Fault
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-json-word")
+    path = tmp_path / "plan.yaml"
+    path.write_text(
+        "version: 1\nname: plan\n"
+        f"provider: {{base_url: '{fake_openai.base_url}'}}\n"
+        "defaults: {model: gpt-4o-mini, max_tokens: 50}\n"
+        "steps:\n"
+        "  - id: plan\n    prompt: Plan a trip to Kyoto.\n"
+        "    output: {format: json}\n"
+    )
+    checked = CliRunner().invoke(main, ["validate", str(path)])
+    assert checked.exit_code == 0
+    assert "step `plan`: a JSON step without a schema" in checked.output
+    assert "plan.yaml:8:" in checked.output  # the line of `output:`
+    fake_openai.queue(
+        Fault.status_error(
+            400,
+            "'messages' must contain the word 'json' in some form, to use 'response_format' "
+            "of type 'json_object'.",
+            param="messages",
+        )
+    )
+    result = CliRunner().invoke(main, ["run", str(path), "--no-store"])
+    assert result.exit_code == 1
+    assert len(fake_openai.requests) == 1  # not re-sent without response_format
+    assert fake_openai.requests[0].body["response_format"] == {"type": "json_object"}
+    assert 'no message says "JSON"' in result.output and "Reply with JSON." in result.output
+    fine = path.read_text().replace("Plan a trip to Kyoto.", "Plan a trip to Kyoto as JSON.")
+    path.write_text(fine)
+    assert "json-word" not in CliRunner().invoke(main, ["validate", "--json", str(path)]).output

@@ -77,8 +77,9 @@ class ChatSession:
     (``top_p``, ``seed``, ``stop``, ``presence_penalty``, ``frequency_penalty``).
     ``pricing``: per-model price overrides (a workflow's ``pricing:``), which also give
     ``context_window``; ``prices``: which list prices apply (a workflow's
-    ``provider.prices``: "openai", "pricing" or "none"). ``max_cost_usd`` / ``max_total_tokens``: limits for the whole
-    conversation. ``store``: record the conversation as a run named ``name``.
+    ``provider.prices``: "openai", "pricing" or "none"). ``max_cost_usd`` /
+    ``max_total_tokens``: limits for the whole conversation. ``store``: record the
+    conversation as a run named ``name``.
     """
 
     def __init__(

@@ -18,7 +18,13 @@ from flowgpt.errors import BadRequestError, SpecError
 from flowgpt.providers.base import ChatRequest, Message
 from flowgpt.results import StepResult
 
-__all__ = ["build_messages", "downgrade_format", "refused_format", "step_request"]
+__all__ = [
+    "asks_for_the_word_json",
+    "build_messages",
+    "downgrade_format",
+    "refused_format",
+    "step_request",
+]
 
 
 def build_messages(
@@ -70,12 +76,20 @@ def step_request(
     return request
 
 
+def asks_for_the_word_json(error: BadRequestError) -> bool:
+    """OpenAI's 400 for json_object mode when no message says "JSON": the endpoint accepts
+    response_format; it is the prompt that must change."""
+    return "must contain the word 'json'" in error.message.lower()
+
+
 def refused_format(request: ChatRequest, error: BadRequestError) -> str | None:
     """The response_format type ``error`` says the endpoint does not accept, or None when
     the request asked for none or the error is about something else."""
     kind = (request.response_format or {}).get("type")
     text = error.message.lower()
     if kind is None or not ("response_format" in text or "json_schema" in text):
+        return None
+    if asks_for_the_word_json(error):
         return None
     return str(kind)
 

@@ -31,7 +31,13 @@ from flowgpt.accounting.prices import (
 from flowgpt.accounting.tokens import context_window, count_text, count_tokens, truncate_text
 from flowgpt.engine.events import EngineEvent, EventKind
 from flowgpt.engine.plan import Plan
-from flowgpt.engine.requests import build_messages, downgrade_format, refused_format, step_request
+from flowgpt.engine.requests import (
+    asks_for_the_word_json,
+    build_messages,
+    downgrade_format,
+    refused_format,
+    step_request,
+)
 from flowgpt.errors import (
     BadRequestError,
     BudgetExceededError,
@@ -151,6 +157,15 @@ class Run:
     ) -> ChatRequest | None:
         """When an endpoint refuses structured outputs, ask for less (see
         ``downgrade_format``); None when the error is about something else."""
+        if asks_for_the_word_json(error):
+            raise BadRequestError(
+                f"step `{step.id}`: the API refused JSON mode because no message says "
+                '"JSON" (OpenAI requires the word with response_format json_object)',
+                hint='say it in the step\'s prompt or system prompt, e.g. "Reply with JSON.", '
+                "or give `output:` a schema (structured outputs need no such word)",
+                status=error.status,
+                retries=error.retries,
+            ) from None
         kind = refused_format(request, error)
         if kind is None:
             return None
@@ -368,6 +383,23 @@ class Run:
                     )
                 return
             failures = verdict.failures
+            if response.finish_reason == "length" and spec is not None and spec.is_json:
+                # JSON cut off at max_tokens is incomplete, and asking again with the same
+                # limit is cut off again: a repair cannot help (a text reply that breaks
+                # its checks may well come back shorter, so it is re-asked).
+                raise OutputValidationError(
+                    f"step `{step.id}`: the reply was cut off at max_tokens "
+                    f"({request.max_tokens}) and failed validation (cost "
+                    f"{format_usd(result.cost_usd)}):",
+                    step=step.id,
+                    failures=failures,
+                    last_output=result.text or "",
+                    attempts=len(result.attempts),
+                    usage=result.usage,
+                    cost_usd=result.cost_usd,
+                    hint=f"raise max_tokens (now {request.max_tokens}) on the step or in "
+                    "`defaults`, or ask for a shorter reply",
+                )
             self.emit("attempt_rejected", step.id, message="; ".join(failures))
             conversation = [
                 *conversation,

@@ -202,6 +202,19 @@ class _Checker:
         out = step.output
         if out is None:
             return
+        if out.is_json and out.schema_ is None:
+            # JSON mode (response_format json_object): OpenAI refuses the request (400)
+            # unless some message says "JSON". Structured outputs (a schema) need no word.
+            texts = [t.source.text for t in step_templates(self.wf, step) if not t.expression]
+            if not any("json" in text.lower() for text in texts):
+                self.add(
+                    self.at("steps", index, "output"),
+                    f"step `{step.id}`: a JSON step without a schema is sent in JSON mode, "
+                    'which OpenAI refuses unless a message says "JSON"; none of its messages do',
+                    'say it in the prompt, e.g. "Reply with JSON.", or give `output:` a schema',
+                    severity="warning",
+                    code="json-word",
+                )
         if out.schema_ is not None:
             for path, message in check_schema(out.schema_):
                 self.add(
