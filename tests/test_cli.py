@@ -229,11 +229,16 @@ def test_run_through_the_sdk_against_loopback_server(tmp_path: Path) -> None:
     assert data["cost_usd"] is None
 
 
-def test_cost_budget_on_an_unpriced_endpoint_is_refused_before_any_call() -> None:
+def test_cost_budget_on_an_unpriced_endpoint_is_refused_before_any_call(tmp_path: Path) -> None:
+    # An endpoint whose prices are only the workflow's own (none here): the budget cannot
+    # be enforced, so nothing is sent.
+    text = Path(ARTICLE).read_text().replace("\nsteps:", "\nprovider: {prices: pricing}\nsteps:", 1)
+    shutil.copytree(ROOT / "workflows" / "prompts", tmp_path / "prompts")
+    (tmp_path / "article.yaml").write_text(text)
     with FakeOpenAI() as server:
         proc = flowgpt(
             "run",
-            ARTICLE,
+            str(tmp_path / "article.yaml"),
             "-i",
             "topic=tea",
             env={
@@ -324,3 +329,58 @@ def test_run_keeps_to_rpm_and_concurrency(tmp_path: Path) -> None:
     assert len(sent) == 6
     assert sent[5].arrived - sent[0].arrived >= 1.5
     assert all((a.completed or 0) <= b.arrived + 0.005 for a, b in itertools.pairwise(sent))
+
+
+INPUTS_WF = """\
+version: 1
+name: files
+defaults: {model: gpt-4o-mini, max_tokens: 20}
+inputs:
+  notes: {type: string}
+  tags: {type: array, default: []}
+steps:
+  - id: sum
+    prompt: "Summarise {{ notes }} tagged {{ inputs.tags | join(', ') }}"
+outputs:
+  seen: "{{ inputs.notes }}|{{ inputs.tags | join(',') }}"
+""".replace("{{ notes }}", "{{ inputs.notes }}")
+
+
+def test_inputs_from_files_and_stdin(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from flowgpt.cli import main
+
+    (tmp_path / "wf.yaml").write_text(INPUTS_WF)
+    (tmp_path / "notes.txt").write_text("line one\nline two\n")
+    (tmp_path / "tags.txt").write_text("tea\n\n  green \n")
+    (tmp_path / "tags.json").write_text('["a", "b"]')
+    runner = CliRunner()
+
+    def seen(*args: str, stdin: str | None = None) -> str:
+        result = runner.invoke(
+            main,
+            ["run", str(tmp_path / "wf.yaml"), "--mock", "--no-store", "--json", *args],
+            input=stdin,
+        )
+        assert result.exit_code == 0, result.output
+        return str(json.loads(result.stdout)["outputs"]["seen"])
+
+    os.chdir(tmp_path)
+    try:
+        assert seen("-i", "notes=@notes.txt") == "line one\nline two\n|"
+        assert seen("-i", "notes=-", stdin="from stdin") == "from stdin|"
+        # a list input: one item per non-empty line, or a JSON array
+        assert seen("-i", "notes=x", "-i", "tags=@tags.txt") == "x|tea,green"
+        assert seen("-i", "notes=x", "-i", "tags=@tags.json") == "x|a,b"
+        assert seen("-i", "notes=@@handle") == "@handle|"  # @@: a literal @
+        missing = runner.invoke(main, ["run", "wf.yaml", "--mock", "-i", "notes=@nope.txt"])
+        assert missing.exit_code == 2
+        assert "-i notes=@nope.txt: no such file" in missing.output
+        assert "Traceback" not in missing.output
+        twice = runner.invoke(
+            main, ["run", "wf.yaml", "--mock", "-i", "notes=-", "-i", "tags=-"], input="x"
+        )
+        assert twice.exit_code == 2 and "standard input was already read" in twice.output
+    finally:
+        os.chdir(ROOT)

@@ -88,7 +88,7 @@ def estimate(
 
     wf = load_workflow(workflow)
     given: dict[str, Any] = _read_inputs_file(inputs_file) if inputs_file else {}
-    given.update(parse_assignments(list(pairs)))
+    given.update(parse_assignments(list(pairs), stdin=sys.stdin))
     result = estimate_workflow(wf, given, inputs_from_cli=True, model=model)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))

@@ -84,7 +84,7 @@ def run(
 
     wf = load_workflow(workflow)
     given: dict[str, Any] = _read_inputs_file(inputs_file) if inputs_file else {}
-    given.update(parse_assignments(list(pairs)))
+    given.update(parse_assignments(list(pairs), stdin=sys.stdin))
     provider = _make_provider(mock=mock, local=local, local_model=local_model)
     store = _open_store(store_path, no_store, needed_by="--resume" if resume else None)
 

@@ -5,12 +5,20 @@ from __future__ import annotations
 import difflib
 import json
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
 from flowgpt.errors import Diagnostic, InputError
 from flowgpt.spec.models import InputSpec, WorkflowSpec
 
-__all__ = ["check_value", "convert_cli_value", "parse_assignments", "resolve_inputs"]
+__all__ = [
+    "MAX_INPUT_FILE_BYTES",
+    "TextFromFile",
+    "check_value",
+    "convert_cli_value",
+    "parse_assignments",
+    "resolve_inputs",
+]
 
 _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off"}
@@ -44,7 +52,9 @@ def check_value(spec: InputSpec, value: Any) -> str | None:
 
 
 def convert_cli_value(spec: InputSpec, raw: str) -> Any:
-    """Convert a ``-i key=value`` string by the declared type. Raises ValueError."""
+    """Convert a ``-i key=value`` string by the declared type: arrays and objects as JSON
+    (an array read from a file that is not JSON: one item per non-empty line). Raises
+    ValueError."""
     if spec.type == "string":
         return raw
     if spec.type == "boolean":
@@ -68,22 +78,86 @@ def convert_cli_value(spec: InputSpec, raw: str) -> Any:
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
+        if spec.type == "array" and isinstance(raw, TextFromFile):
+            return [line.strip() for line in raw.splitlines() if line.strip()]
         raise ValueError(f"expected {spec.type} as JSON ({exc.msg})") from None
     return value
 
 
-def parse_assignments(pairs: list[str]) -> dict[str, str]:
-    """``["topic=tea", "words=300"]`` -> ``{"topic": "tea", "words": "300"}``."""
+class TextFromFile(str):
+    """An ``-i key=@FILE`` (or ``key=-``, standard input) value: the file's text, which an
+    array input takes one item per line when it is not a JSON array."""
+
+    source: str  # the file named, or "-"
+
+    def __new__(cls, text: str, source: str) -> TextFromFile:
+        value = super().__new__(cls, text)
+        value.source = source
+        return value
+
+
+# Inputs read from files are prompts' material, not datasets: past this, say so.
+MAX_INPUT_FILE_BYTES = 10_000_000
+
+
+def parse_assignments(pairs: list[str], *, stdin: TextIO | None = None) -> dict[str, str]:
+    """``["topic=tea", "words=300"]`` -> ``{"topic": "tea", "words": "300"}``.
+
+    ``key=@path`` takes the text of a file and ``key=-`` the text of ``stdin`` (once);
+    ``key=@@text`` is the literal ``@text``."""
     out: dict[str, str] = {}
+    read_stdin = False
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key:
             raise InputError(
                 f"-i {pair!r} is not key=value",
                 hint="write inputs as -i topic=tea (quote values with spaces)",
             )
-        out[key.strip()] = value
+        if value.startswith("@@"):
+            value = value[1:]
+        elif value.startswith("@"):
+            value = _read_input_file(key, value[1:])
+        elif value == "-" and stdin is not None:
+            if read_stdin:
+                raise InputError(
+                    f"-i {key}=-: standard input was already read by another input",
+                    hint="read at most one input from standard input; use @FILE for others",
+                )
+            read_stdin = True
+            value = TextFromFile(stdin.read(), "-")
+        out[key] = value
     return out
+
+
+def _read_input_file(key: str, name: str) -> TextFromFile:
+    path = Path(name).expanduser()
+    try:
+        size = path.stat().st_size
+        if size > MAX_INPUT_FILE_BYTES:
+            raise InputError(
+                f"-i {key}=@{name}: the file is {size:,} bytes, more than inputs take "
+                f"({MAX_INPUT_FILE_BYTES:,})",
+                hint="pass a smaller file, or run the workflow over rows of a data file "
+                "with `flowgpt batch`",
+            )
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(
+            f"-i {key}=@{name}: no such file",
+            hint="give the path of a text file (relative to the current folder), or write "
+            f"-i {key}=@@... for a value that starts with @",
+        ) from None
+    except IsADirectoryError:
+        raise InputError(f"-i {key}=@{name}: a folder, not a file") from None
+    except UnicodeDecodeError:
+        raise InputError(
+            f"-i {key}=@{name}: not UTF-8 text", hint="save the file as UTF-8 text"
+        ) from None
+    except OSError as exc:
+        raise InputError(f"-i {key}=@{name}: cannot read it ({exc.strerror or exc})") from None
+    return TextFromFile(text, name)
 
 
 def resolve_inputs(
