@@ -116,8 +116,8 @@ def test_unknown_check_kind() -> None:
 def test_wrong_type_and_range() -> None:
     found = errors_of(GOOD + "    temperature: 3\n    max_tokens: lots\n")
     lines = {d.line: d.message for d in found}
-    assert "less than or equal to 2" in lines[8]
-    assert "max_tokens" in lines[9] and "integer" in lines[9]
+    assert "step `a`: `temperature` must be at most 2, got 3" in lines[8]
+    assert "step `a`: `max_tokens` must be a whole number, got 'lots'" in lines[9]
 
 
 def test_missing_required() -> None:
@@ -181,7 +181,7 @@ def test_prompt_file_missing_absolute_and_outside(tmp_path: Path) -> None:
     )
     found = errors_of(text, tmp_path / "sub")
     by_line = {d.line: d for d in found}
-    assert "not found" in by_line[8].message
+    assert "`system_file: nothere.md`: no such file" in by_line[8].message
     assert "absolute" in by_line[10].message
     assert "outside" in by_line[12].message
     assert all("TOP SECRET" not in d.format() for d in found)
@@ -229,3 +229,111 @@ def test_round_trip_load_dump_load() -> None:
     first = load_workflow(path).spec
     again = parse_workflow(dump_workflow(first), path=path).spec
     assert again == first
+
+
+# ---------------------------------------------------------------- errors that name the thing
+
+NAMED = {
+    "a bad value is quoted": (
+        "version: 1\nname: e\ndefaults: {model: gpt-4o-mini, temperature: hot}\n"
+        "steps:\n  - {id: a, prompt: hi}\n",
+        3,
+        ["`defaults.temperature` must be a number, got 'hot'"],
+    ),
+    "a step is named by its id, not steps[1]": (
+        "version: 1\nname: e\ndefaults: {model: gpt-4o-mini}\nsteps:\n"
+        "  - {id: a, prompt: hi}\n  - id: draft\n    prompt: hi\n    max_tokens: lots\n",
+        8,
+        ["step `draft`: `max_tokens` must be a whole number, got 'lots'"],
+    ),
+    "an id breaking the rule says the rule in words": (
+        "version: 1\nname: e\ndefaults: {model: gpt-4o-mini}\nsteps:\n"
+        "  - id: Draft-2\n    prompt: hi\n",
+        5,
+        [
+            "step id 'Draft-2' is not a valid id: ids are lowercase letters, digits and "
+            "underscores, starting with a letter or an underscore",
+            "rename it, e.g. `draft_2`",
+        ],
+    ),
+    "an enum gets the closest valid value": (
+        "version: 1\nname: e\ndefaults: {model: gpt-4o-mini}\ninputs:\n"
+        "  topic: {type: stirng}\nsteps:\n  - {id: a, prompt: hi}\n",
+        5,
+        ["got 'stirng'; did you mean `string`?"],
+    ),
+    "another language's type name is understood": (
+        "version: 1\nname: e\ndefaults: {model: gpt-4o-mini}\ninputs:\n"
+        "  n: {type: int}\nsteps:\n  - {id: a, prompt: hi}\n",
+        5,
+        ["got 'int'; did you mean `integer`?"],
+    ),
+    "no internal class names: the expected shape": (
+        "version: 1\nname: e\ndefaults: {model: gpt-4o-mini}\ninputs:\n"
+        "  topic: 5\nsteps:\n  - {id: a, prompt: hi}\n",
+        5,
+        ["`inputs.topic` must be a mapping like `{type: string, description: ...}`, got 5"],
+    ),
+    "a union says every type it takes once": (
+        "version: 1\nname: e\ndefaults: {model: gpt-4o-mini, stop: 5}\n"
+        "steps:\n  - {id: a, prompt: hi}\n",
+        3,
+        ["`defaults.stop` must be text or a list, got 5"],
+    ),
+    "an unclosed quote points where it opens": (
+        "version: 1\nname: e\ndefaults: {model: gpt-4o-mini}\nsteps:\n  - id: a\n"
+        '    prompt: "unclosed\n    temperature: 1\n  - id: b\n    prompt: fine\n',
+        6,
+        ['the quote " opened here is never closed'],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(NAMED), ids=list(NAMED))
+def test_errors_name_the_thing(case: str, tmp_path: Path) -> None:
+    text, line, words = NAMED[case]
+    path = tmp_path / "wf.yaml"
+    path.write_text(text)
+    from click.testing import CliRunner
+
+    from flowgpt.cli import main
+
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 2
+    assert f"wf.yaml:{line}:" in result.output, result.output
+    for said in words:
+        assert said in result.output, result.output
+    assert "Spec" not in result.output and "Input should" not in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_refused_prompt_file_is_named(tmp_path: Path) -> None:
+    (tmp_path / "flows").mkdir()
+    (tmp_path / "secret.txt").write_text("private")
+    errors = errors_of(
+        "version: 1\nname: e\ndefaults: {model: gpt-4o-mini}\nsteps:\n"
+        "  - id: leak\n    prompt_file: ../secret.txt\n",
+        tmp_path / "flows",
+    )
+    (error,) = errors
+    assert error.line == 6
+    assert "step `leak`: `prompt_file: ../secret.txt` points outside" in error.message
+
+
+def test_a_model_typo_gets_a_did_you_mean_before_any_price_message(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from flowgpt.cli import main
+
+    path = tmp_path / "wf.yaml"
+    path.write_text(
+        "version: 1\nname: e\ndefaults: {model: gpt4o-mini, max_tokens: 10}\n"
+        "budget: {max_cost_usd: 0.01}\nsteps:\n  - {id: a, prompt: hi}\n"
+    )
+    checked = CliRunner().invoke(main, ["validate", str(path)])
+    assert "wf.yaml:3:" in checked.output
+    assert "did you mean `gpt-4o-mini`?" in checked.output
+    assert "no known price" not in checked.output
+    ran = CliRunner().invoke(main, ["run", str(path), "--mock", "--no-store"])
+    assert ran.exit_code == 1
+    assert "model `gpt4o-mini` (did you mean `gpt-4o-mini`?) has no known price" in ran.output

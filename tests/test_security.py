@@ -345,7 +345,8 @@ def test_an_included_file_outside_the_folder_is_refused(layout: Path, key: str, 
     err = caught.value
     assert err.exit_code == 2
     assert any(
-        f"`{key}` points outside the workflow's folder" in d.message for d in err.diagnostics
+        f"`{key}: {name}` points outside the workflow's folder" in d.message
+        for d in err.diagnostics
     )
     shown = err.format() + json.dumps([d.to_dict() for d in err.diagnostics])
     assert OUTSIDE not in shown
@@ -489,7 +490,7 @@ def test_cli_input_value_is_sent_literally(cli: dict[str, CliRun]) -> None:
 def test_cli_refuses_a_prompt_file_linked_outside_the_folder(cli: dict[str, CliRun]) -> None:
     run = cli["symlink"]
     assert run.returncode == 2, run.stderr
-    assert "`prompt_file` points outside the workflow's folder" in run.stderr
+    assert "`prompt_file: link-out.md` points outside the workflow's folder" in run.stderr
     assert "Traceback" not in run.stderr
     assert OUTSIDE not in run.everything()
 

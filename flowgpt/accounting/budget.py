@@ -8,9 +8,11 @@ what is in flight never passes the limit: a run cannot exceed its budget.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from decimal import Decimal
 
+from flowgpt.accounting.prices import listed_models
 from flowgpt.errors import BudgetExceededError
 from flowgpt.money import format_usd
 
@@ -74,8 +76,10 @@ class Budget:
         self, step: str, model: str, tokens: int, worst_cost: Decimal | None
     ) -> Reservation:
         if self.max_cost_usd is not None and worst_cost is None:
+            close = difflib.get_close_matches(model, listed_models(), n=1, cutoff=0.8)
+            typo = f" (did you mean `{close[0]}`?)" if close else ""
             raise BudgetExceededError(
-                f"step `{step}`: model `{model}` has no known price, so the cost budget "
+                f"step `{step}`: model `{model}`{typo} has no known price, so the cost budget "
                 f"({format_usd(self.max_cost_usd)}) cannot be enforced",
                 hint=f"add `pricing: {{{model}: {{input: ..., output: ...}}}}` (USD per "
                 "million tokens), or remove the cost limit",

@@ -45,6 +45,7 @@ __all__ = [
     "cost_of",
     "is_local_url",
     "is_openai_url",
+    "listed_models",
     "resolve_price",
     "worst_case_cost",
 ]
@@ -157,6 +158,15 @@ def resolve_price(
     if prices == "pricing":
         return None
     return _price_cache().get(model)
+
+
+def listed_models() -> list[str]:
+    """The model names OpenAI's price list knows (ids and dated snapshots), for
+    did-you-mean suggestions."""
+    cache = _price_cache()
+    if not cache.entries:
+        cache.get("gpt-4o-mini")  # fills the table (every exact name) on first use
+    return sorted(name for name, entry in cache.entries.items() if entry is not None)
 
 
 def cost_of(

@@ -7,6 +7,7 @@ Works on plain data and a SourceMap; it does not import yaml (flowgpt.spec.loade
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 import types
@@ -17,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from flowgpt.errors import Diagnostic
-from flowgpt.spec.models import CHECK_KINDS, CheckSpec, WorkflowSpec
+from flowgpt.spec.models import CHECK_KINDS, ENV_NAME, IDENT, CheckSpec, WorkflowSpec
 from flowgpt.spec.workflow import SourceMap
 
 _KEY_LITERAL = re.compile(r"sk-[A-Za-z0-9_\-]{16,}")
@@ -136,15 +137,130 @@ def _doc_path(loc: Sequence[str | int], smap: SourceMap) -> tuple[str | int, ...
     return path
 
 
+# Patterns of the format, said in words.
+_PATTERN_WORDS = {
+    IDENT: "lowercase letters, digits and underscores, starting with a letter or an "
+    "underscore (e.g. `draft_2`)",
+    ENV_NAME: "the NAME of an environment variable: letters, digits and underscores, not "
+    "starting with a digit (e.g. `OPENAI_API_KEY`)",
+}
+# The shape a mapping of each model takes, for "must be a mapping" messages.
+_SHAPES = {
+    "InputSpec": "`{type: string, description: ...}`",
+    "StepSpec": "`{id: ..., prompt: ...}`",
+    "MessageSpec": "`{role: user, content: ...}`",
+    "PriceSpec": "`{input: 0.15, output: 0.60}` (USD per million tokens)",
+    "OutputSpec": "`{format: json, schema: {...}, retries: 2}`",
+    "CheckSpec": "`{max_words: 100}`",
+}
+# Python's and other languages' names for the input types.
+_TYPE_NAMES = {
+    "text": "string",
+    "str": "string",
+    "int": "integer",
+    "float": "number",
+    "double": "number",
+    "bool": "boolean",
+    "list": "array",
+    "dict": "object",
+    "map": "object",
+}
+_KINDS = {
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "decimal_parsing": "a number",
+    "decimal_type": "a number",
+    "int_parsing": "a whole number",
+    "int_type": "a whole number",
+    "int_from_float": "a whole number",
+    "bool_parsing": "true or false",
+    "bool_type": "true or false",
+    "string_type": "text",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+}
+
+
+def _got(value: Any) -> str:
+    """The bad value, quoted as the user wrote it."""
+    if isinstance(value, str):
+        return f"'{value}'" if len(value) <= 60 else f"'{value[:57]}...'"
+    if isinstance(value, (dict, list)):
+        return "a mapping" if isinstance(value, dict) else "a list"
+    return (
+        "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+    )
+
+
+def _subject(path: Sequence[str | int], data: Any) -> str:
+    """Who the value belongs to: a step by its id (not `steps[1]`), else the dotted path."""
+    steps = data.get("steps") if isinstance(data, dict) else None
+    if (
+        len(path) >= 2
+        and path[0] == "steps"
+        and isinstance(path[1], int)
+        and isinstance(steps, list)
+    ):
+        step = steps[path[1]] if path[1] < len(steps) else None
+        sid = step.get("id") if isinstance(step, dict) else None
+        if isinstance(sid, str):
+            rest = _dotted(path[2:])
+            return f"step `{sid}`" + (f": `{rest}`" if rest else "")
+    return f"`{_dotted(path)}`" if path else "the workflow"
+
+
+def _wording(err: Any, path: Sequence[str | int], data: Any) -> tuple[str, str | None]:
+    """A pydantic error as a message that names the thing and quotes the bad value."""
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    got = _got(err.get("input"))
+    subject = _subject(path, data)
+    if kind in _KINDS:
+        return f"{subject} must be {_KINDS[kind]}, got {got}", None
+    if kind == "literal_error":
+        options = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
+        value = err.get("input")
+        guess = _did_you_mean(value, options) if isinstance(value, str) else ""
+        if not guess and isinstance(value, str) and _TYPE_NAMES.get(value) in options:
+            guess = f"; did you mean `{_TYPE_NAMES[value]}`?"
+        listed = ", ".join(f"`{o}`" for o in options)
+        return f"{subject} must be one of {listed}, got {got}{guess}", None
+    if kind == "string_pattern_mismatch":
+        rule = _PATTERN_WORDS.get(str(ctx.get("pattern")), f"match {ctx.get('pattern')}")
+        value = err.get("input")
+        if path and path[-1] == "id" and isinstance(value, str):
+            fixed = re.sub(r"[^a-z0-9_]", "_", value.lower())
+            fixed = f"_{fixed}" if fixed[:1].isdigit() else fixed
+            return f"step id {got} is not a valid id: ids are {rule}", f"rename it, e.g. `{fixed}`"
+        return f"{subject} must be {rule}, got {got}", None
+    if kind == "model_type":
+        shape = _SHAPES.get(str(ctx.get("class_name")), "a mapping of keys")
+        return f"{subject} must be a mapping like {shape}, got {got}", None
+    bounds = {
+        "greater_than_equal": ("at least", "ge"),
+        "greater_than": ("more than", "gt"),
+        "less_than_equal": ("at most", "le"),
+        "less_than": ("less than", "lt"),
+    }
+    if kind in bounds:
+        words, key = bounds[kind]
+        limit = ctx.get(key)
+        if isinstance(limit, float) and limit.is_integer():
+            limit = int(limit)
+        return f"{subject} must be {words} {limit}, got {got}", None
+    message = err["msg"].removeprefix("Value error, ")
+    if "input" in err and kind not in ("value_error", "assertion_error"):
+        return f"{subject}: {message} (got {got})", None
+    return f"{subject}: {message}", None
+
+
 def _validation_diagnostics(exc: ValidationError, data: Any, smap: SourceMap) -> list[Diagnostic]:
     found: list[Diagnostic] = []
-    for err in exc.errors(include_input=False, include_url=False):
+    for err in exc.errors(include_url=False):
         loc = tuple(err["loc"])
         kind = err["type"]
-        msg = err["msg"].removeprefix("Value error, ")
         hint: str | None = None
         path = _doc_path(loc, smap)
-        where = _dotted(path) or "the workflow"
         if kind == "extra_forbidden":
             key = str(loc[-1])
             model = _model_at(loc[:-1])
@@ -164,10 +280,33 @@ def _validation_diagnostics(exc: ValidationError, data: Any, smap: SourceMap) ->
             message = "unsupported `version`; this flowgpt reads format version 1"
             hint = "set `version: 1`"
         else:
-            message = f"`{where}`: {msg}"
+            message, hint = _wording(err, path, data)
         location = smap.locate(path, key=kind == "extra_forbidden")
         found.append(Diagnostic(message, location.file, location.line, location.col, hint=hint))
-    return found
+    return _merge_union_errors(found)
+
+
+def _merge_union_errors(found: list[Diagnostic]) -> list[Diagnostic]:
+    """A value that fits none of a union's types fails once per type, at one place:
+    "must be text" and "must be a list" become "must be text or a list"."""
+    merged: list[Diagnostic] = []
+    for diag in found:
+        last = merged[-1] if merged else None
+        head, sep, got = diag.message.rpartition(", got ")
+        if (
+            last is not None
+            and sep
+            and (last.file, last.line, last.col) == (diag.file, diag.line, diag.col)
+            and last.message.endswith(sep + got)
+            and " must be " in head
+        ):
+            subject, _, wanted = head.partition(" must be ")
+            before = last.message[: -len(sep + got)]
+            if before.startswith(subject + " must be "):
+                merged[-1] = dataclasses.replace(last, message=f"{before} or {wanted}{sep}{got}")
+                continue
+        merged.append(diag)
+    return merged
 
 
 def _duplicate_step_ids(data: dict[str, Any], smap: SourceMap) -> list[Diagnostic]:

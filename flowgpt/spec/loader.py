@@ -195,6 +195,18 @@ def _yaml_error(exc: yaml.YAMLError, file: str) -> Diagnostic:
             hint="YAML indents with spaces only; replace the tab with spaces",
         )
     context = getattr(exc, "context", None)
+    opened = getattr(exc, "context_mark", None)
+    if context and "quoted scalar" in context and opened is not None:
+        # An unclosed quote is found at the end of the file; where it opens is what to fix.
+        quote = "'" if "single" in context else '"'
+        return Diagnostic(
+            f"invalid YAML: the quote {quote} opened here is never closed",
+            file,
+            opened.line + 1,
+            opened.column + 1,
+            hint=f"close it with {quote} at the end of the value, or write a long text as a "
+            "block: `prompt: |` and the text indented on the lines below",
+        )
     message = f"invalid YAML: {problem}" + (f" ({context})" if context else "")
     return Diagnostic(
         message,
@@ -283,9 +295,10 @@ def _read_includes(
             def problem(message: str, hint: str, loc: Location = loc) -> None:
                 found.append(Diagnostic(message, loc.file, loc.line, loc.col, hint=hint))
 
+            said = f"step `{step.id}`: `{key}: {name}`"
             if Path(name).is_absolute():
                 problem(
-                    f"`{key}` must be a path relative to the workflow file, not absolute",
+                    f"{said} is an absolute path; it must be relative to the workflow file",
                     "move the file next to the workflow and give a relative path",
                 )
                 continue
@@ -293,21 +306,21 @@ def _read_includes(
             if not target.is_relative_to(root):
                 # Never read (or print) a file outside the workflow's folder.
                 problem(
-                    f"`{key}` points outside the workflow's folder",
+                    f"{said} points outside the workflow's folder",
                     "prompt files must live in the workflow's folder or below it",
                 )
                 continue
             if not target.is_file():
                 problem(
-                    f"`{key}` file not found: {name}",
-                    f"create it at {root / name}, or fix the path (relative to the workflow file)",
+                    f"{said}: no such file ({target})",
+                    "create it there, or fix the path (relative to the workflow file)",
                 )
                 continue
             raw = target.read_bytes()
             try:
                 files[name] = raw.decode("utf-8").removeprefix("\ufeff")
             except UnicodeDecodeError:
-                problem(f"`{key}` file {name} is not UTF-8", "save it as UTF-8")
+                problem(f"{said} is not UTF-8 text", "save it as UTF-8")
     return files, found
 
 
