@@ -23,6 +23,7 @@ from flowgpt.accounting.budget import Budget, Reservation
 from flowgpt.accounting.prices import ModelPrice, cost_of, resolve_price, worst_case_cost
 from flowgpt.accounting.tokens import context_window, count_text, count_tokens, truncate_text
 from flowgpt.engine.events import EngineEvent, EventKind
+from flowgpt.engine.origin import requesting_for
 from flowgpt.engine.plan import Plan
 from flowgpt.engine.requests import build_messages, downgrade_format, refused_format, step_request
 from flowgpt.errors import (
@@ -282,7 +283,8 @@ class Run:
                         )
                     async with self.limiter.slot(tokens):
                         started = time.perf_counter()
-                        response = await self.provider.complete(request)
+                        with requesting_for(result.id):
+                            response = await self.provider.complete(request)
                         latency = time.perf_counter() - started
                     break
                 except BadRequestError as exc:

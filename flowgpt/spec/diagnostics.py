@@ -87,9 +87,11 @@ def _unwrap(annotation: Any) -> list[Any]:
     return [annotation]
 
 
-def _model_at(loc: Sequence[str | int]) -> type[BaseModel] | None:
+def _model_at(
+    loc: Sequence[str | int], root: type[BaseModel] = WorkflowSpec
+) -> type[BaseModel] | None:
     """The spec model class that the value at ``loc`` is validated against."""
-    current: list[Any] = [WorkflowSpec]
+    current: list[Any] = [root]
     for part in loc:
         nxt: list[Any] = []
         for ann in current:
@@ -136,7 +138,10 @@ def _doc_path(loc: Sequence[str | int], smap: SourceMap) -> tuple[str | int, ...
     return path
 
 
-def _validation_diagnostics(exc: ValidationError, data: Any, smap: SourceMap) -> list[Diagnostic]:
+def _validation_diagnostics(
+    exc: ValidationError, data: Any, smap: SourceMap, root: type[BaseModel] = WorkflowSpec
+) -> list[Diagnostic]:
+    """pydantic's errors about ``data`` (validated as ``root``) at file:line, with hints."""
     found: list[Diagnostic] = []
     for err in exc.errors(include_input=False, include_url=False):
         loc = tuple(err["loc"])
@@ -144,10 +149,10 @@ def _validation_diagnostics(exc: ValidationError, data: Any, smap: SourceMap) ->
         msg = err["msg"].removeprefix("Value error, ")
         hint: str | None = None
         path = _doc_path(loc, smap)
-        where = _dotted(path) or "the workflow"
+        where = _dotted(path) or ("the workflow" if root is WorkflowSpec else "the file")
         if kind == "extra_forbidden":
             key = str(loc[-1])
-            model = _model_at(loc[:-1])
+            model = _model_at(loc[:-1], root)
             allowed = _allowed_keys(model) if model else []
             if model is CheckSpec:
                 message = f"unknown check `{key}`{_did_you_mean(key, CHECK_KINDS)}"
