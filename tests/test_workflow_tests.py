@@ -20,6 +20,7 @@ from click.testing import CliRunner
 
 from flowgpt.cli import main
 from flowgpt.engine.origin import current_step
+from flowgpt.errors import BadRequestError
 from flowgpt.providers.base import ChatRequest, ChatResponse, OnText
 from flowgpt.providers.mock.provider import default_reply
 from flowgpt.store.cassettes import load_cassette
@@ -143,10 +144,13 @@ def recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 def test_recorded_against_the_loopback_server_replays_with_no_server_and_no_network(
     recorded: Path, no_network: None
 ) -> None:
+    with pytest.raises(AssertionError, match="network"):  # the guard is on
+        socket.create_connection(("127.0.0.1", 9))
     code, out = flowgpt("test", str(recorded))
     assert code == 0, out
     assert "2 cases: 2 passed" in out
     assert "replayed from" in out
+    assert "not asked for" not in out  # every recorded request was used
     cassette = (recorded.parent / "tea.cassette.yaml").read_text()
     assert KEY not in cassette and "authorization" not in cassette.lower()
     steps = [x.step for x in load_cassette(recorded.parent / "tea.cassette.yaml").interactions]
@@ -231,6 +235,38 @@ def test_a_request_made_twice_is_recorded_and_paid_once(tmp_path: Path) -> None:
         ("green again", "shout"),
     ]
     assert flowgpt("test", str(tmp_path / "tea.yaml"))[0] == 0
+
+
+def test_requests_left_from_an_older_version_are_pointed_out(recorded: Path) -> None:
+    tests = recorded.with_name("tea.test.yaml")
+    judge = "      - output: note\n        judge: Is it about tea? Answer yes or no.\n"
+    assert judge in tests.read_text()
+    tests.write_text(tests.read_text().replace(judge, ""))
+    code, out = flowgpt("test", str(recorded))
+    assert code == 0, out
+    assert "1 recorded request was not asked for (left from an older version?)" in out
+
+
+def test_a_refused_response_format_is_replayed_as_refused(tmp_path: Path) -> None:
+    class NoStructuredOutputs(Scripted):
+        async def complete(
+            self, request: ChatRequest, *, on_text: OnText | None = None
+        ) -> ChatResponse:
+            fmt = request.response_format or {}
+            if fmt.get("type") == "json_schema":
+                self.requests.append((current_step(), request))
+                raise BadRequestError("response_format json_schema is not supported", status=400)
+            return await super().complete(request, on_text=on_text)
+
+    path = _suite(tmp_path, "{output: title, equals: Green tea}")
+    provider = NoStructuredOutputs(REPLIES)
+    recorded = run_suite_sync(load_suite(path), mode="record", provider=provider)
+    assert recorded.ok, recorded.explain()
+    formats = [(r.response_format or {}).get("type") for step, r in provider.requests]
+    assert formats[:2] == ["json_schema", "json_object"]  # refused, then asked less strictly
+    text = path.with_name("tea.cassette.yaml").read_text()
+    assert "refused:\n    status: 400\n    message: response_format json_schema" in text
+    assert run_suite_sync(load_suite(path)).ok
 
 
 def test_recording_one_case_keeps_what_the_others_recorded(recorded: Path) -> None:
@@ -320,6 +356,7 @@ KINDS = [
     ("{step: outline, equals: {title: Green tea, points: [origin]}}", False, '+    "brewing"'),
     ("{output: note, equals: 'Green tea comes from Japan.'}", False, "Green tea comes from China."),
     ("{output: note, contains: China}", True, None),
+    ("{output: note, contains: 80}", True, None),  # a number is the text it is written as
     ("{output: note, contains: Japan}", False, "actual: Green tea comes from China."),
     ("{step: outline, contains: brewing}", True, None),  # JSON values: their JSON text
     ("{output: note, not_contains: Japan}", True, None),

@@ -30,6 +30,7 @@ __all__ = [
     "CaseTiming",
     "Cassette",
     "Interaction",
+    "Refusal",
     "cassette_key",
     "load_cassette",
     "merge_interactions",
@@ -58,12 +59,21 @@ def cassette_key(request: ChatRequest) -> str:
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """The endpoint refused the request (a 400, e.g. a ``response_format`` it does not
+    support); replayed as the same error, so the run asks again as it did."""
+
+    message: str
+    status: int | None = 400
+
+
+@dataclass(frozen=True)
 class Interaction:
-    """One request and its reply; ``step`` and ``case`` say who made it (for people, and
-    to show what changed when a request is not found)."""
+    """One request and its reply (or the endpoint's refusal); ``step`` and ``case`` say
+    who made it (for people, and to show what changed when a request is not found)."""
 
     request: ChatRequest
-    response: ChatResponse
+    response: ChatResponse | Refusal
     step: str | None = None
     case: str | None = None
 
@@ -178,7 +188,11 @@ def save_cassette(cassette: Cassette, path: str | Path, *, comment: str = "") ->
         if interaction.step is not None:
             entry["step"] = interaction.step
         entry["request"] = _request_data(interaction.request)
-        entry["response"] = _response_data(interaction.response)
+        if isinstance(interaction.response, Refusal):
+            refusal = interaction.response
+            entry["refused"] = {"status": refusal.status, "message": redact(refusal.message)}
+        else:
+            entry["response"] = _response_data(interaction.response)
         entries.append(entry)
     data["interactions"] = entries
     head = "".join(f"# {line}\n" if line else "#\n" for line in comment.splitlines())
@@ -264,10 +278,20 @@ def _cassette_of(data: Any) -> Cassette:
         what = f"interactions[{i}]"
         entry = _mapping(item, what)
         step, case = entry.get("step"), entry.get("case")
+        response: ChatResponse | Refusal
+        if "refused" in entry:
+            refused = _mapping(entry["refused"], f"{what}.refused")
+            status = refused.get("status")
+            response = Refusal(
+                _text(refused.get("message"), f"{what}.refused.message"),
+                status if isinstance(status, int) else None,
+            )
+        else:
+            response = _response_of(_mapping(entry.get("response"), f"{what}.response"), what)
         interactions.append(
             Interaction(
                 request=_request_of(_mapping(entry.get("request"), f"{what}.request"), what),
-                response=_response_of(_mapping(entry.get("response"), f"{what}.response"), what),
+                response=response,
                 step=None if step is None else str(step),
                 case=None if case is None else str(case),
             )

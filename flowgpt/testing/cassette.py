@@ -18,9 +18,9 @@ from contextvars import ContextVar
 
 from flowgpt.accounting.prices import is_local_url
 from flowgpt.engine.origin import current_step
-from flowgpt.errors import CassetteMissError
+from flowgpt.errors import BadRequestError, CassetteMissError
 from flowgpt.providers.base import ChatRequest, ChatResponse, OnText, Provider
-from flowgpt.store.cassettes import CaseTiming, Cassette, Interaction, cassette_key
+from flowgpt.store.cassettes import CaseTiming, Cassette, Interaction, Refusal, cassette_key
 
 __all__ = [
     "JUDGE_STEP",
@@ -83,7 +83,7 @@ class RecordingProvider:
         key = cassette_key(request)
         earlier = self._replies.get(key)
         if earlier is not None:
-            response = await asyncio.shield(earlier)
+            response = await asyncio.shield(earlier)  # a refusal raises here too
             if on_text is not None:
                 on_text(response.text)
             return response
@@ -91,6 +91,19 @@ class RecordingProvider:
         self._replies[key] = pending
         try:
             response = await self.inner.complete(request, on_text=on_text)
+        except BadRequestError as exc:
+            # A refusal is an answer: the run asks again differently, and so will a replay.
+            self.interactions.append(
+                Interaction(
+                    request,
+                    Refusal(exc.message, exc.status),
+                    step=current_step(),
+                    case=current_case(),
+                )
+            )
+            pending.set_exception(exc)
+            pending.exception()  # retrieved: no "never retrieved" warning if unused
+            raise
         except BaseException as exc:
             # A failed call is not recorded: a later identical request tries again.
             del self._replies[key]
@@ -168,9 +181,12 @@ class ReplayProvider:
         if found is None:
             raise self.miss(request)
         self.used.add(found.key)
+        response = found.response
+        if isinstance(response, Refusal):
+            raise BadRequestError(response.message, status=response.status)
         if on_text is not None:
-            on_text(found.response.text)
-        return found.response
+            on_text(response.text)
+        return response
 
     async def aclose(self) -> None:
         return None

@@ -75,6 +75,11 @@ class ExpectSpec(_Spec):
     or on one step with ``step:``.
     """
 
+    # `contains: 2026` means the text "2026", as written.
+    model_config = ConfigDict(
+        extra="forbid", populate_by_name=True, frozen=True, coerce_numbers_to_str=True
+    )
+
     step: str | None = Field(None, pattern=IDENT, description="Check this step's output.")
     output: str | None = Field(None, min_length=1, description="Check this workflow output.")
     equals: Any = Field(None, description="The value must equal this (text, number, JSON).")

@@ -226,6 +226,14 @@ async def run_suite(
             await own.aclose()
     if isinstance(calls, RecordingProvider):
         _write_cassette(suite, calls, result, selected, timings)
+    if isinstance(calls, ReplayProvider) and cases is None and result.ok:
+        unused = len({x.key for x in calls.cassette.interactions} - calls.used)
+        if unused:
+            result.notes.append(
+                f"{unused} recorded request{'s were' if unused != 1 else ' was'} not asked "
+                f"for (left from an older version?): record again to drop "
+                f"{'them' if unused != 1 else 'it'}"
+            )
     return result
 
 
