@@ -401,6 +401,7 @@ def test_each_expectation_kind_passes_and_fails_where_it_should(
     if not holds:
         explained = case.explain()
         assert f"{tmp_path / 'tea.test.yaml'}:7: " in explained  # file:line of the expectation
+        assert "\n  actual: " in explained, explained  # every failure shows the actual value
         assert shown is not None and shown in explained, explained
 
 
@@ -452,6 +453,7 @@ def test_latency_limits_hold_in_a_replay_as_they_were_recorded(tmp_path: Path) -
     (case,) = replayed.cases
     assert not case.passed and case.latency_s >= 0.1  # two calls of 0.05 s, as recorded
     assert "should take at most 0.01 seconds" in case.explain()
+    assert re.search(r"actual: \d+\.\d\ds", case.explain()), case.explain()
 
 
 def test_a_failed_run_fails_its_case_with_the_error(tmp_path: Path) -> None:
