@@ -23,7 +23,7 @@ from flowgpt.accounting.budget import Budget, Reservation
 from flowgpt.accounting.prices import ModelPrice, cost_of, resolve_price, worst_case_cost
 from flowgpt.accounting.tokens import context_window, count_text, count_tokens, truncate_text
 from flowgpt.engine.events import EngineEvent, EventKind
-from flowgpt.engine.origin import requesting_for
+from flowgpt.engine.origin import REQUEST_STEP
 from flowgpt.engine.plan import Plan
 from flowgpt.engine.requests import build_messages, downgrade_format, refused_format, step_request
 from flowgpt.errors import (
@@ -283,8 +283,11 @@ class Run:
                         )
                     async with self.limiter.slot(tokens):
                         started = time.perf_counter()
-                        with requesting_for(result.id):
+                        step_token = REQUEST_STEP.set(result.id)  # for provider wrappers
+                        try:
                             response = await self.provider.complete(request)
+                        finally:
+                            REQUEST_STEP.reset(step_token)
                         latency = time.perf_counter() - started
                     break
                 except BadRequestError as exc:
