@@ -18,6 +18,7 @@
         ├── OutputValidationError    the reply failed validation and the retries are spent
         ├── BudgetExceededError      the next call could break the run's budget
         ├── ContextWindowError       the prompt plus max_tokens cannot fit the model's window
+        ├── CassetteMissError        a replayed request is not in the cassette (it changed)
         └── InterruptedRunError      Ctrl-C; finished steps are stored
 
 Messages never contain an API key: ``redact`` is applied to every message built here.
@@ -33,6 +34,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "BudgetExceededError",
+    "CassetteMissError",
     "ConnectionError",
     "ContextWindowError",
     "Diagnostic",
@@ -265,6 +267,22 @@ class ContextWindowError(RunError):
     def __init__(self, message: str, *, hint: str | None = None, step: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.step = step
+
+
+class CassetteMissError(RunError):
+    """A request replayed from a cassette was not recorded: it changed since (``changes``
+    shows how, against the closest recorded request of the same step)."""
+
+    def __init__(
+        self, message: str, *, step: str | None, changes: str = "", hint: str | None = None
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.step = step
+        self.changes = redact(changes)
+
+    def format(self) -> str:
+        text = f"{self.message}\n{self.changes}" if self.changes else self.message
+        return f"{text}\n  {self.hint}" if self.hint else text
 
 
 class InterruptedRunError(RunError):

@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("flowgpt.providers",),
     ("flowgpt.store",),
     ("flowgpt.engine",),
+    ("flowgpt.testing",),  # tests of workflows: they run through the engine
     ("flowgpt.chat",),
     ("flowgpt.cli",),
     ("flowgpt", "flowgpt.__main__"),  # the public API and the entry point
@@ -42,6 +43,7 @@ ROOMS: dict[str, tuple[str, ...]] = {
     "genai_prices": ("flowgpt.accounting.prices",),
     "llama_cpp": ("flowgpt.providers.local",),
     "sqlite3": ("flowgpt.store",),
+    "pytest": ("flowgpt.testing.pytest_plugin",),  # the opt-in plugin for users' suites
 }
 
 

@@ -2,6 +2,8 @@
 
 Conventions (for whoever edits docs/*.md):
 
+* ```yaml blocks with a top-level ``cases:`` are test files (docs/testing.md): they must be
+  valid against the test-file format.
 * ```yaml blocks that contain a line ``version: 1`` are whole workflows: they must load and
   pass every static check with no error and no warning. A block whose first line starts
   with ``# broken`` is wrong on purpose and must fail; ``# broken: some text`` also
@@ -17,9 +19,9 @@ Conventions (for whoever edits docs/*.md):
 * ```python blocks are run, each in a fresh namespace from the repository root, and every
   ``test_*`` function they define is called. A block preceded by a line
   ``<!-- not run: why -->`` is skipped (e.g. it needs a real API key).
-* Every workflow in docs/examples/ (not broken/) passes ``flowgpt validate --strict`` with
-  nothing to report; every file in docs/examples/broken/ fails it and is shown, with its
-  output, in a ```console block of docs/validate.md.
+* Every workflow (and test file) in docs/examples/ (not broken/) passes
+  ``flowgpt validate --strict`` with nothing to report; every file in docs/examples/broken/
+  fails it and is shown, with its output, in a ```console block of docs/validate.md.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ from flowgpt.errors import SpecError
 from flowgpt.spec.analysis import analyze
 from flowgpt.spec.loader import parse_workflow
 from flowgpt.spec.models import OutputSpec, WorkflowSpec
+from flowgpt.testing.models import SuiteSpec
+from flowgpt.testing.paths import is_test_file
+from flowgpt.testing.suite import check_test_file
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -114,8 +119,13 @@ def test_docs_exist() -> None:
 
 # ----------------------------------------------------------------------- yaml blocks
 
-WORKFLOW_BLOCKS = [b for b in of("yaml") if re.search(r"^version:\s*1\s*$", b.text, re.M)]
-FRAGMENT_BLOCKS = [b for b in of("yaml") if b not in WORKFLOW_BLOCKS]
+TEST_FILE_BLOCKS = [b for b in of("yaml") if re.search(r"^cases:", b.text, re.M)]
+WORKFLOW_BLOCKS = [
+    b
+    for b in of("yaml")
+    if re.search(r"^version:\s*1\s*$", b.text, re.M) and b not in TEST_FILE_BLOCKS
+]
+FRAGMENT_BLOCKS = [b for b in of("yaml") if b not in WORKFLOW_BLOCKS + TEST_FILE_BLOCKS]
 
 
 def _broken(block: Block) -> str | None:
@@ -144,6 +154,14 @@ def test_yaml_workflow_blocks(block: Block) -> None:
     else:
         assert found, f"{block.where}: marked broken, but it validates"
         assert any(expected in d for d in found), (block.where, expected, found)
+
+
+@pytest.mark.parametrize("block", TEST_FILE_BLOCKS, ids=ids(TEST_FILE_BLOCKS))
+def test_yaml_test_file_blocks(block: Block) -> None:
+    try:
+        SuiteSpec.model_validate(yaml.safe_load(block.text))
+    except ValidationError as exc:
+        pytest.fail(f"{block.where}: not a valid test file:\n{exc}")
 
 
 _FRAGMENT_TYPES: dict[str, Any] = {
@@ -178,7 +196,8 @@ def _rel(path: Path) -> str:
 
 @pytest.mark.parametrize("path", GOOD_FILES, ids=_rel)
 def test_example_files_validate_clean(path: Path) -> None:
-    assert [d.format() for d in check_file(path)] == []
+    check = check_test_file if is_test_file(path) else check_file
+    assert [d.format() for d in check(path)] == []
 
 
 @pytest.mark.parametrize("path", BROKEN_FILES, ids=_rel)

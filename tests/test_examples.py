@@ -16,7 +16,13 @@ from flowgpt.providers.openai import OpenAIProvider
 from tests.support.fake_openai import FakeOpenAI, Reply
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = sorted((ROOT / "workflows").glob("*.yaml"))
+# The workflows; their test files and cassettes (NAME.test.yaml, NAME.cassette.yaml) lie
+# beside them and are replayed by tests/test_workflow_tests.py.
+EXAMPLES = sorted(
+    p
+    for p in (ROOT / "workflows").glob("*.yaml")
+    if not p.name.endswith((".test.yaml", ".cassette.yaml"))
+)
 INPUTS: dict[str, dict[str, Any]] = {
     "article": {"topic": "green tea", "words": 300},
     "translate": {"text": "The cat sleeps on the warm windowsill."},

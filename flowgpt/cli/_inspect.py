@@ -31,7 +31,7 @@ def validate(workflows: tuple[str, ...], as_json: bool, strict: bool) -> None:
     reports = []
     failed = False
     for path in workflows:
-        diagnostics = check_file(path)
+        diagnostics = _check_any(path, check_file)
         errors = [d for d in diagnostics if d.severity == "error" or strict]
         failed = failed or bool(errors)
         reports.append((path, diagnostics, not errors))
@@ -55,12 +55,38 @@ def validate(workflows: tuple[str, ...], as_json: bool, strict: bool) -> None:
     sys.exit(EXIT_USAGE if failed else EXIT_OK)
 
 
+def _check_any(path: str, check_workflow: Any) -> Any:
+    """The findings for a workflow, or for a test file or cassette lying beside one (so
+    `flowgpt validate workflows/*.yaml` checks them all)."""
+    from flowgpt.testing.paths import is_cassette_file, is_test_file
+
+    if is_test_file(path):
+        from flowgpt.testing.suite import check_test_file
+
+        return check_test_file(path)
+    if is_cassette_file(path):
+        from flowgpt.errors import SpecError
+        from flowgpt.store.cassettes import load_cassette
+
+        try:
+            load_cassette(path)
+        except SpecError as exc:
+            return exc.diagnostics
+        return []
+    return check_workflow(path)
+
+
 @click.command()
-def schema() -> None:
+@click.option("--test", "of_tests", is_flag=True, help="The schema of test files instead.")
+def schema(of_tests: bool) -> None:
     """Print the workflow JSON Schema (for editors and CI)."""
     with _loading_modules("flowgpt.spec.models"):
         from flowgpt.spec.models import workflow_json_schema
+    if of_tests:
+        from flowgpt.testing.models import suite_json_schema
 
+        click.echo(json.dumps(suite_json_schema(), indent=2, ensure_ascii=False))
+        return
     click.echo(json.dumps(workflow_json_schema(), indent=2, ensure_ascii=False))
 
 

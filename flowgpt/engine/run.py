@@ -30,6 +30,7 @@ from flowgpt.accounting.prices import (
 )
 from flowgpt.accounting.tokens import context_window, count_text, count_tokens, truncate_text
 from flowgpt.engine.events import EngineEvent, EventKind
+from flowgpt.engine.origin import REQUEST_STEP
 from flowgpt.engine.plan import Plan
 from flowgpt.engine.requests import (
     asks_for_the_word_json,
@@ -328,7 +329,11 @@ class Run:
                         )
                     async with self.limiter.slot(tokens):
                         started = time.perf_counter()
-                        response = await self.provider.complete(request)
+                        step_token = REQUEST_STEP.set(result.id)  # for provider wrappers
+                        try:
+                            response = await self.provider.complete(request)
+                        finally:
+                            REQUEST_STEP.reset(step_token)
                         latency = time.perf_counter() - started
                     break
                 except BadRequestError as exc:

@@ -88,9 +88,11 @@ def _unwrap(annotation: Any) -> list[Any]:
     return [annotation]
 
 
-def _model_at(loc: Sequence[str | int]) -> type[BaseModel] | None:
+def _model_at(
+    loc: Sequence[str | int], root: type[BaseModel] = WorkflowSpec
+) -> type[BaseModel] | None:
     """The spec model class that the value at ``loc`` is validated against."""
-    current: list[Any] = [WorkflowSpec]
+    current: list[Any] = [root]
     for part in loc:
         nxt: list[Any] = []
         for ann in current:
@@ -254,7 +256,10 @@ def _wording(err: Any, path: Sequence[str | int], data: Any) -> tuple[str, str |
     return f"{subject}: {message}", None
 
 
-def _validation_diagnostics(exc: ValidationError, data: Any, smap: SourceMap) -> list[Diagnostic]:
+def _validation_diagnostics(
+    exc: ValidationError, data: Any, smap: SourceMap, root: type[BaseModel] = WorkflowSpec
+) -> list[Diagnostic]:
+    """pydantic's errors about ``data`` (validated as ``root``) at file:line, with hints."""
     found: list[Diagnostic] = []
     for err in exc.errors(include_url=False):
         loc = tuple(err["loc"])
@@ -263,7 +268,7 @@ def _validation_diagnostics(exc: ValidationError, data: Any, smap: SourceMap) ->
         path = _doc_path(loc, smap)
         if kind == "extra_forbidden":
             key = str(loc[-1])
-            model = _model_at(loc[:-1])
+            model = _model_at(loc[:-1], root)
             allowed = _allowed_keys(model) if model else []
             if model is CheckSpec:
                 message = f"unknown check `{key}`{_did_you_mean(key, CHECK_KINDS)}"

@@ -5,16 +5,21 @@ is checked on the way (duplicate keys, alias bombs) and records where every valu
 written, so pydantic's errors can be mapped back to the file. The checks on the composed
 document (secrets, duplicate step ids, pydantic's errors -> diagnostics) live in
 flowgpt.spec.diagnostics; reading ``system_file``/``prompt_file`` stays here.
+
+Other YAML files flowgpt reads and writes go through here too: ``read_document`` and
+``validate_document`` give any pydantic model the same file:line diagnostics (test files),
+``load_data`` reads plain data fast and ``dump_data`` writes it for people to diff
+(cassettes).
 """
 
 from __future__ import annotations
 
 from collections.abc import Generator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from flowgpt.errors import Diagnostic, SpecError
 from flowgpt.spec.diagnostics import (
@@ -25,7 +30,20 @@ from flowgpt.spec.diagnostics import (
 from flowgpt.spec.models import WorkflowSpec
 from flowgpt.spec.workflow import Location, SourceMap, Workflow, _Mark
 
-__all__ = ["dump_workflow", "load_workflow", "parse_workflow"]
+__all__ = [
+    "dump_data",
+    "dump_workflow",
+    "load_data",
+    "load_workflow",
+    "parse_document",
+    "parse_workflow",
+    "read_document",
+    "validate_document",
+]
+
+M = TypeVar("M", bound=BaseModel)
+
+_WORKFLOW_START = "start with `version: 1`, `name: ...` and `steps:`"
 
 # A document may expand (through aliases) to at most this many values; a "billion laughs"
 # file is refused before anything is expanded.
@@ -208,6 +226,15 @@ def _yaml_error(exc: yaml.YAMLError, file: str) -> Diagnostic:
             "block: `prompt: |` and the text indented on the lines below",
         )
     message = f"invalid YAML: {problem}" + (f" ({context})" if context else "")
+    if "got '?'" in problem:
+        # `{q: Which tea?}`: in { } a `?` starts a complex key; easy to write, hard to see.
+        return Diagnostic(
+            message,
+            file,
+            line,
+            col,
+            hint='inside { } quote text that has a `?`, e.g. {question: "Which tea?"}',
+        )
     return Diagnostic(
         message,
         file,
@@ -218,7 +245,9 @@ def _yaml_error(exc: yaml.YAMLError, file: str) -> Diagnostic:
     )
 
 
-def _compose(text: str, file: str) -> tuple[Any, SourceMap]:
+def _compose(
+    text: str, file: str, what: str = "workflow", start_hint: str | None = None
+) -> tuple[Any, SourceMap]:
     smap = SourceMap(file, lines=text.splitlines())
     loader = _Loader(text)
     try:
@@ -228,11 +257,12 @@ def _compose(text: str, file: str) -> tuple[Any, SourceMap]:
                 "the file is empty",
                 diagnostics=[
                     Diagnostic(
-                        "the workflow file is empty",
+                        f"the {what} file is empty",
                         file,
                         1,
                         1,
-                        hint="start with `version: 1`, a `name:` and `steps:`; "
+                        hint=start_hint
+                        or "start with `version: 1`, a `name:` and `steps:`; "
                         "see `flowgpt schema` or docs/format.md",
                     )
                 ],
@@ -265,11 +295,11 @@ def _compose(text: str, file: str) -> tuple[Any, SourceMap]:
             "the top level is not a mapping",
             diagnostics=[
                 Diagnostic(
-                    f"the top level of a workflow must be a mapping of keys, not {kind}",
+                    f"the top level of a {what} must be a mapping of keys, not {kind}",
                     file,
                     1,
                     1,
-                    hint="start with `version: 1`, `name: ...` and `steps:`",
+                    hint=start_hint or _WORKFLOW_START,
                 )
             ],
         )
@@ -368,22 +398,22 @@ def parse_workflow(
     return Workflow(spec=spec, path=workflow_path, source=text, source_map=smap, files=files)
 
 
-def load_workflow(path: str | Path) -> Workflow:
-    """Load and check a workflow file (format, keys, types, included files)."""
+def _read_text(path: str | Path, what: str, too_large_hint: str) -> str:
+    """A YAML file's text, or a SpecError that says what is wrong with the file."""
     p = Path(path)
     file = str(path)
     try:
         if p.is_dir():
             raise SpecError(
                 f"{file} is a folder",
-                diagnostics=[Diagnostic("this is a folder, not a workflow file", file)],
+                diagnostics=[Diagnostic(f"this is a folder, not a {what} file", file)],
             )
         raw = p.read_bytes()
     except FileNotFoundError:
         raise SpecError(
             f"{file}: no such file",
             diagnostics=[
-                Diagnostic("no such file", file, hint="check the path; workflows end in .yaml")
+                Diagnostic("no such file", file, hint=f"check the path; {what}s end in .yaml")
             ],
         ) from None
     except OSError as exc:
@@ -396,13 +426,91 @@ def load_workflow(path: str | Path) -> Workflow:
             f"{file}: too large",
             diagnostics=[
                 Diagnostic(
-                    f"the file is {len(raw):,} bytes; workflows are limited to {MAX_FILE_BYTES:,}",
+                    f"the file is {len(raw):,} bytes; {what}s are limited to {MAX_FILE_BYTES:,}",
                     file,
-                    hint="move long prompts into prompt files (prompt_file / system_file)",
+                    hint=too_large_hint,
                 )
             ],
         )
-    return parse_workflow(_decode(raw, file), path=p)
+    return _decode(raw, file)
+
+
+def load_workflow(path: str | Path) -> Workflow:
+    """Load and check a workflow file (format, keys, types, included files)."""
+    text = _read_text(
+        path, "workflow", "move long prompts into prompt files (prompt_file / system_file)"
+    )
+    return parse_workflow(text, path=Path(path))
+
+
+# --- other YAML documents (test files, cassettes) ---------------------------------------
+
+
+def parse_document(
+    text: str, *, path: str | Path, what: str, start_hint: str
+) -> tuple[dict[str, Any], SourceMap]:
+    """A YAML mapping and where each of its values was written, checked like a workflow's
+    text (duplicate keys, alias bombs, tabs). ``what`` names the kind of file in messages
+    ("test file"); ``start_hint`` says how such a file starts."""
+    data, smap = _compose(text, str(path), what, start_hint)
+    return data, smap
+
+
+def read_document(
+    path: str | Path, *, what: str, start_hint: str
+) -> tuple[str, dict[str, Any], SourceMap]:
+    """``parse_document`` of a file: its text, its data and the source map."""
+    text = _read_text(path, what, f"split it into smaller {what}s")
+    data, smap = parse_document(text, path=path, what=what, start_hint=start_hint)
+    return text, data, smap
+
+
+def validate_document(
+    model: type[M], data: dict[str, Any], smap: SourceMap
+) -> tuple[M | None, list[Diagnostic]]:
+    """``data`` as a ``model``, or None and pydantic's errors as file:line diagnostics
+    (unknown keys with a did-you-mean, missing keys, wrong types)."""
+    try:
+        return model.model_validate(data), []
+    except ValidationError as exc:
+        return None, _validation_diagnostics(exc, data, smap, root=model)
+
+
+def load_data(text: str, *, path: str | Path) -> Any:
+    """Plain data from YAML that flowgpt wrote (a cassette): fast (libyaml when installed),
+    without a source map; a YAML error is a SpecError at file:line."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        return yaml.load(text, Loader=loader)  # a safe loader: plain data only
+    except yaml.YAMLError as exc:
+        diag = _yaml_error(exc, str(path))
+        raise SpecError(diag.message, diagnostics=[diag]) from None
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line text as literal blocks, so a changed prompt or reply diffs line by line;
+    a value written twice is written out twice (no `&id001` anchors for people to chase)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    if "\n" in value:
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|")
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
+def dump_data(data: Any) -> str:
+    """Plain data as YAML for people to read and diff: keys in the order given, multi-line
+    strings as literal blocks (PyYAML quotes the ones a block cannot hold), no folding."""
+    text: str = yaml.dump(
+        data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=1_000_000
+    )
+    return text
 
 
 def dump_workflow(spec: WorkflowSpec) -> str:

@@ -19,6 +19,7 @@ __all__ = [
     "parse_json_reply",
     "repair_message",
     "response_format_for",
+    "schema_failures",
     "validate_reply",
 ]
 
@@ -74,7 +75,8 @@ def check_schema(schema: dict[str, Any]) -> SchemaProblems:
     return [(tuple(error.path), error.message) for error in validator.iter_errors(schema)]
 
 
-def _schema_failures(instance: Any, schema: dict[str, Any]) -> list[str]:
+def schema_failures(instance: Any, schema: dict[str, Any]) -> list[str]:
+    """Why ``instance`` does not match ``schema``, one line each (empty when it does)."""
     from jsonschema import Draft202012Validator
 
     validator = Draft202012Validator(schema)
@@ -119,7 +121,7 @@ def validate_reply(text: str, spec: OutputSpec | None, finish_reason: str | None
                 failures.append(str(exc))
             else:
                 if spec.schema_ is not None:
-                    failures += _schema_failures(output, spec.schema_)
+                    failures += schema_failures(output, spec.schema_)
     if spec is not None:
         for check in spec.checks:
             problem = _check(check, text)
