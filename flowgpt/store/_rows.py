@@ -280,3 +280,66 @@ def _summary(run: sqlite3.Row, steps: list[sqlite3.Row]) -> RunSummary:
         batch=run["batch"],
         batch_row=run["batch_row"],
     )
+
+
+# A batch's status: the first of these that one of its rows has (by its latest run).
+_BATCH_STATUS_ORDER = ("running", "interrupted", "failed", "ok")
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    """One line of ``flowgpt runs list`` for a batch: the runs of its rows taken together.
+
+    ``rows`` counts the rows recorded and ``rows_by_status`` counts them by the status of
+    their latest run (a row that failed and was run again counts once, as it ended);
+    ``runs`` counts every run recorded, and ``cost_usd`` and ``total_tokens`` add up all
+    they spent, a failed try of a row included (None: unpriced). ``status`` is "running"
+    while a row runs, else "interrupted" or "failed" when a row's latest run is, else
+    "ok". ``workflow`` and ``endpoint`` are the latest run's; ``provider`` names every
+    provider its runs used.
+    """
+
+    batch: str  # its output file, as recorded
+    workflow: str
+    status: str
+    started_at: str  # its first run's start
+    finished_at: str | None  # its last run's end, once no row runs
+    cost_usd: Decimal | None
+    total_tokens: int
+    rows: int
+    rows_by_status: dict[str, int]
+    runs: int
+    provider: str | None = None
+    endpoint: str | None = None
+
+    @property
+    def rows_ok(self) -> int:
+        return self.rows_by_status.get("ok", 0)
+
+
+def _batch_summary(batch: str, runs: list[RunSummary]) -> BatchSummary:
+    """A batch from the summaries of its runs (any order)."""
+    ordered = sorted(runs, key=lambda r: r.started_at)
+    latest_of_row: dict[int | None, RunSummary] = {}
+    for run in ordered:
+        latest_of_row[run.batch_row] = run
+    by_status: dict[str, int] = {}
+    for run in latest_of_row.values():
+        by_status[run.status] = by_status.get(run.status, 0) + 1
+    status = next((s for s in _BATCH_STATUS_ORDER if by_status.get(s)), "ok")
+    ends = [r.finished_at for r in ordered]  # None for a run killed before it ended
+    providers = sorted({r.provider for r in ordered if r.provider})
+    return BatchSummary(
+        batch=batch,
+        workflow=ordered[-1].workflow,
+        status=status,
+        started_at=ordered[0].started_at,
+        finished_at=None if status == "running" else max((e for e in ends if e), default=None),
+        cost_usd=sum_costs(r.cost_usd for r in ordered),
+        total_tokens=sum(r.total_tokens for r in ordered),
+        rows=len(latest_of_row),
+        rows_by_status=dict(sorted(by_status.items())),
+        runs=len(ordered),
+        provider=", ".join(providers) or None,
+        endpoint=ordered[-1].endpoint,
+    )

@@ -47,8 +47,10 @@ import json
 import random
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from datetime import date, datetime, timezone
 from decimal import Decimal
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -57,7 +59,9 @@ from flowgpt.providers.base import ChatResponse
 from flowgpt.results import AttemptResult, RunResult, StepResult
 from flowgpt.store._db import SCHEMA_VERSION, StoreDatabase, StoreError, default_store_path
 from flowgpt.store._rows import (
+    BatchSummary,
     RunSummary,
+    _batch_summary,
     _decimal,
     _json,
     _load,
@@ -71,6 +75,7 @@ from flowgpt.store._rows import (
     _text,
     _usage_of,
 )
+from flowgpt.store._stats import RunStats, StatsRow, StepSpend, tally
 from flowgpt.store.fingerprint import request_fingerprint
 from flowgpt.usage import Usage
 
@@ -79,8 +84,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SCHEMA_VERSION",
+    "BatchSummary",
+    "RunStats",
     "RunStore",
     "RunSummary",
+    "StatsRow",
     "StoreError",
     "default_store_path",
     "new_run_id",
@@ -331,23 +339,175 @@ class RunStore(StoreDatabase):
         with self._guard("read the runs"), self._tx(write=False) as conn:
             return self._resolve(conn, run_id)
 
-    def list_runs(self, limit: int = 20) -> list[RunSummary]:
-        """The latest ``limit`` runs, newest first."""
+    def list_runs(self, limit: int = 20, *, batch: str | None = None) -> list[RunSummary]:
+        """The latest ``limit`` runs, newest first, each batch row a run of its own.
+
+        ``batch``: only that batch's runs (its output file as recorded, or a path or file
+        name that names one batch; see :meth:`resolve_batch`), by row number."""
         with self._guard("read the runs"), self._tx(write=False) as conn:
-            runs = conn.execute(
-                f"SELECT {_SUMMARY_COLUMNS} FROM runs ORDER BY started_at DESC, rowid DESC LIMIT ?",
+            if batch is None:
+                runs = conn.execute(
+                    f"SELECT {_SUMMARY_COLUMNS} FROM runs"
+                    " ORDER BY started_at DESC, rowid DESC LIMIT ?",
+                    (limit,),
+                ).fetchall()
+            else:
+                runs = conn.execute(
+                    f"SELECT {_SUMMARY_COLUMNS} FROM runs WHERE batch = ?"
+                    " ORDER BY batch_row, started_at, rowid LIMIT ?",
+                    (self._resolve_batch(conn, batch), limit),
+                ).fetchall()
+            return self._summaries(conn, runs)
+
+    def list_entries(self, limit: int = 20) -> list[RunSummary | BatchSummary]:
+        """What ``flowgpt runs list`` shows: the latest ``limit`` runs and batches, newest
+        first, a batch as one :class:`BatchSummary` placed by its latest run's start."""
+        with self._guard("read the runs"), self._tx(write=False) as conn:
+            singles = conn.execute(
+                f"SELECT rowid, {_SUMMARY_COLUMNS} FROM runs WHERE batch IS NULL"
+                " ORDER BY started_at DESC, rowid DESC LIMIT ?",
                 (limit,),
             ).fetchall()
-            steps: dict[str, list[sqlite3.Row]] = {r["run_id"]: [] for r in runs}
-            if runs:
-                marks = ", ".join("?" for _ in runs)
-                for row in conn.execute(
-                    "SELECT run_id, status, cost_usd, prompt_tokens, completion_tokens, finished_at"
-                    f" FROM steps WHERE run_id IN ({marks})",
-                    list(steps),
-                ):
-                    steps[row["run_id"]].append(row)
+            batches = conn.execute(
+                "SELECT batch, MAX(started_at) AS last, MAX(rowid) AS rowid FROM runs"
+                " WHERE batch IS NOT NULL GROUP BY batch ORDER BY last DESC, rowid DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+            newest = sorted(
+                [((r["started_at"], r["rowid"]), r["run_id"], None) for r in singles]
+                + [((b["last"], b["rowid"]), None, b["batch"]) for b in batches],
+                reverse=True,
+            )[:limit]
+            chosen = {run_id for _, run_id, _ in newest if run_id is not None}
+            summaries = {
+                s.run_id: s
+                for s in self._summaries(conn, [r for r in singles if r["run_id"] in chosen])
+            }
+            grouped = self._batches(conn, [b for _, _, b in newest if b is not None])
+        return [
+            summaries[run_id] if run_id is not None else grouped[str(batch)]
+            for _, run_id, batch in newest
+        ]
+
+    def batch_summary(self, batch: str) -> BatchSummary:
+        """One batch's runs taken together (``batch`` as for :meth:`resolve_batch`)."""
+        with self._guard("read the batch"), self._tx(write=False) as conn:
+            full = self._resolve_batch(conn, batch)
+            return self._batches(conn, [full])[full]
+
+    def resolve_batch(self, batch: str) -> str:
+        """The batch ``batch`` names, as recorded (the absolute path of its output file):
+        that exact value, or a path to the same file, or a file name or path ending that
+        only one recorded batch ends with. Raises StoreError otherwise."""
+        with self._guard("read the batches"), self._tx(write=False) as conn:
+            return self._resolve_batch(conn, batch)
+
+    def _resolve_batch(self, conn: sqlite3.Connection, batch: str) -> str:
+        def known(name: str) -> bool:
+            found = conn.execute("SELECT 1 FROM runs WHERE batch = ? LIMIT 1", (name,))
+            return found.fetchone() is not None
+
+        if batch and known(batch):
+            return batch
+        if batch:
+            absolute = str(Path(batch).expanduser().resolve())
+            if known(absolute):
+                return absolute
+            tail = "/" + batch.strip("/")
+            names = [
+                r["batch"]
+                for r in conn.execute("SELECT DISTINCT batch FROM runs WHERE batch IS NOT NULL")
+                if r["batch"].endswith(tail)
+            ]
+            if len(names) == 1:
+                found: str = names[0]
+                return found
+            if names:
+                raise StoreError(
+                    f"{batch!r} matches more than one batch in {self.path}: "
+                    + ", ".join(sorted(names)[:5]),
+                    hint="give the output file's path",
+                )
+        raise StoreError(
+            f"no batch {batch!r} in {self.path}; `flowgpt runs list` shows the batches"
+        )
+
+    def _batches(self, conn: sqlite3.Connection, names: Sequence[str]) -> dict[str, BatchSummary]:
+        """The summaries of these batches, from their runs."""
+        if not names:
+            return {}
+        marks = ", ".join("?" for _ in names)
+        runs = conn.execute(
+            f"SELECT {_SUMMARY_COLUMNS} FROM runs WHERE batch IN ({marks})", list(names)
+        ).fetchall()
+        # A finished run's totals are in its row; only unfinished ones need their steps.
+        by_batch: dict[str, list[RunSummary]] = {name: [] for name in names}
+        for summary in self._summaries(conn, runs, unfinished_only=True):
+            by_batch[str(summary.batch)].append(summary)
+        return {name: _batch_summary(name, by_batch[name]) for name in names if by_batch[name]}
+
+    @staticmethod
+    def _summaries(
+        conn: sqlite3.Connection, runs: list[sqlite3.Row], *, unfinished_only: bool = False
+    ) -> list[RunSummary]:
+        """RunSummary of each run row, with its steps read (``unfinished_only``: only for
+        runs that have not finished, whose totals are not in their row yet; the others'
+        step counts are then 0)."""
+        steps: dict[str, list[sqlite3.Row]] = {r["run_id"]: [] for r in runs}
+        wanted = [r["run_id"] for r in runs if not unfinished_only or r["finished_at"] is None]
+        for start in range(0, len(wanted), 500):  # within SQLite's limit on parameters
+            chunk = wanted[start : start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            for row in conn.execute(
+                "SELECT run_id, status, cost_usd, prompt_tokens, completion_tokens, finished_at"
+                f" FROM steps WHERE run_id IN ({marks})",
+                chunk,
+            ):
+                steps[row["run_id"]].append(row)
         return [_summary(run, steps[run["run_id"]]) for run in runs]
+
+    def latest_run_id(self) -> str | None:
+        """The id of the run started last, or None when the store holds none."""
+        with self._guard("read the runs"), self._tx(write=False) as conn:
+            row = conn.execute(
+                "SELECT run_id FROM runs ORDER BY started_at DESC, rowid DESC LIMIT 1"
+            ).fetchone()
+        return None if row is None else str(row["run_id"])
+
+    def stats(self, *, since: date | None = None, include_mock: bool = False) -> RunStats:
+        """Tokens and dollars of every finished step, in all and by day (local time),
+        model and workflow; batch rows and chats included. ``since``: count only steps
+        that finished on that day (local time) or later. The mock provider's runs are
+        left out (their dollars were never billed) unless ``include_mock``."""
+        where, args = "s.finished_at IS NOT NULL", []
+        if since is not None:
+            # Local midnight of that day, as the UTC text the steps' times are stored in.
+            midnight = datetime.combine(since, datetime.min.time()).astimezone()
+            start = midnight.astimezone(timezone.utc)
+            where += " AND s.finished_at >= ?"
+            args.append(start.isoformat(timespec="milliseconds"))
+        with self._guard("read the runs"), self._tx(write=False) as conn:
+            rows = conn.execute(
+                "SELECT s.run_id, s.finished_at, s.model, s.cost_usd, s.prompt_tokens,"
+                " s.completion_tokens, r.workflow, r.provider FROM steps s"
+                f" JOIN runs r ON r.run_id = s.run_id WHERE {where}",
+                args,
+            ).fetchall()
+        mock = {r["run_id"] for r in rows if r["provider"] == "mock"}
+        counted = (
+            StepSpend(
+                run_id=r["run_id"],
+                finished_at=r["finished_at"],
+                model=r["model"],
+                workflow=r["workflow"],
+                cost_usd=_decimal(r["cost_usd"]),
+                prompt_tokens=int(r["prompt_tokens"]),
+                completion_tokens=int(r["completion_tokens"]),
+            )
+            for r in rows
+            if include_mock or r["run_id"] not in mock
+        )
+        return tally(counted, since=since, mock_runs_left_out=0 if include_mock else len(mock))
 
     def run_summary(self, run_id: str) -> RunSummary:
         """The summary of one run (a full id or a unique prefix)."""
@@ -356,12 +516,8 @@ class RunStore(StoreDatabase):
             run = conn.execute(
                 f"SELECT {_SUMMARY_COLUMNS} FROM runs WHERE run_id = ?", (full,)
             ).fetchone()
-            steps = conn.execute(
-                "SELECT status, cost_usd, prompt_tokens, completion_tokens, finished_at"
-                " FROM steps WHERE run_id = ?",
-                (full,),
-            ).fetchall()
-        return _summary(run, steps)
+            (summary,) = self._summaries(conn, [run])
+        return summary
 
     def load_run(self, run_id: str) -> RunResult:
         """The run as a RunResult, rebuilt from the rows (``run_id`` may be a unique prefix).
