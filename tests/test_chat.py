@@ -786,7 +786,12 @@ def test_doc_transcripts_match_what_chat_prints(
 
     monkeypatch.setenv("FLOWGPT_STORE", str(tmp_path / "runs.sqlite3"))
     monkeypatch.chdir(ROOT)
+    exit_code = 0
+    if command.endswith("; echo $?"):  # the transcript ends with the exit code
+        command = command.removesuffix("; echo $?")
+        *lines, code = expected.strip().splitlines()
+        expected, exit_code = "\n".join(lines), int(code)
     result = CliRunner().invoke(main, shlex.split(command), input=typed, catch_exceptions=False)
     run_id = re.compile(r"\b\d{8}-\d{6}-[0-9a-f]{6}\b")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == exit_code, result.output
     assert run_id.sub("RUN_ID", result.output).strip() == run_id.sub("RUN_ID", expected).strip()

@@ -277,6 +277,34 @@ def test_a_batch_is_one_line_with_its_rows_counted_and_expands(tmp_path: Path) -
     assert f"row 2 of batch {out}" in shown.splitlines()[0]
 
 
+def test_a_batch_with_a_row_still_running_adds_up_what_its_steps_recorded(
+    tmp_path: Path,
+) -> None:
+    with RunStore(tmp_path / "runs.sqlite3") as store:
+        _record(store, "row1", "w", "openai", [("gpt-4o-mini", "0.001", 10, 5)], batch="/o.jsonl")
+        store.start_run(
+            "row2",
+            workflow_name="w",
+            workflow_text=None,
+            workflow_path=None,
+            inputs={},
+            batch="/o.jsonl",
+            batch_row=2,
+        )  # this process runs it, and has not finished it
+        usage = Usage(prompt_tokens=7, completion_tokens=3)
+        step = StepResult(
+            id="s0",
+            model="gpt-4o-mini",
+            status="ok",
+            attempts=[AttemptResult("x", usage, Decimal("0.0005"), 0.1)],
+        )
+        store.record_step("row2", step, fingerprint=None, price=None)
+        summary = store.batch_summary("/o.jsonl")
+    assert (summary.status, summary.rows_by_status) == ("running", {"ok": 1, "running": 1})
+    assert summary.finished_at is None and summary.total_tokens == 25
+    assert summary.cost_usd == Decimal("0.0015")
+
+
 # -- runs stats ----------------------------------------------------------------------------
 
 

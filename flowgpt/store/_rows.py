@@ -254,14 +254,18 @@ class RunSummary:
     batch_row: int | None = None
 
 
-def _summary(run: sqlite3.Row, steps: list[sqlite3.Row]) -> RunSummary:
+def _totals(run: sqlite3.Row, steps: list[sqlite3.Row]) -> tuple[Decimal | None, int]:
+    """A run's cost and tokens: from its row once it finished, else from its steps."""
     if run["finished_at"] is not None:
-        cost = _decimal(run["cost_usd"])
-        tokens = int(run["prompt_tokens"]) + int(run["completion_tokens"])
-    else:  # still running, or the process died: add up what its steps recorded
-        recorded = [s for s in steps if s["finished_at"] is not None]
-        cost = sum_costs([_decimal(s["cost_usd"]) for s in recorded])
-        tokens = sum(int(s["prompt_tokens"]) + int(s["completion_tokens"]) for s in steps)
+        return _decimal(run["cost_usd"]), int(run["prompt_tokens"]) + int(run["completion_tokens"])
+    # still running, or the process died: add up what its steps recorded
+    recorded = [s for s in steps if s["finished_at"] is not None]
+    cost = sum_costs([_decimal(s["cost_usd"]) for s in recorded])
+    return cost, sum(int(s["prompt_tokens"]) + int(s["completion_tokens"]) for s in steps)
+
+
+def _summary(run: sqlite3.Row, steps: list[sqlite3.Row]) -> RunSummary:
+    cost, tokens = _totals(run, steps)
     return RunSummary(
         run_id=run["run_id"],
         workflow=run["workflow"],
@@ -317,29 +321,38 @@ class BatchSummary:
         return self.rows_by_status.get("ok", 0)
 
 
-def _batch_summary(batch: str, runs: list[RunSummary]) -> BatchSummary:
-    """A batch from the summaries of its runs (any order)."""
-    ordered = sorted(runs, key=lambda r: r.started_at)
-    latest_of_row: dict[int | None, RunSummary] = {}
-    for run in ordered:
-        latest_of_row[run.batch_row] = run
+def _batch_summary(
+    totals: sqlite3.Row,
+    latest: list[sqlite3.Row],
+    unfinished: list[tuple[Decimal | None, int]],
+) -> BatchSummary:
+    """A batch from what SQLite added up of its runs: ``totals`` (batch, runs, first_start,
+    last_end, tokens and costs of the finished runs, unpriced_runs, providers, workflow
+    and endpoint of the latest run), ``latest`` (the latest run of each row, counted by
+    status, pid, host and proc_start, as ``n``) and ``unfinished`` (cost and tokens of
+    each run that has not finished, from its steps)."""
     by_status: dict[str, int] = {}
-    for run in latest_of_row.values():
-        by_status[run.status] = by_status.get(run.status, 0) + 1
+    for group in latest:
+        read = _run_status(group)
+        by_status[read] = by_status.get(read, 0) + int(group["n"])
     status = next((s for s in _BATCH_STATUS_ORDER if by_status.get(s)), "ok")
-    ends = [r.finished_at for r in ordered]  # None for a run killed before it ended
-    providers = sorted({r.provider for r in ordered if r.provider})
+    costs: list[Decimal | None] = [c for c, _ in unfinished]
+    if totals["unpriced_runs"]:
+        costs.append(None)
+    if totals["costs"]:
+        costs.extend(Decimal(c) for c in totals["costs"].split(","))
+    providers = sorted(set((totals["providers"] or "").split(",")) - {""})
     return BatchSummary(
-        batch=batch,
-        workflow=ordered[-1].workflow,
+        batch=totals["batch"],
+        workflow=totals["workflow"],
         status=status,
-        started_at=ordered[0].started_at,
-        finished_at=None if status == "running" else max((e for e in ends if e), default=None),
-        cost_usd=sum_costs(r.cost_usd for r in ordered),
-        total_tokens=sum(r.total_tokens for r in ordered),
-        rows=len(latest_of_row),
+        started_at=totals["first_start"],
+        finished_at=None if status == "running" else totals["last_end"],
+        cost_usd=sum_costs(costs),
+        total_tokens=int(totals["tokens"] or 0) + sum(t for _, t in unfinished),
+        rows=sum(by_status.values()),
         rows_by_status=dict(sorted(by_status.items())),
-        runs=len(ordered),
+        runs=int(totals["runs"]),
         provider=", ".join(providers) or None,
-        endpoint=ordered[-1].endpoint,
+        endpoint=totals["endpoint"],
     )

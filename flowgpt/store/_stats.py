@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date
 from decimal import Decimal
 from typing import Any
 
@@ -76,71 +76,20 @@ class RunStats:
         }
 
 
-@dataclass(frozen=True)
-class StepSpend:
-    """One finished step as stats count it."""
-
-    run_id: str
-    finished_at: str  # UTC ISO 8601, as stored
-    model: str | None
-    workflow: str
-    cost_usd: Decimal | None  # None: unpriced
-    prompt_tokens: int
-    completion_tokens: int
-
-
-class _Tally:
-    def __init__(self) -> None:
-        self.runs: set[str] = set()
-        self.prompt = self.completion = self.unpriced = 0
-        self.priced = Decimal(0)
-
-    def add(self, step: StepSpend) -> None:
-        self.runs.add(step.run_id)
-        self.prompt += step.prompt_tokens
-        self.completion += step.completion_tokens
-        if step.cost_usd is not None:
-            self.priced += step.cost_usd
-        else:  # a step that used no tokens cost nothing, price or not
-            self.unpriced += step.prompt_tokens + step.completion_tokens
-
-    def row(self, key: str) -> StatsRow:
-        return StatsRow(
-            key, len(self.runs), self.prompt, self.completion, self.priced, self.unpriced
-        )
+def stats_row(
+    key: str,
+    runs: int | None,
+    prompt: int | None,
+    completion: int | None,
+    unpriced: int | None,
+    costs: str | None,
+) -> StatsRow:
+    """A StatsRow from SQL aggregates: ``costs`` is the group's known step costs, their
+    exact Decimal texts joined by commas (added up here: SQLite has no decimal type)."""
+    priced = sum(map(Decimal, costs.split(","))) if costs else Decimal(0)
+    return StatsRow(key, runs or 0, prompt or 0, completion or 0, Decimal(priced), unpriced or 0)
 
 
-def local_day(stamp: str) -> date:
-    """The day (in local time) of a stored UTC timestamp."""
-    return datetime.fromisoformat(stamp).astimezone().date()
-
-
-def tally(
-    steps: Iterable[StepSpend], *, since: date | None = None, mock_runs_left_out: int = 0
-) -> RunStats:
-    """Add up finished steps into totals by day, model and workflow."""
-    total = _Tally()
-    days: dict[str, _Tally] = {}
-    models: dict[str, _Tally] = {}
-    workflows: dict[str, _Tally] = {}
-    for step in steps:
-        total.add(step)
-        for groups, key in (
-            (days, local_day(step.finished_at).isoformat()),
-            (models, step.model or "-"),
-            (workflows, step.workflow),
-        ):
-            groups.setdefault(key, _Tally()).add(step)
-
-    def costliest(groups: dict[str, _Tally]) -> list[StatsRow]:
-        rows = [t.row(k) for k, t in groups.items()]
-        return sorted(rows, key=lambda r: (-r.priced_usd, -r.total_tokens, r.key))
-
-    return RunStats(
-        total=total.row("total"),
-        by_day=[days[k].row(k) for k in sorted(days)],
-        by_model=costliest(models),
-        by_workflow=costliest(workflows),
-        since=since,
-        mock_runs_left_out=mock_runs_left_out,
-    )
+def costliest(rows: Iterable[StatsRow]) -> list[StatsRow]:
+    """The most expensive first (then the most tokens, then by name)."""
+    return sorted(rows, key=lambda r: (-r.priced_usd, -r.total_tokens, r.key))

@@ -73,9 +73,10 @@ from flowgpt.store._rows import (
     _step_from_doc,
     _summary,
     _text,
+    _totals,
     _usage_of,
 )
-from flowgpt.store._stats import RunStats, StatsRow, StepSpend, tally
+from flowgpt.store._stats import RunStats, StatsRow, costliest, stats_row
 from flowgpt.store.fingerprint import request_fingerprint
 from flowgpt.usage import Usage
 
@@ -433,30 +434,62 @@ class RunStore(StoreDatabase):
         )
 
     def _batches(self, conn: sqlite3.Connection, names: Sequence[str]) -> dict[str, BatchSummary]:
-        """The summaries of these batches, from their runs."""
+        """The summaries of these batches. SQLite adds up their runs (a batch may have many
+        thousands); only the steps of runs that have not finished are read."""
         if not names:
             return {}
         marks = ", ".join("?" for _ in names)
-        runs = conn.execute(
-            f"SELECT {_SUMMARY_COLUMNS} FROM runs WHERE batch IN ({marks})", list(names)
+        totals = {
+            row["batch"]: row
+            for row in conn.execute(
+                "SELECT batch, COUNT(*) AS runs, MIN(started_at) AS first_start,"
+                " MAX(finished_at) AS last_end,"
+                " SUM(CASE WHEN finished_at IS NOT NULL"
+                " THEN prompt_tokens + completion_tokens ELSE 0 END) AS tokens,"
+                " SUM(finished_at IS NOT NULL AND cost_usd IS NULL) AS unpriced_runs,"
+                " group_concat(CASE WHEN finished_at IS NOT NULL THEN cost_usd END) AS costs,"
+                " group_concat(DISTINCT provider) AS providers,"
+                # the latest run's workflow and endpoint
+                " (SELECT workflow FROM runs l WHERE l.batch = r.batch"
+                "  ORDER BY started_at DESC, rowid DESC LIMIT 1) AS workflow,"
+                " (SELECT endpoint FROM runs l WHERE l.batch = r.batch"
+                "  ORDER BY started_at DESC, rowid DESC LIMIT 1) AS endpoint"
+                f" FROM runs r WHERE batch IN ({marks}) GROUP BY batch",
+                list(names),
+            )
+        }
+        latest: dict[str, list[sqlite3.Row]] = {name: [] for name in names}
+        for row in conn.execute(
+            # Each row's latest run, counted by status (and who runs it, for "running").
+            "SELECT batch, status, pid, host, proc_start, COUNT(*) AS n FROM runs r"
+            f" WHERE batch IN ({marks}) AND NOT EXISTS (SELECT 1 FROM runs o"
+            " WHERE o.batch = r.batch AND o.batch_row IS r.batch_row AND"
+            " (o.started_at > r.started_at OR (o.started_at = r.started_at AND o.rowid > r.rowid)))"
+            " GROUP BY batch, status, pid, host, proc_start",
+            list(names),
+        ):
+            latest[row["batch"]].append(row)
+        open_runs = conn.execute(
+            "SELECT run_id, batch, finished_at, cost_usd, prompt_tokens, completion_tokens"
+            f" FROM runs WHERE batch IN ({marks}) AND finished_at IS NULL",
+            list(names),
         ).fetchall()
-        # A finished run's totals are in its row; only unfinished ones need their steps.
-        by_batch: dict[str, list[RunSummary]] = {name: [] for name in names}
-        for summary in self._summaries(conn, runs, unfinished_only=True):
-            by_batch[str(summary.batch)].append(summary)
-        return {name: _batch_summary(name, by_batch[name]) for name in names if by_batch[name]}
+        steps = self._steps_of(conn, [r["run_id"] for r in open_runs])
+        unfinished: dict[str, list[tuple[Decimal | None, int]]] = {name: [] for name in names}
+        for run in open_runs:
+            unfinished[run["batch"]].append(_totals(run, steps[run["run_id"]]))
+        return {
+            name: _batch_summary(totals[name], latest[name], unfinished[name])
+            for name in names
+            if name in totals
+        }
 
     @staticmethod
-    def _summaries(
-        conn: sqlite3.Connection, runs: list[sqlite3.Row], *, unfinished_only: bool = False
-    ) -> list[RunSummary]:
-        """RunSummary of each run row, with its steps read (``unfinished_only``: only for
-        runs that have not finished, whose totals are not in their row yet; the others'
-        step counts are then 0)."""
-        steps: dict[str, list[sqlite3.Row]] = {r["run_id"]: [] for r in runs}
-        wanted = [r["run_id"] for r in runs if not unfinished_only or r["finished_at"] is None]
-        for start in range(0, len(wanted), 500):  # within SQLite's limit on parameters
-            chunk = wanted[start : start + 500]
+    def _steps_of(conn: sqlite3.Connection, run_ids: list[str]) -> dict[str, list[sqlite3.Row]]:
+        """What the summaries need of the steps of these runs."""
+        steps: dict[str, list[sqlite3.Row]] = {run_id: [] for run_id in run_ids}
+        for start in range(0, len(run_ids), 500):  # within SQLite's limit on parameters
+            chunk = run_ids[start : start + 500]
             marks = ", ".join("?" for _ in chunk)
             for row in conn.execute(
                 "SELECT run_id, status, cost_usd, prompt_tokens, completion_tokens, finished_at"
@@ -464,6 +497,11 @@ class RunStore(StoreDatabase):
                 chunk,
             ):
                 steps[row["run_id"]].append(row)
+        return steps
+
+    def _summaries(self, conn: sqlite3.Connection, runs: list[sqlite3.Row]) -> list[RunSummary]:
+        """The RunSummary of each run row, with its steps read."""
+        steps = self._steps_of(conn, [r["run_id"] for r in runs])
         return [_summary(run, steps[run["run_id"]]) for run in runs]
 
     def latest_run_id(self) -> str | None:
@@ -479,35 +517,53 @@ class RunStore(StoreDatabase):
         model and workflow; batch rows and chats included. ``since``: count only steps
         that finished on that day (local time) or later. The mock provider's runs are
         left out (their dollars were never billed) unless ``include_mock``."""
-        where, args = "s.finished_at IS NOT NULL", []
+        where, args = ["s.finished_at IS NOT NULL"], []
         if since is not None:
             # Local midnight of that day, as the UTC text the steps' times are stored in.
             midnight = datetime.combine(since, datetime.min.time()).astimezone()
-            start = midnight.astimezone(timezone.utc)
-            where += " AND s.finished_at >= ?"
-            args.append(start.isoformat(timespec="milliseconds"))
-        with self._guard("read the runs"), self._tx(write=False) as conn:
-            rows = conn.execute(
-                "SELECT s.run_id, s.finished_at, s.model, s.cost_usd, s.prompt_tokens,"
-                " s.completion_tokens, r.workflow, r.provider FROM steps s"
-                f" JOIN runs r ON r.run_id = s.run_id WHERE {where}",
-                args,
-            ).fetchall()
-        mock = {r["run_id"] for r in rows if r["provider"] == "mock"}
-        counted = (
-            StepSpend(
-                run_id=r["run_id"],
-                finished_at=r["finished_at"],
-                model=r["model"],
-                workflow=r["workflow"],
-                cost_usd=_decimal(r["cost_usd"]),
-                prompt_tokens=int(r["prompt_tokens"]),
-                completion_tokens=int(r["completion_tokens"]),
-            )
-            for r in rows
-            if include_mock or r["run_id"] not in mock
+            where.append("s.finished_at >= ?")
+            args.append(midnight.astimezone(timezone.utc).isoformat(timespec="milliseconds"))
+        mock = " AND ".join([*where, "r.provider = 'mock'"])
+        if not include_mock:
+            where.append("(r.provider IS NULL OR r.provider != 'mock')")
+        scope = f"FROM steps s JOIN runs r ON r.run_id = s.run_id WHERE {' AND '.join(where)}"
+        # Whole numbers are added up by SQLite; dollars (exact decimal text) in Python.
+        sums = (
+            "COUNT(DISTINCT s.run_id), SUM(s.prompt_tokens), SUM(s.completion_tokens),"
+            " SUM(CASE WHEN s.cost_usd IS NULL THEN s.prompt_tokens + s.completion_tokens"
+            " ELSE 0 END), group_concat(s.cost_usd)"
         )
-        return tally(counted, since=since, mock_runs_left_out=0 if include_mock else len(mock))
+        groups = {
+            "day": "date(s.finished_at, 'localtime')",  # SQLite reads the "+00:00"
+            "model": "COALESCE(s.model, '-')",
+            "workflow": "r.workflow",
+        }
+        with self._guard("read the runs"), self._tx(write=False) as conn:
+            total = stats_row("total", *conn.execute(f"SELECT {sums} {scope}", args).fetchone())
+            by = {
+                name: [
+                    stats_row(*row)
+                    for row in conn.execute(
+                        f"SELECT {key} AS k, {sums} {scope} GROUP BY k ORDER BY k", args
+                    )
+                ]
+                for name, key in groups.items()
+            }
+            left_out = 0
+            if not include_mock:
+                left_out = conn.execute(
+                    "SELECT COUNT(DISTINCT s.run_id) FROM steps s"
+                    f" JOIN runs r ON r.run_id = s.run_id WHERE {mock}",
+                    args,
+                ).fetchone()[0]
+        return RunStats(
+            total=total,
+            by_day=by["day"],
+            by_model=costliest(by["model"]),
+            by_workflow=costliest(by["workflow"]),
+            since=since,
+            mock_runs_left_out=int(left_out),
+        )
 
     def run_summary(self, run_id: str) -> RunSummary:
         """The summary of one run (a full id or a unique prefix)."""
