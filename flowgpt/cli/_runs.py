@@ -29,7 +29,6 @@ __all__ = ["runs"]
 _STORE_OPTION = click.option(
     "--store", "store_path", type=click.Path(dir_okay=False), help="The run store."
 )
-_OPENAI_API = "https://api.openai.com/v1"
 
 
 @click.group()
@@ -50,10 +49,12 @@ def _console() -> Console:
 
 def _via(provider: str | None, endpoint: str | None) -> str:
     """Who answered: "mock", "local", "openai", or "openai (HOST)" for another endpoint."""
+    from flowgpt.accounting.prices import is_openai_url
+
     if provider is None:
         return "-"  # recorded before flowgpt kept it
-    if provider == "openai" and endpoint and endpoint.rstrip("/") != _OPENAI_API:
-        return f"openai ({urlsplit(endpoint).netloc or endpoint})"
+    if provider == "openai" and not is_openai_url(endpoint):
+        return f"openai ({urlsplit(str(endpoint)).netloc or endpoint})"
     return provider
 
 

@@ -20,6 +20,13 @@ What it holds
     finishes, one row per attempt (reply, usage, cost, latency, finish reason, transport
     retries, validation failures), and the response cache (request fingerprint -> reply).
 
+Reading it back
+    :meth:`RunStore.load_run` rebuilds a run (``runs show``); :meth:`RunStore.list_entries`
+    lists runs with each batch as one :class:`BatchSummary` whose rows SQLite adds up
+    (``runs list``; :meth:`RunStore.list_runs` with ``batch=`` lists its rows), and
+    :meth:`RunStore.stats` adds up what the steps spent by day, model and workflow
+    (``runs stats``).
+
 Durability and concurrency
     The database runs in WAL mode with ``synchronous=NORMAL``: every write is committed at
     once, so a process killed right after :meth:`RunStore.record_step` returned loses
