@@ -244,6 +244,29 @@ async def test_the_conversation_is_stored_as_a_run(tmp_path: Path) -> None:
     store.close()
 
 
+async def test_a_chat_whose_every_turn_failed_is_stored_as_failed(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "runs.sqlite3")
+    mock = MockProvider([AuthenticationError("bad key"), RateLimitError("Rate limited (429)")])
+    async with ChatSession(mock, store=store) as chat:
+        for text in ("Hi", "Hello?"):
+            with pytest.raises((AuthenticationError, RateLimitError)):
+                await chat.send(text)
+        assert chat.all_failed
+    result = store.load_run(chat.run_id or "")
+    assert result.status == "failed"
+    assert result.error == "all 2 turns failed; the last: Rate limited (429)"
+    (summary,) = store.list_runs()
+    assert (summary.status, summary.provider) == ("failed", "mock")
+    # One answered turn is enough for "ok" (the other's error stays on its step).
+    mixed = ChatSession(MockProvider([RateLimitError("429"), "Hello!"]), store=store)
+    with pytest.raises(RateLimitError):
+        await mixed.send("Hi")
+    await mixed.send("Hi again")
+    await mixed.aclose()
+    assert not mixed.all_failed and store.load_run(mixed.run_id or "").status == "ok"
+    store.close()
+
+
 # -- from a workflow step --------------------------------------------------------------------
 
 
@@ -616,6 +639,31 @@ def test_cli_end_of_input_and_usage_errors(tmp_path: Path) -> None:
     )
 
 
+def test_cli_chat_whose_every_turn_failed_exits_1_and_is_stored_failed(tmp_path: Path) -> None:
+    store = tmp_path / "runs.sqlite3"
+    # Every message is too long for 5 tokens of history: no turn is ever sent.
+    result = CliRunner().invoke(
+        main,
+        ["chat", "--mock", "--max-history-tokens", "5", "--store", str(store)],
+        input="hello\nagain\n",
+    )
+    assert result.exit_code == 1, result.output
+    assert "turn 2 failed: " in result.output
+    assert "chat ended: every turn failed (2) · stored as run " in result.output
+    (row,) = runs_json(store)
+    assert (row["status"], row["steps_done"], row["steps_total"]) == ("failed", 0, 2)
+    assert row["provider"] == "mock"
+    # A chat that failed once but was answered after ends 0, stored "ok".
+    ok = CliRunner().invoke(
+        main,
+        ["chat", "--mock", "--max-history-tokens", "40", "--store", str(store)],
+        input=("word " * 60) + "\nhello\n",
+    )
+    assert ok.exit_code == 0, ok.output
+    assert "turn 1 failed: " in ok.output and "chat ended: 1 turn (1 failed)" in ok.output
+    assert runs_json(store)[0]["status"] == "ok"
+
+
 def test_cli_no_store_records_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = tmp_path / "runs.sqlite3"
     monkeypatch.setenv("FLOWGPT_STORE", str(store))  # where the chat would go otherwise
@@ -749,7 +797,12 @@ def test_doc_transcripts_match_what_chat_prints(
 
     monkeypatch.setenv("FLOWGPT_STORE", str(tmp_path / "runs.sqlite3"))
     monkeypatch.chdir(ROOT)
+    exit_code = 0
+    if command.endswith("; echo $?"):  # the transcript ends with the exit code
+        command = command.removesuffix("; echo $?")
+        *lines, code = expected.strip().splitlines()
+        expected, exit_code = "\n".join(lines), int(code)
     result = CliRunner().invoke(main, shlex.split(command), input=typed, catch_exceptions=False)
     run_id = re.compile(r"\b\d{8}-\d{6}-[0-9a-f]{6}\b")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == exit_code, result.output
     assert run_id.sub("RUN_ID", result.output).strip() == run_id.sub("RUN_ID", expected).strip()

@@ -13,8 +13,9 @@ Conventions (for whoever edits docs/*.md):
 * ```console blocks are transcripts. Each ``$ flowgpt ...`` line is run in-process (from
   the repository root, without an API key) and what it prints (stdout and stderr, as a
   terminal shows them) must equal the lines below it, up to the next ``$`` line.
-  ``$ echo $?`` prints the exit code of the command before it. Timings and run ids
-  (``20261125-230148-ddee91``, also outside JSON) are normalised. Anything else (pipes,
+  ``$ echo $?`` prints the exit code of the command before it. Timings, run ids
+  (``20261125-230148-ddee91``, also outside JSON), dates and times are normalised. Each
+  block runs with an empty run store of its own (``FLOWGPT_STORE``). Anything else (pipes,
   variables) belongs in ```bash or ```text blocks, which are not run.
 * ```python blocks are run, each in a fresh namespace from the repository root, and every
   ``test_*`` function they define is called. A block preceded by a line
@@ -218,6 +219,10 @@ def _normalise(text: str) -> str:
     text = re.sub(r'"latency_s": [\d.e-]+', '"latency_s": 0.0', text)
     text = re.sub(r'"run_id": "[^"]*"', '"run_id": "RUN_ID"', text)
     text = re.sub(r"\b\d{8}-\d{6}-[0-9a-f]{6}\b", "RUN_ID", text)  # e.g. in `--resume ID`
+    # Dates and times (`runs list`, `runs show`, `runs stats`), to the second or millisecond.
+    text = re.sub(
+        r"\b\d{4}-\d\d-\d\d([ T]\d\d:\d\d(:\d\d(\.\d+)?)?([+-]\d\d:\d\d)?)?", "DATE", text
+    )
     return "\n".join(line.rstrip() for line in text.splitlines()).strip("\n")
 
 
@@ -249,10 +254,12 @@ def transcript(block: Block) -> Iterator[tuple[str, str]]:
 
 
 @pytest.fixture
-def plain_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+def plain_terminal(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "OPENAI_API_KEY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("COLUMNS", "120")
+    # Each block starts with an empty run store, so `flowgpt runs ...` shows its own runs.
+    monkeypatch.setenv("FLOWGPT_STORE", str(tmp_path / "runs.sqlite3"))
 
 
 @pytest.mark.usefixtures("plain_terminal")

@@ -128,9 +128,14 @@ def test_runs_show_prints_the_table_the_run_printed(tmp_path: Path) -> None:
         timeout=60,
     )
     assert shown.returncode == 0, shown.stderr
+    # The table the run printed at its end is in it, line for line, then what was sent.
     table_at_end = run.stderr[run.stderr.index("article-writer: ok") :]
-    lines = [ln.rstrip() for ln in table_at_end.strip().splitlines()]
-    assert [ln.rstrip() for ln in shown.stdout.strip().splitlines()] == lines
+    table = "\n".join(ln.rstrip() for ln in table_at_end.strip().splitlines())
+    shown_text = "\n".join(ln.rstrip() for ln in shown.stdout.splitlines())
+    assert shown_text.startswith(f"run {run_id} · started ")
+    assert table in shown_text
+    assert shown_text.index(table) < shown_text.index("## outline") < shown_text.index("## draft")
+    assert "Plan an article about tea of about 600 words." in shown_text
     missing = subprocess.run(
         [sys.executable, "-m", "flowgpt", "runs", "show", "nope"],
         capture_output=True,

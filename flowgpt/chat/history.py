@@ -144,16 +144,16 @@ class ChatHistory:
     def _too_long(
         self, number: int, tokens: int, limit: int, why: str, has_fixed: bool
     ) -> ContextWindowError:
-        what = "the system prompt and your message" if has_fixed else "your message"
+        what = "the system prompt and your message take" if has_fixed else "your message takes"
         if why == "history":
             return ContextWindowError(
-                f"turn {number}: {what} take {tokens:,} tokens, more than max_history_tokens "
+                f"turn {number}: {what} {tokens:,} tokens, more than max_history_tokens "
                 f"({limit:,}), so nothing was sent",
                 hint="shorten the message, or raise max_history_tokens (--max-history-tokens)",
                 step=f"turn-{number}",
             )
         return ContextWindowError(
-            f"turn {number}: {what} take {tokens:,} tokens; with max_tokens "
+            f"turn {number}: {what} {tokens:,} tokens; with max_tokens "
             f"{self.max_tokens or 0:,} for the reply that does not fit {self.model}'s "
             f"context window of {self.window() or 0:,} tokens, so nothing was sent",
             hint="shorten the message, lower max_tokens (--max-tokens), or use a model with "

@@ -25,7 +25,8 @@ __all__ = ["ChatRecorder"]
 
 
 class ChatRecorder:
-    """Records one chat as a run named ``name`` in ``store``."""
+    """Records one chat as a run named ``name`` in ``store``; ``provider`` and
+    ``endpoint`` say who answered and where its requests went."""
 
     def __init__(
         self,
@@ -35,12 +36,16 @@ class ChatRecorder:
         run_id: str | None = None,
         workflow: Workflow | None = None,
         inputs: Mapping[str, Any] | None = None,
+        provider: str | None = None,
+        endpoint: str | None = None,
     ) -> None:
         self.store = store
         self.name = name
         self.run_id = run_id or new_run_id()
         self.workflow = workflow
         self.inputs: dict[str, Any] = dict(inputs or {})
+        self.provider = provider  # who answers ("openai", "mock", ...) and where requests go
+        self.endpoint = endpoint
         self.started = False  # the run exists in the store (from the first turn on)
 
     def _start(self) -> None:
@@ -53,6 +58,8 @@ class ChatRecorder:
             workflow_text=wf.source if wf is not None else None,
             workflow_path=str(wf.path) if wf is not None and wf.path else None,
             inputs=self.inputs,
+            provider=self.provider,
+            endpoint=self.endpoint,
         )
         self.started = True
 

@@ -57,7 +57,7 @@ from flowgpt.chat.setup import setup_from_workflow
 from flowgpt.chat.turn import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, SETTINGS, ChatTurn
 from flowgpt.errors import BudgetExceededError, FlowgptError
 from flowgpt.money import sum_costs
-from flowgpt.providers.base import ChatRequest, Message, OnText, Provider
+from flowgpt.providers.base import ChatRequest, Message, OnText, Provider, endpoint_of
 from flowgpt.providers.factory import make_provider
 from flowgpt.spec.models import PriceList, PriceSpec, ProviderSpec
 from flowgpt.spec.workflow import Workflow
@@ -139,11 +139,20 @@ class ChatSession:
         self._recorder = (
             None
             if store is None
-            else ChatRecorder(store, name=name, run_id=run_id, workflow=workflow, inputs=inputs)
+            else ChatRecorder(
+                store,
+                name=name,
+                run_id=run_id,
+                workflow=workflow,
+                inputs=inputs,
+                provider=provider.name,
+                endpoint=endpoint_of(provider.resolved_base_url()),
+            )
         )
         self.name = name  # of the run the chat is recorded as
         self.turns: list[ChatTurn] = []
         self.failed_turns = 0
+        self.last_error: str | None = None  # the message of the last failed turn
         self._finished = False
         self._busy = False
         self._number = 0
@@ -193,6 +202,12 @@ class ChatSession:
     def history(self) -> list[Message]:
         """The turns the next request will start from (oldest dropped ones left out)."""
         return self._history.messages
+
+    @property
+    def all_failed(self) -> bool:
+        """True when turns were sent and every one of them failed: such a chat ends as
+        "failed", never "ok"."""
+        return self.failed_turns > 0 and not self.turns
 
     @property
     def usage(self) -> Usage:
@@ -267,6 +282,7 @@ class ChatSession:
             if reservation is not None:
                 self.budget.settle(reservation, 0, Decimal(0))  # a failed call is not billed
             self.failed_turns += 1
+            self.last_error = exc.message
             if self._recorder is not None:
                 sent = plan.request.messages if plan is not None else [*self._history.fixed(), user]
                 self._recorder.record_failure(
@@ -335,10 +351,20 @@ class ChatSession:
     # -- the run store ---------------------------------------------------------------------
     def finish(self, status: str = "ok", error: str | None = None) -> None:
         """Record how the chat ended ("ok", "failed" or "interrupted"); later calls and a
-        session that stored nothing do nothing. No turn can be sent afterwards."""
+        session that stored nothing do nothing. No turn can be sent afterwards.
+
+        A chat whose every turn failed ends "failed" (with the last turn's error), even
+        when it was closed normally: nothing it was asked was answered."""
         if self._finished:
             return
         self._finished = True
+        if status == "ok" and self.all_failed:
+            failed = self.failed_turns
+            status = "failed"
+            error = (
+                f"{'the only turn' if failed == 1 else f'all {failed} turns'} failed; "
+                f"the last: {self.last_error}"
+            )
         if self._recorder is not None:
             self._recorder.finish(
                 status,

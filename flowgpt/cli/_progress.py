@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from flowgpt.cli._console import fit_pipes
 from flowgpt.engine.events import EngineEvent
 from flowgpt.money import format_usd
 from flowgpt.results import RunResult, cost_table
@@ -36,10 +37,7 @@ class Progress:
     event otherwise (logs, CI, pipes)."""
 
     def __init__(self, spec: WorkflowSpec, console: Console | None = None) -> None:
-        self.console = console or Console(stderr=True, highlight=False)
-        if not self.console.is_terminal:
-            # Logs and pipes get the whole table rather than rich's 80-column default.
-            self.console.width = max(self.console.width, 120)
+        self.console = fit_pipes(console or Console(stderr=True, highlight=False))
         self.states: dict[str, str] = {s.id: "waiting" for s in spec.steps}
         self.notes: dict[str, str] = {s.id: "" for s in spec.steps}
         self.started: dict[str, float] = {}

@@ -60,6 +60,8 @@ def _ending(session: ChatSession) -> str:
         turns += f" ({session.failed_turns} failed)"
     if not session.turns and not session.failed_turns:
         line = "chat ended: no turns"
+    elif session.all_failed:
+        line = f"chat ended: every turn failed ({session.failed_turns})"
     else:
         line = (
             f"chat ended: {turns}, {session.usage.total_tokens:,} tokens, "
@@ -104,7 +106,8 @@ def run_repl(
     stderr: TextIO | None = None,
 ) -> int:
     """Chat on the standard streams until ``exit``, ``quit``, ``退出``, end of input
-    (Ctrl-D) or Ctrl-C; returns the exit code (0, 1 after a budget stop, 130 on Ctrl-C).
+    (Ctrl-D) or Ctrl-C; returns the exit code (0, 1 after a budget stop or when every turn
+    failed, 130 on Ctrl-C).
 
     Replies stream to stdout; a summary line per turn, errors and the ending go to
     stderr. A failed turn prints its error and the chat goes on. The prompt ``you> `` is
@@ -196,6 +199,8 @@ def run_repl(
             loop.run_until_complete(loop.shutdown_asyncgens())
         finally:
             loop.close()
+    if code == 0 and session.all_failed:
+        code = 1  # nothing asked was answered: not a success (stored as "failed")
     say(_ending(session))
     return code
 

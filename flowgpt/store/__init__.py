@@ -7,8 +7,11 @@ from __future__ import annotations
 
 from flowgpt.store.run_store import (
     SCHEMA_VERSION,
+    BatchSummary,
+    RunStats,
     RunStore,
     RunSummary,
+    StatsRow,
     StoreError,
     default_store_path,
     new_run_id,
@@ -17,8 +20,11 @@ from flowgpt.store.run_store import (
 
 __all__ = [
     "SCHEMA_VERSION",
+    "BatchSummary",
+    "RunStats",
     "RunStore",
     "RunSummary",
+    "StatsRow",
     "StoreError",
     "default_store_path",
     "new_run_id",

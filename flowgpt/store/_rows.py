@@ -254,14 +254,18 @@ class RunSummary:
     batch_row: int | None = None
 
 
-def _summary(run: sqlite3.Row, steps: list[sqlite3.Row]) -> RunSummary:
+def _totals(run: sqlite3.Row, steps: list[sqlite3.Row]) -> tuple[Decimal | None, int]:
+    """A run's cost and tokens: from its row once it finished, else from its steps."""
     if run["finished_at"] is not None:
-        cost = _decimal(run["cost_usd"])
-        tokens = int(run["prompt_tokens"]) + int(run["completion_tokens"])
-    else:  # still running, or the process died: add up what its steps recorded
-        recorded = [s for s in steps if s["finished_at"] is not None]
-        cost = sum_costs([_decimal(s["cost_usd"]) for s in recorded])
-        tokens = sum(int(s["prompt_tokens"]) + int(s["completion_tokens"]) for s in steps)
+        return _decimal(run["cost_usd"]), int(run["prompt_tokens"]) + int(run["completion_tokens"])
+    # still running, or the process died: add up what its steps recorded
+    recorded = [s for s in steps if s["finished_at"] is not None]
+    cost = sum_costs([_decimal(s["cost_usd"]) for s in recorded])
+    return cost, sum(int(s["prompt_tokens"]) + int(s["completion_tokens"]) for s in steps)
+
+
+def _summary(run: sqlite3.Row, steps: list[sqlite3.Row]) -> RunSummary:
+    cost, tokens = _totals(run, steps)
     return RunSummary(
         run_id=run["run_id"],
         workflow=run["workflow"],
@@ -279,4 +283,76 @@ def _summary(run: sqlite3.Row, steps: list[sqlite3.Row]) -> RunSummary:
         endpoint=run["endpoint"],
         batch=run["batch"],
         batch_row=run["batch_row"],
+    )
+
+
+# A batch's status: the first of these that one of its rows has (by its latest run).
+_BATCH_STATUS_ORDER = ("running", "interrupted", "failed", "ok")
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    """One line of ``flowgpt runs list`` for a batch: the runs of its rows taken together.
+
+    ``rows`` counts the rows recorded and ``rows_by_status`` counts them by the status of
+    their latest run (a row that failed and was run again counts once, as it ended);
+    ``runs`` counts every run recorded, and ``cost_usd`` and ``total_tokens`` add up all
+    they spent, a failed try of a row included (None: unpriced). ``status`` is "running"
+    while a row runs, else "interrupted" or "failed" when a row's latest run is, else
+    "ok". ``workflow`` and ``endpoint`` are the latest run's; ``provider`` names every
+    provider its runs used.
+    """
+
+    batch: str  # its output file, as recorded
+    workflow: str
+    status: str
+    started_at: str  # its first run's start
+    finished_at: str | None  # its last run's end, once no row runs
+    cost_usd: Decimal | None
+    total_tokens: int
+    rows: int
+    rows_by_status: dict[str, int]
+    runs: int
+    provider: str | None = None
+    endpoint: str | None = None
+
+    @property
+    def rows_ok(self) -> int:
+        return self.rows_by_status.get("ok", 0)
+
+
+def _batch_summary(
+    totals: sqlite3.Row,
+    latest: list[sqlite3.Row],
+    unfinished: list[tuple[Decimal | None, int]],
+) -> BatchSummary:
+    """A batch from what SQLite added up of its runs: ``totals`` (batch, runs, first_start,
+    last_end, tokens and costs of the finished runs, unpriced_runs, providers, workflow
+    and endpoint of the latest run), ``latest`` (the latest run of each row, counted by
+    status, pid, host and proc_start, as ``n``) and ``unfinished`` (cost and tokens of
+    each run that has not finished, from its steps)."""
+    by_status: dict[str, int] = {}
+    for group in latest:
+        read = _run_status(group)
+        by_status[read] = by_status.get(read, 0) + int(group["n"])
+    status = next((s for s in _BATCH_STATUS_ORDER if by_status.get(s)), "ok")
+    costs: list[Decimal | None] = [c for c, _ in unfinished]
+    if totals["unpriced_runs"]:
+        costs.append(None)
+    if totals["costs"]:
+        costs.extend(Decimal(c) for c in totals["costs"].split(","))
+    providers = sorted(set((totals["providers"] or "").split(",")) - {""})
+    return BatchSummary(
+        batch=totals["batch"],
+        workflow=totals["workflow"],
+        status=status,
+        started_at=totals["first_start"],
+        finished_at=None if status == "running" else totals["last_end"],
+        cost_usd=sum_costs(costs),
+        total_tokens=int(totals["tokens"] or 0) + sum(t for _, t in unfinished),
+        rows=sum(by_status.values()),
+        rows_by_status=dict(sorted(by_status.items())),
+        runs=int(totals["runs"]),
+        provider=", ".join(providers) or None,
+        endpoint=totals["endpoint"],
     )

@@ -20,6 +20,13 @@ What it holds
     finishes, one row per attempt (reply, usage, cost, latency, finish reason, transport
     retries, validation failures), and the response cache (request fingerprint -> reply).
 
+Reading it back
+    :meth:`RunStore.load_run` rebuilds a run (``runs show``); :meth:`RunStore.list_entries`
+    lists runs with each batch as one :class:`BatchSummary` whose rows SQLite adds up
+    (``runs list``; :meth:`RunStore.list_runs` with ``batch=`` lists its rows), and
+    :meth:`RunStore.stats` adds up what the steps spent by day, model and workflow
+    (``runs stats``).
+
 Durability and concurrency
     The database runs in WAL mode with ``synchronous=NORMAL``: every write is committed at
     once, so a process killed right after :meth:`RunStore.record_step` returned loses
@@ -47,8 +54,10 @@ import json
 import random
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from datetime import date, datetime, timezone
 from decimal import Decimal
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -57,7 +66,9 @@ from flowgpt.providers.base import ChatResponse
 from flowgpt.results import AttemptResult, RunResult, StepResult
 from flowgpt.store._db import SCHEMA_VERSION, StoreDatabase, StoreError, default_store_path
 from flowgpt.store._rows import (
+    BatchSummary,
     RunSummary,
+    _batch_summary,
     _decimal,
     _json,
     _load,
@@ -69,8 +80,10 @@ from flowgpt.store._rows import (
     _step_from_doc,
     _summary,
     _text,
+    _totals,
     _usage_of,
 )
+from flowgpt.store._stats import RunStats, StatsRow, costliest, stats_row
 from flowgpt.store.fingerprint import request_fingerprint
 from flowgpt.usage import Usage
 
@@ -79,8 +92,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SCHEMA_VERSION",
+    "BatchSummary",
+    "RunStats",
     "RunStore",
     "RunSummary",
+    "StatsRow",
     "StoreError",
     "default_store_path",
     "new_run_id",
@@ -331,23 +347,230 @@ class RunStore(StoreDatabase):
         with self._guard("read the runs"), self._tx(write=False) as conn:
             return self._resolve(conn, run_id)
 
-    def list_runs(self, limit: int = 20) -> list[RunSummary]:
-        """The latest ``limit`` runs, newest first."""
+    def list_runs(self, limit: int = 20, *, batch: str | None = None) -> list[RunSummary]:
+        """The latest ``limit`` runs, newest first, each batch row a run of its own.
+
+        ``batch``: only that batch's runs (its output file as recorded, or a path or file
+        name that names one batch; see :meth:`resolve_batch`), by row number."""
         with self._guard("read the runs"), self._tx(write=False) as conn:
-            runs = conn.execute(
-                f"SELECT {_SUMMARY_COLUMNS} FROM runs ORDER BY started_at DESC, rowid DESC LIMIT ?",
+            if batch is None:
+                runs = conn.execute(
+                    f"SELECT {_SUMMARY_COLUMNS} FROM runs"
+                    " ORDER BY started_at DESC, rowid DESC LIMIT ?",
+                    (limit,),
+                ).fetchall()
+            else:
+                runs = conn.execute(
+                    f"SELECT {_SUMMARY_COLUMNS} FROM runs WHERE batch = ?"
+                    " ORDER BY batch_row, started_at, rowid LIMIT ?",
+                    (self._resolve_batch(conn, batch), limit),
+                ).fetchall()
+            return self._summaries(conn, runs)
+
+    def list_entries(self, limit: int = 20) -> list[RunSummary | BatchSummary]:
+        """What ``flowgpt runs list`` shows: the latest ``limit`` runs and batches, newest
+        first, a batch as one :class:`BatchSummary` placed by its latest run's start."""
+        with self._guard("read the runs"), self._tx(write=False) as conn:
+            singles = conn.execute(
+                f"SELECT rowid, {_SUMMARY_COLUMNS} FROM runs WHERE batch IS NULL"
+                " ORDER BY started_at DESC, rowid DESC LIMIT ?",
                 (limit,),
             ).fetchall()
-            steps: dict[str, list[sqlite3.Row]] = {r["run_id"]: [] for r in runs}
-            if runs:
-                marks = ", ".join("?" for _ in runs)
-                for row in conn.execute(
-                    "SELECT run_id, status, cost_usd, prompt_tokens, completion_tokens, finished_at"
-                    f" FROM steps WHERE run_id IN ({marks})",
-                    list(steps),
-                ):
-                    steps[row["run_id"]].append(row)
+            batches = conn.execute(
+                "SELECT batch, MAX(started_at) AS last, MAX(rowid) AS rowid FROM runs"
+                " WHERE batch IS NOT NULL GROUP BY batch ORDER BY last DESC, rowid DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+            newest = sorted(
+                [((r["started_at"], r["rowid"]), r["run_id"], None) for r in singles]
+                + [((b["last"], b["rowid"]), None, b["batch"]) for b in batches],
+                reverse=True,
+            )[:limit]
+            chosen = {run_id for _, run_id, _ in newest if run_id is not None}
+            summaries = {
+                s.run_id: s
+                for s in self._summaries(conn, [r for r in singles if r["run_id"] in chosen])
+            }
+            grouped = self._batches(conn, [b for _, _, b in newest if b is not None])
+        return [
+            summaries[run_id] if run_id is not None else grouped[str(batch)]
+            for _, run_id, batch in newest
+        ]
+
+    def batch_summary(self, batch: str) -> BatchSummary:
+        """One batch's runs taken together (``batch`` as for :meth:`resolve_batch`)."""
+        with self._guard("read the batch"), self._tx(write=False) as conn:
+            full = self._resolve_batch(conn, batch)
+            return self._batches(conn, [full])[full]
+
+    def resolve_batch(self, batch: str) -> str:
+        """The batch ``batch`` names, as recorded (the absolute path of its output file):
+        that exact value, or a path to the same file, or a file name or path ending that
+        only one recorded batch ends with. Raises StoreError otherwise."""
+        with self._guard("read the batches"), self._tx(write=False) as conn:
+            return self._resolve_batch(conn, batch)
+
+    def _resolve_batch(self, conn: sqlite3.Connection, batch: str) -> str:
+        def known(name: str) -> bool:
+            found = conn.execute("SELECT 1 FROM runs WHERE batch = ? LIMIT 1", (name,))
+            return found.fetchone() is not None
+
+        if batch and known(batch):
+            return batch
+        if batch:
+            absolute = str(Path(batch).expanduser().resolve())
+            if known(absolute):
+                return absolute
+            tail = "/" + batch.strip("/")
+            names = [
+                r["batch"]
+                for r in conn.execute("SELECT DISTINCT batch FROM runs WHERE batch IS NOT NULL")
+                if r["batch"].endswith(tail)
+            ]
+            if len(names) == 1:
+                found: str = names[0]
+                return found
+            if names:
+                raise StoreError(
+                    f"{batch!r} matches more than one batch in {self.path}: "
+                    + ", ".join(sorted(names)[:5]),
+                    hint="give the output file's path",
+                )
+        raise StoreError(
+            f"no batch {batch!r} in {self.path}; `flowgpt runs list` shows the batches"
+        )
+
+    def _batches(self, conn: sqlite3.Connection, names: Sequence[str]) -> dict[str, BatchSummary]:
+        """The summaries of these batches. SQLite adds up their runs (a batch may have many
+        thousands); only the steps of runs that have not finished are read."""
+        if not names:
+            return {}
+        marks = ", ".join("?" for _ in names)
+        totals = {
+            row["batch"]: row
+            for row in conn.execute(
+                "SELECT batch, COUNT(*) AS runs, MIN(started_at) AS first_start,"
+                " MAX(finished_at) AS last_end,"
+                " SUM(CASE WHEN finished_at IS NOT NULL"
+                " THEN prompt_tokens + completion_tokens ELSE 0 END) AS tokens,"
+                " SUM(finished_at IS NOT NULL AND cost_usd IS NULL) AS unpriced_runs,"
+                " group_concat(CASE WHEN finished_at IS NOT NULL THEN cost_usd END) AS costs,"
+                " group_concat(DISTINCT provider) AS providers,"
+                # the latest run's workflow and endpoint
+                " (SELECT workflow FROM runs l WHERE l.batch = r.batch"
+                "  ORDER BY started_at DESC, rowid DESC LIMIT 1) AS workflow,"
+                " (SELECT endpoint FROM runs l WHERE l.batch = r.batch"
+                "  ORDER BY started_at DESC, rowid DESC LIMIT 1) AS endpoint"
+                f" FROM runs r WHERE batch IN ({marks}) GROUP BY batch",
+                list(names),
+            )
+        }
+        latest: dict[str, list[sqlite3.Row]] = {name: [] for name in names}
+        for row in conn.execute(
+            # Each row's latest run, counted by status (and who runs it, for "running").
+            "SELECT batch, status, pid, host, proc_start, COUNT(*) AS n FROM runs r"
+            f" WHERE batch IN ({marks}) AND NOT EXISTS (SELECT 1 FROM runs o"
+            " WHERE o.batch = r.batch AND o.batch_row IS r.batch_row AND"
+            " (o.started_at > r.started_at OR (o.started_at = r.started_at AND o.rowid > r.rowid)))"
+            " GROUP BY batch, status, pid, host, proc_start",
+            list(names),
+        ):
+            latest[row["batch"]].append(row)
+        open_runs = conn.execute(
+            "SELECT run_id, batch, finished_at, cost_usd, prompt_tokens, completion_tokens"
+            f" FROM runs WHERE batch IN ({marks}) AND finished_at IS NULL",
+            list(names),
+        ).fetchall()
+        steps = self._steps_of(conn, [r["run_id"] for r in open_runs])
+        unfinished: dict[str, list[tuple[Decimal | None, int]]] = {name: [] for name in names}
+        for run in open_runs:
+            unfinished[run["batch"]].append(_totals(run, steps[run["run_id"]]))
+        return {
+            name: _batch_summary(totals[name], latest[name], unfinished[name])
+            for name in names
+            if name in totals
+        }
+
+    @staticmethod
+    def _steps_of(conn: sqlite3.Connection, run_ids: list[str]) -> dict[str, list[sqlite3.Row]]:
+        """What the summaries need of the steps of these runs."""
+        steps: dict[str, list[sqlite3.Row]] = {run_id: [] for run_id in run_ids}
+        for start in range(0, len(run_ids), 500):  # within SQLite's limit on parameters
+            chunk = run_ids[start : start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            for row in conn.execute(
+                "SELECT run_id, status, cost_usd, prompt_tokens, completion_tokens, finished_at"
+                f" FROM steps WHERE run_id IN ({marks})",
+                chunk,
+            ):
+                steps[row["run_id"]].append(row)
+        return steps
+
+    def _summaries(self, conn: sqlite3.Connection, runs: list[sqlite3.Row]) -> list[RunSummary]:
+        """The RunSummary of each run row, with its steps read."""
+        steps = self._steps_of(conn, [r["run_id"] for r in runs])
         return [_summary(run, steps[run["run_id"]]) for run in runs]
+
+    def latest_run_id(self) -> str | None:
+        """The id of the run started last, or None when the store holds none."""
+        with self._guard("read the runs"), self._tx(write=False) as conn:
+            row = conn.execute(
+                "SELECT run_id FROM runs ORDER BY started_at DESC, rowid DESC LIMIT 1"
+            ).fetchone()
+        return None if row is None else str(row["run_id"])
+
+    def stats(self, *, since: date | None = None, include_mock: bool = False) -> RunStats:
+        """Tokens and dollars of every finished step, in all and by day (local time),
+        model and workflow; batch rows and chats included. ``since``: count only steps
+        that finished on that day (local time) or later. The mock provider's runs are
+        left out (their dollars were never billed) unless ``include_mock``."""
+        where, args = ["s.finished_at IS NOT NULL"], []
+        if since is not None:
+            # Local midnight of that day, as the UTC text the steps' times are stored in.
+            midnight = datetime.combine(since, datetime.min.time()).astimezone()
+            where.append("s.finished_at >= ?")
+            args.append(midnight.astimezone(timezone.utc).isoformat(timespec="milliseconds"))
+        mock = " AND ".join([*where, "r.provider = 'mock'"])
+        if not include_mock:
+            where.append("(r.provider IS NULL OR r.provider != 'mock')")
+        scope = f"FROM steps s JOIN runs r ON r.run_id = s.run_id WHERE {' AND '.join(where)}"
+        # Whole numbers are added up by SQLite; dollars (exact decimal text) in Python.
+        sums = (
+            "COUNT(DISTINCT s.run_id), SUM(s.prompt_tokens), SUM(s.completion_tokens),"
+            " SUM(CASE WHEN s.cost_usd IS NULL THEN s.prompt_tokens + s.completion_tokens"
+            " ELSE 0 END), group_concat(s.cost_usd)"
+        )
+        groups = {
+            "day": "date(s.finished_at, 'localtime')",  # SQLite reads the "+00:00"
+            "model": "COALESCE(s.model, '-')",
+            "workflow": "r.workflow",
+        }
+        with self._guard("read the runs"), self._tx(write=False) as conn:
+            total = stats_row("total", *conn.execute(f"SELECT {sums} {scope}", args).fetchone())
+            by = {
+                name: [
+                    stats_row(*row)
+                    for row in conn.execute(
+                        f"SELECT {key} AS k, {sums} {scope} GROUP BY k ORDER BY k", args
+                    )
+                ]
+                for name, key in groups.items()
+            }
+            left_out = 0
+            if not include_mock:
+                left_out = conn.execute(
+                    "SELECT COUNT(DISTINCT s.run_id) FROM steps s"
+                    f" JOIN runs r ON r.run_id = s.run_id WHERE {mock}",
+                    args,
+                ).fetchone()[0]
+        return RunStats(
+            total=total,
+            by_day=by["day"],
+            by_model=costliest(by["model"]),
+            by_workflow=costliest(by["workflow"]),
+            since=since,
+            mock_runs_left_out=int(left_out),
+        )
 
     def run_summary(self, run_id: str) -> RunSummary:
         """The summary of one run (a full id or a unique prefix)."""
@@ -356,12 +579,8 @@ class RunStore(StoreDatabase):
             run = conn.execute(
                 f"SELECT {_SUMMARY_COLUMNS} FROM runs WHERE run_id = ?", (full,)
             ).fetchone()
-            steps = conn.execute(
-                "SELECT status, cost_usd, prompt_tokens, completion_tokens, finished_at"
-                " FROM steps WHERE run_id = ?",
-                (full,),
-            ).fetchall()
-        return _summary(run, steps)
+            (summary,) = self._summaries(conn, [run])
+        return summary
 
     def load_run(self, run_id: str) -> RunResult:
         """The run as a RunResult, rebuilt from the rows (``run_id`` may be a unique prefix).
