@@ -110,10 +110,15 @@ class FlowgptError(Exception):
     exit_code: int = 1
     # The partial RunResult, when the error ended a run (set by the engine).
     result: Any = None
+    # What kind of problem it is, for programs (the command line adds its own options to
+    # the hint by it: the library's hints name no command-line flags).
+    code: str | None = None
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, hint: str | None = None, code: str | None = None) -> None:
         self.message = redact(message)
         self.hint = redact(hint) if hint else None
+        if code is not None:
+            self.code = code
         super().__init__(self.message)
 
     def format(self) -> str:
@@ -131,9 +136,12 @@ class SpecError(FlowgptError):
         *,
         hint: str | None = None,
         diagnostics: list[Diagnostic] | None = None,
+        code: str | None = None,
     ) -> None:
-        super().__init__(message, hint=hint)
-        self.diagnostics: list[Diagnostic] = diagnostics or [Diagnostic(message=message, hint=hint)]
+        super().__init__(message, hint=hint, code=code)
+        self.diagnostics: list[Diagnostic] = diagnostics or [
+            Diagnostic(message=message, hint=hint, code=code or "spec")
+        ]
 
     def format(self) -> str:
         return "\n".join(d.format() for d in self.diagnostics)
@@ -256,16 +264,30 @@ class OutputValidationError(RunError):
 class BudgetExceededError(RunError):
     """The next call could break the run's budget, so it was not made."""
 
-    def __init__(self, message: str, *, hint: str | None = None, step: str | None = None) -> None:
-        super().__init__(message, hint=hint)
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        step: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint, code=code)
         self.step = step
 
 
 class ContextWindowError(RunError):
     """The prompt plus max_tokens does not fit the model's context window."""
 
-    def __init__(self, message: str, *, hint: str | None = None, step: str | None = None) -> None:
-        super().__init__(message, hint=hint)
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        step: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint, code=code)
         self.step = step
 
 

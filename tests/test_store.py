@@ -743,7 +743,11 @@ def test_unusable_files_are_clear_errors(tmp_path: Path) -> None:
     garbage.write_bytes(b"this is not a database" * 100)
     with pytest.raises(StoreError, match="cannot open the run store") as bad:
         RunStore(garbage)
-    assert "--no-store" in bad.value.format()
+    # The library says what to do in its own terms; the command line adds its options.
+    from flowgpt.cli._common import _cli_format
+
+    assert "FLOWGPT_STORE" in bad.value.format() and "--no-store" not in bad.value.format()
+    assert "--no-store" in _cli_format(bad.value)
 
     newer = tmp_path / "newer.sqlite3"
     RunStore(newer).close()

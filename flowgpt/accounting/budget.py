@@ -94,10 +94,10 @@ class Budget:
                     f"({tokens:,} tokens at {model}'s price); with {format_usd(committed)} "
                     f"spent or in flight, that could break {self.label} of "
                     f"{format_usd(self.max_cost_usd)}, so it was not made; " + self._spent_lines(),
-                    hint="raise `budget.max_cost_usd` (or --max-cost), lower the step's "
-                    "max_tokens, or use a cheaper model; `flowgpt estimate` shows the "
-                    "worst case per step",
+                    hint="raise `budget.max_cost_usd` (or the run's cost limit), lower the "
+                    "step's max_tokens, or use a cheaper model",
                     step=step,
+                    code="budget",
                 )
         if self.max_tokens is not None:
             committed_tokens = self.spent_tokens + self.reserved_tokens

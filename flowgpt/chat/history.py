@@ -149,14 +149,15 @@ class ChatHistory:
             return ContextWindowError(
                 f"turn {number}: {what} {tokens:,} tokens, more than max_history_tokens "
                 f"({limit:,}), so nothing was sent",
-                hint="shorten the message, or raise max_history_tokens (--max-history-tokens)",
+                hint="shorten the message, or raise max_history_tokens",
                 step=f"turn-{number}",
+                code="chat_history",
             )
         return ContextWindowError(
             f"turn {number}: {what} {tokens:,} tokens; with max_tokens "
             f"{self.max_tokens or 0:,} for the reply that does not fit {self.model}'s "
             f"context window of {self.window() or 0:,} tokens, so nothing was sent",
-            hint="shorten the message, lower max_tokens (--max-tokens), or use a model with "
-            "a larger window",
+            hint="shorten the message, lower max_tokens, or use a model with a larger window",
             step=f"turn-{number}",
+            code="chat_window",
         )

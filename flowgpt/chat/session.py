@@ -246,7 +246,8 @@ class ChatSession:
                 raise BudgetExceededError(
                     f"turn {number}: without max_tokens the worst case of a reply from "
                     f"{request.model} is unknown, so the limit cannot be enforced",
-                    hint="set max_tokens (--max-tokens)",
+                    hint="set max_tokens",
+                    code="chat_max_tokens",
                     step=f"turn-{number}",
                 )
             max_tokens = max(window - plan.prompt_tokens, 0)

@@ -15,15 +15,41 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from flowgpt.errors import FlowgptError, InputError
+from flowgpt.errors import FlowgptError, InputError, SpecError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-def _fail(error: FlowgptError) -> NoReturn:
-    click.echo(error.format(), err=True)
+# The command line's own options for a kind of problem (an error's or a diagnostic's
+# `code`): the library's hints name no flags, the command adds these.
+_CLI_HINTS = {
+    "missing_input": "pass inputs with -i NAME=VALUE (-i NAME=@FILE reads a file) or --inputs-file",
+    "no_model": "or pass --model",
+    "no_store": "drop --no-store to use --resume",
+    "budget": "--max-cost USD sets this run's limit; `flowgpt estimate` shows the worst case "
+    "per step",
+    "chat_history": "--max-history-tokens raises it",
+    "chat_window": "--max-tokens lowers max_tokens",
+    "chat_max_tokens": "pass --max-tokens",
+    "store": "or --store FILE, or --no-store",
+}
+
+
+def _cli_format(error: FlowgptError, then: Sequence[str] = ()) -> str:
+    """The error as the command line shows it: the library's message and hints, the
+    command's own options for the problem, then ``then`` (e.g. how to continue)."""
+    text = error.format()
+    codes = [error.code] if error.code else []
+    if isinstance(error, SpecError):
+        codes += [d.code for d in error.diagnostics]
+    extra = [_CLI_HINTS[c] for c in dict.fromkeys(codes) if c in _CLI_HINTS]
+    return "\n".join([text, *(f"  {line}" for line in [*extra, *then])])
+
+
+def _fail(error: FlowgptError, then: Sequence[str] = ()) -> NoReturn:
+    click.echo(_cli_format(error, then), err=True)
     sys.exit(error.exit_code)
 
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 from flowgpt.chat.session import ChatSession
 from flowgpt.chat.turn import EXIT_WORDS, ChatTurn
+from flowgpt.cli._common import _cli_format
 
 __all__ = ["format_turn_summary", "run_repl"]
 
@@ -171,11 +172,11 @@ def run_repl(
                             loop.run_until_complete(task)
                     interrupt.hit = True
                 except BudgetExceededError as exc:
-                    say(exc.format())
+                    say(_cli_format(exc))
                     code, status, error = exc.exit_code, "failed", exc.message
                     break
                 except FlowgptError as exc:
-                    say(f"turn {session.turns_sent} failed: {exc.format()}")
+                    say(f"turn {session.turns_sent} failed: {_cli_format(exc)}")
                     continue
             if interrupt.hit:
                 say("interrupted")

@@ -145,9 +145,10 @@ def run(
     progress.print_table(result)
     if error is not None:
         finished = any(s.status in ("ok", "reused", "cached") for s in result.steps.values())
+        then = []
         if store is not None and result.run_id and finished:
-            error.hint = (error.hint + "\n  " if error.hint else "") + (
+            then.append(
                 f"after fixing it, `{resume_command(result.run_id)}` "
                 "re-runs only what did not finish"
             )
-        _fail(error)
+        _fail(error, then)

@@ -159,7 +159,9 @@ class Engine:
         if resume is not None:
             if self.store is None:
                 raise SpecError(
-                    "resuming needs the run store", hint="drop --no-store to use --resume"
+                    "resuming needs the run store",
+                    hint="give the engine a store: Engine(store=RunStore())",
+                    code="no_store",
                 )
             resume = self.store.resolve_run_id(resume)
             previous = self.store.finished_steps(resume)

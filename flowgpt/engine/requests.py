@@ -66,7 +66,8 @@ def step_request(
     if model is None:
         raise SpecError(
             f"step `{plan.step.id}` has no model",
-            hint="set `defaults.model` or the step's `model`, or pass --model",
+            hint="set `defaults.model` or the step's `model` (or the engine's `model`)",
+            code="no_model",
         )
     request = ChatRequest(
         model=model, messages=messages, response_format=plan.response_format, **plan.settings

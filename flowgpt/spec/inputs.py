@@ -201,8 +201,8 @@ def resolve_inputs(
                 Diagnostic(
                     f"missing input `{name}`{desc}",
                     source,
-                    hint=f"pass it with -i {name}=... or in --inputs-file",
-                    code="input",
+                    hint=f"give `{name}` a value in the run's inputs",
+                    code="missing_input",
                 )
             )
             continue

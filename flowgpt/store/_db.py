@@ -122,14 +122,15 @@ CREATE TABLE IF NOT EXISTS cache (
 );
 """
 
-_STORE_HINT = "set FLOWGPT_STORE (or --store) to a writable file, or pass --no-store"
+_STORE_HINT = "set FLOWGPT_STORE to a writable file (or use no store)"
 
 
 class StoreError(InputError):
     """The run store cannot be used, or holds no such run (exit 2)."""
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
+        # "store": the command line adds its --store/--no-store to a hint about the file
+        super().__init__(message, hint=hint, code="store" if hint == _STORE_HINT else None)
 
     def format(self) -> str:
         # Not a mistake in a workflow file: no "<workflow>:" location in front.
