@@ -384,3 +384,83 @@ def test_inputs_from_files_and_stdin(tmp_path: Path) -> None:
         assert twice.exit_code == 2 and "standard input was already read" in twice.output
     finally:
         os.chdir(ROOT)
+
+
+def test_init_writes_a_starter_that_validates_runs_and_tests(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from flowgpt.cli import main
+
+    runner = CliRunner()
+    made = runner.invoke(main, ["init", "tea", "--dir", str(tmp_path)])
+    assert made.exit_code == 0, made.output
+    assert {p.name for p in tmp_path.rglob("*") if p.is_file()} == {
+        "tea.yaml",
+        "tea.md",
+        "tea.test.yaml",
+    }
+    workflow = str(tmp_path / "tea.yaml")
+    checked = runner.invoke(main, ["validate", "--strict", workflow])
+    assert checked.exit_code == 0 and "warning" not in checked.output, checked.output
+    ran = runner.invoke(main, ["run", workflow, "-i", "topic=green tea", "--mock", "--no-store"])
+    assert ran.exit_code == 0, ran.output
+    assert "== title ==" in ran.output and "== note ==" in ran.output
+    recorded = runner.invoke(main, ["test", workflow, "--record", "--mock"])
+    assert recorded.exit_code == 0, recorded.output
+    replayed = runner.invoke(main, ["test", workflow])
+    assert replayed.exit_code == 0 and "1 passed" in replayed.output, replayed.output
+    # Nothing is overwritten, and a name that cannot be a file name is refused.
+    before = (tmp_path / "tea.yaml").read_text()
+    (tmp_path / "tea.yaml").write_text(before + "# my edit\n")
+    again = runner.invoke(main, ["init", "tea", "--dir", str(tmp_path)])
+    assert again.exit_code == 2 and "already exist" in again.output
+    assert (tmp_path / "tea.yaml").read_text().endswith("# my edit\n")
+    bad = runner.invoke(main, ["init", "../up", "--dir", str(tmp_path)])
+    assert bad.exit_code == 2 and "cannot name a workflow file" in bad.output
+
+
+def test_graph_prints_the_steps_as_mermaid(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from flowgpt.cli import main
+
+    shown = CliRunner().invoke(main, ["graph", ARTICLE])
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.splitlines()
+    assert lines[0] == "flowchart TD"
+    assert 's_outline["outline<br/>gpt-4o-mini"]' in shown.output
+    assert "    s_outline --> s_draft" in lines
+    assert "    s_draft -->|history| s_polish" in lines
+    # Mermaid reserves `end`: node names are prefixed; for_each steps are double boxes.
+    path = tmp_path / "wf.yaml"
+    path.write_text(
+        "version: 1\nname: g\ndefaults: {model: gpt-4o-mini}\nsteps:\n"
+        "  - id: start\n    prompt: List three things as JSON.\n"
+        "    output: {format: json}\n"
+        "  - id: end\n    for_each: steps.start.output\n    as: thing\n"
+        '    prompt: "Say {{ thing }}."\n'
+        "  - id: after\n    needs: [end]\n    prompt: Done.\n"
+    )
+    shown = CliRunner().invoke(main, ["graph", str(path)])
+    assert "s_end[[" in shown.output and "for each thing in steps.start.output" in shown.output
+    assert "    s_start --> s_end" in shown.output.splitlines()
+    assert "    s_end -.->|needs| s_after" in shown.output.splitlines()
+
+
+def test_a_chat_only_workflow_needs_no_dummy_prompt(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from flowgpt.cli import main
+
+    path = tmp_path / "bot.yaml"
+    path.write_text(
+        "version: 1\nname: bot\ndefaults: {model: gpt-4o-mini, max_tokens: 50}\nsteps:\n"
+        "  - id: answer\n    system: You are the tea shop's assistant.\n"
+    )
+    runner = CliRunner()
+    checked = runner.invoke(main, ["validate", str(path)])
+    assert checked.exit_code == 0 and "is a chat step" in checked.output
+    chat = runner.invoke(main, ["chat", str(path), "--mock", "--no-store"], input="Hi\n")
+    assert chat.exit_code == 0, chat.output
+    ran = runner.invoke(main, ["run", str(path), "--mock", "--no-store"])
+    assert ran.exit_code == 2 and "flowgpt chat" in ran.output and "Traceback" not in ran.output

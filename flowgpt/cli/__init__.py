@@ -2,7 +2,8 @@
 
 This module holds the ``main`` group (``--debug``, ``--version``) and registers the commands,
 which live in private modules by job: ``_inspect`` (validate, schema, estimate), ``_run``,
-``_batch``, ``_chat``, ``_runs`` and ``_test``; what they share is in ``_common``.
+``_batch``, ``_chat``, ``_runs``, ``_test`` and ``_start`` (init, graph); what they share is in
+``_common``.
 
 Heavy modules (the engine, the openai SDK, rich) are imported inside the commands that need
 them, so ``flowgpt --help``, ``validate``, ``schema`` and ``estimate`` start fast.
@@ -17,6 +18,7 @@ from flowgpt.cli._chat import chat
 from flowgpt.cli._inspect import estimate, schema, validate
 from flowgpt.cli._run import run
 from flowgpt.cli._runs import runs
+from flowgpt.cli._start import graph, init
 from flowgpt.cli._test import test
 
 __all__ = ["main"]
@@ -30,10 +32,15 @@ def main(debug: bool) -> None:
 
     \b
     Start with:
-      flowgpt validate workflows/article.yaml
-      flowgpt run workflows/article.yaml -i topic=tea --mock
+      flowgpt init tea                    a starter workflow: tea.yaml
+      flowgpt validate tea.yaml
+      flowgpt run tea.yaml -i topic="green tea" --mock
+
+    \b
+    Shell completion (bash; zsh and fish alike, see docs/running.md):
+      eval "$(_FLOWGPT_COMPLETE=bash_source flowgpt)"
     """
 
 
-for _command in (validate, schema, run, estimate, batch, chat, runs, test):
+for _command in (init, validate, schema, run, estimate, batch, chat, runs, test, graph):
     main.add_command(_command)

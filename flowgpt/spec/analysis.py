@@ -3,6 +3,7 @@ calling a model. Each finding is a Diagnostic pointing at the file, line and col
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import itertools
 import re
@@ -176,6 +177,16 @@ class _Checker:
                     "choose another name for the item, e.g. `as: item`",
                 )
             self._output(index, step)
+            if step.chat_only:
+                self.add(
+                    self.at("steps", index),
+                    f"step `{step.id}` has a system prompt but no `prompt`: it is a chat step, "
+                    "which a run cannot send",
+                    f"chat with it (`flowgpt chat {self.wf.display_path} --step {step.id}`), "
+                    "or give it a `prompt` to run it",
+                    severity="warning",
+                    code="chat_only",
+                )
             if step.setting("model", self.spec.defaults) is None:
                 self.add(
                     self.at("steps", index),
@@ -276,6 +287,11 @@ def analyze(workflow: Workflow) -> list[Diagnostic]:
 def check_runnable(workflow: Workflow) -> None:
     """Raise SpecError when a workflow cannot be run: any static error, or a feature this
     version does not run yet. Used by the engine and by estimates, before any call."""
-    errors = [d for d in analyze(workflow) if d.severity == "error"]
+    errors = [
+        # A chat step is fine to validate and to chat with, but a run cannot send it.
+        dataclasses.replace(d, severity="error") if d.code == "chat_only" else d
+        for d in analyze(workflow)
+        if d.severity == "error" or d.code == "chat_only"
+    ]
     if errors:
         raise SpecError(f"{workflow.display_path}: the workflow is not valid", diagnostics=errors)

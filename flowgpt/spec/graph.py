@@ -13,6 +13,7 @@ from flowgpt.spec.workflow import TemplateSource, Workflow
 __all__ = [
     "StepTemplate",
     "find_cycle",
+    "mermaid",
     "step_dependencies",
     "step_templates",
     "topological_order",
@@ -93,3 +94,47 @@ def topological_order(deps: Mapping[str, Set[str]], order: list[str]) -> list[st
         for d in remaining.values():
             d.difference_update(ready)
     return result
+
+
+def mermaid(workflow: Workflow) -> str:
+    """The step graph as a Mermaid flowchart (GitHub renders it in Markdown): a box per
+    step with its model, an arrow from each step to the steps that need it (``history``
+    and ``needs`` labelled), a double box for ``for_each`` steps, and ``when`` on the box."""
+    spec = workflow.spec
+    deps = step_dependencies(workflow)
+
+    def node(step_id: str) -> str:
+        return f"s_{step_id}"  # a prefix: Mermaid reserves words such as `end`
+
+    def label(text: str) -> str:
+        return text.replace('"', "#quot;")
+
+    lines = ["flowchart TD"]
+    for step in spec.steps:
+        parts = [step.id]
+        model = step.setting("model", spec.defaults)
+        if model:
+            parts.append(str(model))
+        if step.for_each is not None:
+            parts.append(f"for each {step.as_} in {step.for_each}")
+        if step.when is not None:
+            parts.append(f"when {step.when}")
+        if step.chat_only:
+            parts.append("chat step")
+        text = label("<br/>".join(parts))
+        lines.append(
+            f'    {node(step.id)}[["{text}"]]'
+            if step.for_each
+            else f'    {node(step.id)}["{text}"]'
+        )
+    for step in spec.steps:
+        for dep in sorted(deps[step.id]):
+            if dep not in spec.step_ids:
+                continue
+            if dep == step.history:
+                lines.append(f"    {node(dep)} -->|history| {node(step.id)}")
+            elif dep in step.needs:
+                lines.append(f"    {node(dep)} -.->|needs| {node(step.id)}")
+            else:
+                lines.append(f"    {node(dep)} --> {node(step.id)}")
+    return "\n".join(lines) + "\n"

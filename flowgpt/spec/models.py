@@ -310,13 +310,26 @@ class StepSpec(ModelSettings):
             raise ValueError("give either `system` or `system_file`, not both")
         if self.prompt is not None and self.prompt_file is not None:
             raise ValueError("give either `prompt` or `prompt_file`, not both")
-        if self.prompt is None and self.prompt_file is None and not self.messages:
+        if (
+            self.prompt is None
+            and self.prompt_file is None
+            and not self.messages
+            and self.system is None
+            and self.system_file is None
+        ):
+            # A step with only a system prompt is a chat step (flowgpt chat --step).
             raise ValueError("a step needs a `prompt`, a `prompt_file` or `messages`")
         if self.for_each is not None and self.as_ is None:
             raise ValueError("`for_each` needs `as:` to name the item, e.g. `as: section`")
         if self.as_ is not None and self.for_each is None:
             raise ValueError("`as` only makes sense with `for_each`")
         return self
+
+    @property
+    def chat_only(self) -> bool:
+        """A step with a system prompt and nothing for the user to say: it sets up
+        ``flowgpt chat --step`` (the user types the messages) and cannot be run."""
+        return self.prompt is None and self.prompt_file is None and not self.messages
 
     def setting(self, name: str, defaults: DefaultsSpec) -> Any:
         """A model setting with the workflow's defaults applied."""
