@@ -41,6 +41,18 @@ from flowgpt.cli._common import (
     help="Stop starting rows before any call that could take the whole batch past USD.",
 )
 @click.option("--model", help="Use this model for every step.")
+@click.option(
+    "--batch-api",
+    is_flag=True,
+    help="Send the requests through OpenAI's Batch API, stage by stage: half the price, "
+    "answers within 24 h. The same command again continues (docs/batch-api.md).",
+)
+@click.option(
+    "--no-wait", is_flag=True, help="With --batch-api: submit the current stage and exit."
+)
+@click.option(
+    "--cancel", is_flag=True, help="With --batch-api: cancel this batch's batches in flight."
+)
 @_provider_options
 @_handle_errors
 def batch(
@@ -52,12 +64,33 @@ def batch(
     tpm: int | None,
     max_cost: float | None,
     model: str | None,
+    batch_api: bool,
+    no_wait: bool,
+    cancel: bool,
     **provider_options: Any,
 ) -> None:
     """Run a workflow once per row of a data file, streaming results to --out.
 
     Rows run concurrently under one request limiter; a failed row does not stop the
     others. Running the same command again skips the rows already done in --out."""
+    if batch_api or no_wait or cancel:
+        if not batch_api:
+            raise click.UsageError("--no-wait and --cancel go with --batch-api")
+        from flowgpt.cli._batch_api import batch_api_command
+
+        limits = {"concurrency": concurrency, "rpm": rpm, "tpm": tpm}
+        batch_api_command(
+            workflow=workflow,
+            data=data,
+            out=out,
+            max_cost=max_cost,
+            model=model,
+            no_wait=no_wait,
+            cancel=cancel,
+            limits=limits,
+            provider_options=provider_options,
+        )
+        return
     from flowgpt.cli._progress import BatchProgress
     from flowgpt.engine.data import BatchOutput, read_rows, scan_rows
     from flowgpt.engine.engine import Engine

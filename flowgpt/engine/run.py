@@ -22,6 +22,7 @@ from flowgpt import templating
 from flowgpt.accounting.budget import Budget, Reservation
 from flowgpt.accounting.prices import ModelPrice, cost_of, resolve_price, worst_case_cost
 from flowgpt.accounting.tokens import context_window, count_text, count_tokens, truncate_text
+from flowgpt.engine.calls import CALL_SITE, CallSite
 from flowgpt.engine.events import EngineEvent, EventKind
 from flowgpt.engine.plan import Plan
 from flowgpt.engine.requests import build_messages, downgrade_format, refused_format, step_request
@@ -62,6 +63,7 @@ class RunSettings:
     on_event: Callable[[EngineEvent], None] | None = None
     store: RunStore | None = None
     cache: bool = False  # answer identical deterministic requests from the store
+    batch_rates: bool = False  # priced at Batch API rates (the calls go through batches)
 
 
 class Run:
@@ -201,7 +203,10 @@ class Run:
                 )
             max_tokens = max(window - prompt_tokens, 0)
         price = resolve_price(
-            request.model, base_url=self.price_base_url, overrides=self.spec.pricing
+            request.model,
+            base_url=self.price_base_url,
+            overrides=self.spec.pricing,
+            batch=self.settings.batch_rates,
         )
         return self.budget.reserve(
             step.id,
@@ -216,6 +221,7 @@ class Run:
             request.model,
             base_url=self.price_base_url,
             overrides=self.spec.pricing,
+            batch=self.settings.batch_rates,
         )
 
     # -- the store: resume and the response cache ---------------------------------------
@@ -228,7 +234,12 @@ class Run:
     def price_of(self, model: str | None) -> ModelPrice | None:
         if model is None:
             return None
-        return resolve_price(model, base_url=self.price_base_url, overrides=self.spec.pricing)
+        return resolve_price(
+            model,
+            base_url=self.price_base_url,
+            overrides=self.spec.pricing,
+            batch=self.settings.batch_rates,
+        )
 
     def reuse(self, step: StepSpec, result: StepResult) -> bool:
         """Take a step's result from the run being resumed when its request is unchanged."""
@@ -266,6 +277,7 @@ class Run:
         conversation = messages  # never changed in place: a repair builds a new list
         failures: list[str] = []
         for _ in range(retries + 1):
+            CALL_SITE.set(CallSite(result.id, len(result.attempts)))  # for batch lines
             request = self.request_for(step, conversation)
             cache_key = self.fingerprint(request) if self.use_cache(step) else None
             hit = self.store.cache_get(cache_key) if cache_key and self.store else None
