@@ -275,6 +275,29 @@ outputs:
     assert with_api[0].cost_usd * 2 == with_sync[0].cost_usd
 
 
+def test_rows_beyond_rows_at_once_start_as_others_finish(
+    tmp_path: Path, server: tuple[FakeOpenAI, FakeBatches], cli_env: dict[str, str]
+) -> None:
+    _, batches = server
+    rows = [{"topic": f"t{i}"} for i in range(1, 6)]
+
+    async def go() -> tuple[list[BatchRowResult], int]:
+        async with Engine(store=RunStore(tmp_path / "runs.sqlite3")) as engine:
+            run = engine.run_batch_api(
+                parse_workflow(WF), rows, job="window", poll_interval_s=0.005, rows_at_once=2
+            )
+            return [r async for r in run], run.round
+
+    done, rounds = asyncio.run(go())
+    assert sorted(r.row for r in done) == [1, 2, 3, 4, 5] and all(r.ok for r in done)
+    assert rounds == 6  # rows 1-2, then 3-4, then 5: two stages each
+    first_round = [c for b, ids in batches.lines.items() for c in ids][:2]
+    assert sorted(first_round) == ["1/plan/0/0", "2/plan/0/0"]
+    assert _row_steps(batches.answered) == Counter(
+        {(row, step): 1 for row in range(1, 6) for step in STEPS}
+    )
+
+
 # -- exactly once ------------------------------------------------------------------------
 
 
@@ -422,6 +445,28 @@ def test_a_refused_batch_fails_its_rows_with_the_reason_and_a_full_queue_is_trie
     assert _row_steps(batches.answered) == Counter(
         {(row, step): 1 for row in (1, 2) for step in ("plan", "short")}
     )
+
+
+def test_waiting_outlasts_a_network_blip(
+    tmp_path: Path, server: tuple[FakeOpenAI, FakeBatches], cli_env: dict[str, str]
+) -> None:
+    _, batches = server
+    # No transport retries: the dropped look at the batch reaches flowgpt itself.
+    _files(
+        tmp_path, rows=2, workflow=WF.replace("pricing:", "provider: {max_retries: 0}\npricing:")
+    )
+    blips = {"left": 1}
+
+    def blip(batch: dict[str, Any]) -> None:
+        if blips["left"]:
+            blips["left"] -= 1
+            raise ConnectionResetError  # the look fails; the batch goes on
+
+    batches.on_retrieve = blip
+    done = _batch(tmp_path, "--batch-api")
+    assert done.exit_code == 0, done.output
+    assert "warning: Could not reach" in done.output and "(looking again later)" in done.output
+    assert set(_out(tmp_path)) == {1, 2}
 
 
 # -- no-wait, cancel, budget -------------------------------------------------------------

@@ -275,6 +275,8 @@ class _Progress:
 
     def status(self, status: BatchAPIStatus) -> None:
         self.last = status
+        if self.live is not None and status.event == "trouble":
+            self._line(f"warning: {status.message} (looking again later)")
         if self.live is not None:
             self.live.update(self._table())
             return
@@ -286,6 +288,8 @@ class _Progress:
                 self._line(f"{self._headline()}: {_batch_line(info)}")
         elif status.event in ("results", "rows"):
             self._line(self._rows())
+        elif status.event == "trouble":
+            self._line(f"warning: {status.message} (looking again later)")
 
     def row(self, row: BatchRowResult) -> None:
         self.done += 1

@@ -41,14 +41,14 @@ from flowgpt.engine.calls import CALL_SITE
 from flowgpt.engine.data import BatchRowResult, DataRow
 from flowgpt.engine.plan import Plan
 from flowgpt.engine.run import Run
-from flowgpt.errors import BadRequestError, BudgetExceededError, ServerError
+from flowgpt.errors import BadRequestError, BudgetExceededError, ProviderError, ServerError
 from flowgpt.providers.base import ChatRequest, ChatResponse, OnText, Provider
 from flowgpt.providers.batches import BatchAPI, BatchInfo, LineResult, split_lines
 from flowgpt.spec.workflow import Workflow
 from flowgpt.store.batch_journal import BatchJournal, LineRecord, SubmissionRecord
 from flowgpt.store.fingerprint import request_fingerprint
 
-__all__ = ["BatchAPIRun", "BatchAPIStatus", "StartBatchRow", "cancel_batches"]
+__all__ = ["ROWS_AT_ONCE", "BatchAPIRun", "BatchAPIStatus", "StartBatchRow", "cancel_batches"]
 
 # Makes the run of one row: under the shared budget, sending through the given provider.
 StartBatchRow = Callable[[DataRow, Budget, Provider], Run]
@@ -64,6 +64,8 @@ _STUCK_S = 60.0
 _POLL_FIRST_S, _POLL_MAX_S = 2.0, 60.0
 # Batches made before the job started (minus this, for clock skew) are not the job's.
 _CLOCK_SLACK_S = 3600.0
+# Rows running at once by default: a row waiting for its batches holds some 20 KB.
+ROWS_AT_ONCE = 50_000
 
 Outcome = Literal["done", "waiting", "budget"]
 
@@ -74,9 +76,10 @@ class BatchAPIStatus:
 
     ``event``: "started", "submitted" (a stage's batches were made), "batch" (a batch's
     status or counts changed), "results" (a batch's answers came back), "rows" (rows
-    finished). ``stage``/``stages``: the deepest step of this round in the workflow's
-    graph and the graph's depth; ``round`` counts submissions (repairs and retries make
-    more rounds than stages). Dollars are the answers received so far at Batch API
+    finished), "trouble" (a batch could not be looked at; ``message`` says why, and it
+    is looked at again next time). ``stage``/``stages``: the deepest step of this round
+    in the workflow's graph and the graph's depth; ``round`` counts submissions (repairs
+    and retries make more rounds than stages). Dollars are the answers received so far at Batch API
     rates, and what the same answers would have cost synchronously.
     """
 
@@ -92,6 +95,7 @@ class BatchAPIStatus:
     failed: int
     spent_usd: Decimal | None
     sync_usd: Decimal | None
+    message: str | None = None  # for "trouble": what went wrong (it is tried again)
 
 
 class _Row:
@@ -180,8 +184,10 @@ class BatchAPIRun:
     ``BatchRowResult`` as it finishes (in row order within a round).
 
     Made by ``Engine.run_batch_api``. ``job`` names the job in the run store: running a
-    BatchAPIRun with the same job again continues it. With ``wait=False`` it submits the
-    current stage and stops (``outcome == "waiting"``) instead of waiting for the batches.
+    BatchAPIRun with the same job again continues it. At most ``rows_at_once`` rows run
+    at once (a stage holds a request of each); the others start as rows finish. With
+    ``wait=False`` it submits the current stage and stops (``outcome == "waiting"``)
+    instead of waiting for the batches.
     After the iteration, ``outcome`` says how it ended: "done" (every row finished),
     "waiting" (batches in flight, nothing more to do without waiting) or "budget" (the
     next stage's worst case could pass ``max_cost_usd``: nothing of it was submitted;
@@ -204,8 +210,10 @@ class BatchAPIRun:
         skip: Collection[int] = (),
         inputs_from_cli: bool = False,
         on_status: Callable[[BatchAPIStatus], None] | None = None,
+        rows_at_once: int = ROWS_AT_ONCE,
     ) -> None:
         self.workflow = workflow
+        self.rows_at_once = rows_at_once
         self.provider = provider
         self.api = api
         self.job_key = job
@@ -223,15 +231,15 @@ class BatchAPIRun:
         self._pricing = spec.pricing
         self._base_url = provider.resolved_base_url() or spec.provider.price_base_url
         plan = Plan.of(workflow)
-        self._levels: dict[str, int] = {}
-        for sid in spec.step_ids:  # a step's stage: 1 + the deepest of what it needs
-            self._levels[sid] = self._level(plan, sid)
+        self._levels: dict[str, int] = {}  # a step's stage: 1 + the deepest it needs
+        for sid in spec.step_ids:
+            self._level(plan, sid)
         # -- how it ended, and progress
         self.job_id = ""
         self.outcome: Outcome | None = None
         self.message: str | None = None
         self.round = 0
-        self.rows = self.done = self.failed = 0
+        self.done = self.failed = 0
         self.spent_usd: Decimal | None = Decimal(0)  # answers received, at batch rates
         self.sync_usd: Decimal | None = Decimal(0)  # the same, at synchronous rates
         self.rows_cost_usd: Decimal | None = Decimal(0)  # rows finished, at batch rates
@@ -288,7 +296,9 @@ class BatchAPIRun:
             results = run_rows(
                 self._start_row,
                 rows,
-                concurrency=max(len(rows), 1),  # every row at once: a stage is every row's
+                # Every row at once (a stage is every row's requests), up to a bound on
+                # memory: beyond it, rows start as others finish, in later rounds.
+                concurrency=max(min(len(rows), self.rows_at_once), 1),
                 max_cost_usd=self.max_cost_usd,
                 skip=self._skip,
                 inputs_from_cli=self._inputs_from_cli,
@@ -622,7 +632,15 @@ class BatchAPIRun:
         ended = False
         for sid, submission in list(self._in_flight.items()):
             assert submission.batch_id is not None
-            info = await self.api.retrieve(submission.batch_id)
+            try:
+                info = await self.api.retrieve(submission.batch_id)
+            except ProviderError as exc:
+                if not exc.retryable:
+                    raise
+                # The network or the API is down for now: the batch goes on regardless;
+                # look again next time rather than give up hours of waiting.
+                self._status("trouble", exc.message)
+                continue
             before = self._infos.get(sid)
             self._infos[sid] = info
             if before is None or before.status != info.status:
@@ -673,7 +691,7 @@ class BatchAPIRun:
         wait, self._poll_s = self._poll_s, min(self._poll_s * 1.5, _POLL_MAX_S)
         return wait
 
-    def _status(self, event: str) -> None:
+    def _status(self, event: str, message: str | None = None) -> None:
         if self.on_status is None:
             return
         steps = self._round_steps
@@ -691,6 +709,7 @@ class BatchAPIRun:
                 failed=self.failed,
                 spent_usd=self.spent_usd,
                 sync_usd=self.sync_usd,
+                message=message,
             )
         )
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from flowgpt.accounting.budget import Budget
 from flowgpt.engine.batch import run_rows
-from flowgpt.engine.batch_api import BatchAPIRun, BatchAPIStatus, cancel_batches
+from flowgpt.engine.batch_api import ROWS_AT_ONCE, BatchAPIRun, BatchAPIStatus, cancel_batches
 from flowgpt.engine.data import BatchRowResult, DataRow
 from flowgpt.engine.events import EngineEvent
 from flowgpt.engine.plan import Plan
@@ -274,6 +274,7 @@ class Engine:
         inputs_from_cli: bool = False,
         poll_interval_s: float | None = None,
         on_status: Callable[[BatchAPIStatus], None] | None = None,
+        rows_at_once: int = ROWS_AT_ONCE,
     ) -> BatchAPIRun:
         """Run a workflow once per row through the provider's Batch API (OpenAI's: half
         the price, answers within 24 h), stage by stage; ``async for`` the result gives
@@ -285,6 +286,8 @@ class Engine:
         one budget for every row, at Batch API rates: a stage whose worst case could pass
         it is not submitted. ``poll_interval_s``: how often to look at batches in flight
         (default: after 2 s, then 1.5 times longer each time, up to a minute).
+        ``rows_at_once`` bounds memory: rows beyond it start as others finish (in later
+        rounds, so with more waiting).
         """
         wf = _as_workflow(workflow)
         Plan.of(wf)  # static errors before anything runs
@@ -323,6 +326,7 @@ class Engine:
             skip=skip,
             inputs_from_cli=inputs_from_cli,
             on_status=on_status,
+            rows_at_once=rows_at_once,
         )
 
     async def cancel_batch_api(
