@@ -266,6 +266,9 @@ outputs:
         for line in batches._bodies[batch_id]
         if line["custom_id"] == "1/plan/1/0"
     )
+    # structured outputs, as a synchronous call asks for them
+    assert repair["body"]["response_format"]["type"] == "json_schema"
+    assert repair["body"]["max_tokens"] == 60
     feedback = repair["body"]["messages"][-1]["content"]
     assert feedback.startswith(repair_message(["x"], None).split("\n")[0])
     assert "is not of type 'array'" in feedback

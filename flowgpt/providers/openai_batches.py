@@ -16,6 +16,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from types import SimpleNamespace
 from typing import Any, Final
 
 import openai
@@ -243,8 +244,14 @@ class OpenAIBatches:
 
     def _answer(self, custom_id: str, body: Any, batch: BatchInfo) -> LineResult:
         try:
-            reply = _reply_of(ChatCompletion.model_validate(body))
-        except (_Unreadable, ValueError) as exc:
+            try:
+                completion: Any = ChatCompletion.model_validate(body)
+            except ValueError:
+                # As leniently as the SDK reads a reply (it does not validate): a
+                # compatible server may leave out what its model calls required.
+                completion = _namespace(body)
+            reply = _reply_of(completion)
+        except _Unreadable as exc:
             return LineResult(
                 custom_id,
                 error=MalformedResponseError(
@@ -262,6 +269,15 @@ class OpenAIBatches:
                 extra=reply.extra,
             ),
         )
+
+
+def _namespace(value: Any) -> Any:
+    """JSON as attributes (what ``_reply_of`` reads), lists kept as lists."""
+    if isinstance(value, dict):
+        return SimpleNamespace(**{str(k): _namespace(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return [_namespace(v) for v in value]
+    return value
 
 
 def _said(exc: openai.APIStatusError, key: str) -> str:
