@@ -270,6 +270,7 @@ def test_tiered_prices_use_the_highest_tier() -> None:
         "output": "9",
         "cache_write": None,
         "valid_until": None,
+        "batch": None,  # no batch variant: half the standard rates
     }
 
 
@@ -544,3 +545,94 @@ def test_a_budgeted_workflow_through_a_relay_is_priced_at_openais_prices(
     assert strict.exit_code == 2 and "no known price" in strict.output
     refused = runner.invoke(main, ["run", str(path), "-i", "topic=tea", "--no-store"])
     assert refused.exit_code == 1 and "cannot be enforced" in refused.output
+
+
+# ---------------------------------------------------------------- Batch API rates
+
+
+def test_batch_rates_are_genai_prices_batch_variant_where_it_has_one() -> None:
+    _, info = genai_prices.data_snapshot.get_snapshot().find_provider_model(
+        "gpt-4o-mini", None, "openai", None
+    )
+    now = dt.datetime.now(dt.timezone.utc)
+    own = info.get_prices(now, {"processing": "batch"})
+    assert pricing._batch_variants(info, now), "genai-prices lost its batch prices?"
+    price = resolve_price("gpt-4o-mini", batch=True)
+    assert price is not None and price.batch
+    assert (price.input, price.output) == (own.input_mtok, own.output_mtok)
+    by_calc = genai_prices.calc_price(
+        genai_prices.Usage(
+            input_tokens=USAGE.prompt_tokens,
+            cache_read_tokens=USAGE.cached_tokens,
+            output_tokens=USAGE.completion_tokens,
+        ),
+        "gpt-4o-mini",
+        provider_id="openai",
+        price_context={"processing": "batch"},
+    ).total_price
+    assert cost_of(USAGE, "gpt-4o-mini", batch=True) == by_calc
+    full = cost_of(USAGE, "gpt-4o-mini")
+    assert full is not None and by_calc < full
+
+
+def test_batch_rates_are_half_where_genai_prices_has_none() -> None:
+    # gpt-3.5-turbo-1106's batch variant sets no token rate: OpenAI's half price applies.
+    standard = resolve_price("gpt-3.5-turbo-1106")
+    batch = resolve_price("gpt-3.5-turbo-1106", batch=True)
+    assert standard is not None and batch is not None and batch.batch and not standard.batch
+    assert (batch.input, batch.cached_input, batch.output) == (
+        standard.input / 2,
+        standard.cached_input / 2,
+        standard.output / 2,
+    )
+    full = cost_of(USAGE, "gpt-3.5-turbo-1106")
+    assert full is not None and cost_of(USAGE, "gpt-3.5-turbo-1106", batch=True) == full / 2
+
+
+def test_batch_rates_of_overrides_are_given_or_half() -> None:
+    half = {"m": PriceSpec(input=D("1"), output=D("4"), cached_input=D("0.5"))}
+    price = resolve_price("m", overrides=half, batch=True)
+    assert price == ModelPrice(D("0.5"), D("0.25"), D("2"), source="workflow", batch=True)
+    full = cost_of(USAGE, "m", overrides=half)
+    assert full is not None and cost_of(USAGE, "m", overrides=half, batch=True) == full / 2
+    given = {
+        "m": PriceSpec.model_validate(
+            {"input": 1, "output": 4, "batch": {"input": "0.3", "output": "1.5"}}
+        )
+    }
+    price = resolve_price("m", overrides=given, batch=True)
+    assert price == ModelPrice(D("0.3"), D("0.3"), D("1.5"), source="workflow", batch=True)
+    expected = (USAGE.prompt_tokens * D("0.3") + USAGE.completion_tokens * D("1.5")) / 1_000_000
+    assert cost_of(USAGE, "m", overrides=given, batch=True) == expected
+    # unpriced stays unpriced, local stays free
+    assert resolve_price("nobody-knows", batch=True) is None
+    assert cost_of(USAGE, "gpt-4o", prices="pricing", batch=True) is None
+    assert cost_of(USAGE, "anything", base_url="local", batch=True) == 0
+
+
+def test_a_batch_variant_announced_ahead_expires_the_entry() -> None:
+    info = gp.ModelInfo(
+        id="m",
+        match=gp.ClauseEquals(equals="m"),
+        prices=gp.ModelPrice(input_mtok=D(2), output_mtok=D(8)),
+        price_variants=[
+            gp.PriceVariant(
+                when={"processing": "batch"},
+                prices=gp.ModelPrice(input_mtok=D("0.8"), output_mtok=D(3)),
+                constraint=gp.StartDateConstraint(start_date=dt.date(2026, 2, 1)),
+            )
+        ],
+    )
+    before = pricing._flatten(info, NOW)
+    assert before is not None
+    assert (before["batch"], before["valid_until"]) == (None, "2026-02-01")
+    after = pricing._flatten(info, dt.datetime(2026, 2, 2, tzinfo=dt.timezone.utc))
+    assert after is not None and after["valid_until"] is None
+    assert (after["batch"]["input"], after["batch"]["output"]) == ("0.8", "3")
+
+
+def test_batch_prices_round_trip_and_are_stored_as_such() -> None:
+    price = ModelPrice(D("0.5"), D("0.25"), D("2"), source="workflow", batch=True)
+    assert ModelPrice.from_dict(json.loads(json.dumps(price.to_dict()))) == price
+    assert ModelPrice.from_dict({"input": "1", "cached_input": "1", "output": "1",
+                                 "source": "workflow"}).batch is False  # fmt: skip

@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from flowgpt.cli import main
-from flowgpt.engine.origin import current_step
+from flowgpt.engine.calls import current_call
 from flowgpt.errors import BadRequestError
 from flowgpt.providers.base import ChatRequest, ChatResponse, OnText
 from flowgpt.providers.mock.provider import default_reply
@@ -254,7 +254,7 @@ def test_a_refused_response_format_is_replayed_as_refused(tmp_path: Path) -> Non
         ) -> ChatResponse:
             fmt = request.response_format or {}
             if fmt.get("type") == "json_schema":
-                self.requests.append((current_step(), request))
+                self.requests.append((_step(), request))
                 raise BadRequestError("response_format json_schema is not supported", status=400)
             return await super().complete(request, on_text=on_text)
 
@@ -312,7 +312,7 @@ def test_no_cassette_is_a_clear_error_that_says_how_to_record(tmp_path: Path) ->
 
 
 class Scripted:
-    """Replies by the step that asks (``current_step``); the mock's reply otherwise."""
+    """Replies by the step that asks (``current_call``); the mock's reply otherwise."""
 
     name = "mock"
     model_is_label = False
@@ -330,7 +330,7 @@ class Scripted:
     ) -> ChatResponse:
         import asyncio
 
-        step = current_step()
+        step = _step()
         self.requests.append((step, request))
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
@@ -719,3 +719,8 @@ def test_the_pytest_plugin_runs_cases_as_items(recorded: Path) -> None:
     assert "PASSED tea.test.yaml::green" in out
     assert "FAILED tea.test.yaml::loud black" in out
     assert f'{tests}:16: step `shout` should contain "COFFEE"' in out
+
+
+def _step() -> str | None:
+    call = current_call()
+    return call.step if call is not None else None

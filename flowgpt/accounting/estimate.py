@@ -14,7 +14,8 @@ and its worst-case cost with every retry counted. The bound for a step's prompt:
 - for retry k, k times (one rejected reply + the capped repair message).
 
 The engine's budget check is exact (it counts the real prompt before each call); this
-estimate is the number to decide with before running.
+estimate is the number to decide with before running. ``batch=True`` prices it at Batch
+API rates (``flowgpt estimate --batch-api``).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class StepEstimate:
 class WorkflowEstimate:
     workflow: str
     steps: list[StepEstimate] = field(default_factory=list)
+    batch_api: bool = False  # priced at Batch API rates
 
     @property
     def worst_tokens(self) -> int | None:
@@ -82,6 +84,7 @@ class WorkflowEstimate:
 
         return {
             "workflow": self.workflow,
+            "batch_api": self.batch_api,
             "worst_tokens": self.worst_tokens,
             "worst_cost_usd": money(self.worst_cost_usd),
             "steps": [
@@ -125,7 +128,10 @@ class _Blank:
 
 
 class _Estimator:
-    def __init__(self, workflow: Workflow, inputs: dict[str, Any], model: str | None) -> None:
+    def __init__(
+        self, workflow: Workflow, inputs: dict[str, Any], model: str | None, batch: bool
+    ) -> None:
+        self.batch = batch
         self.wf = workflow
         self.spec = workflow.spec
         self.inputs = inputs
@@ -282,6 +288,7 @@ class _Estimator:
             base_url=self.spec.provider.price_base_url,
             overrides=self.spec.pricing,
             prices=self.spec.provider.prices,
+            batch=self.batch,
         )
         worst_tokens: int | None = None
         worst_cost: Decimal | None = None
@@ -317,15 +324,19 @@ def estimate(
     *,
     inputs_from_cli: bool = False,
     model: str | None = None,
+    batch: bool = False,
 ) -> WorkflowEstimate:
-    """The worst case of running ``workflow`` with ``inputs``; no model is called."""
+    """The worst case of running ``workflow`` with ``inputs``; no model is called.
+    ``batch``: priced at Batch API rates (what ``--batch-api`` pays)."""
     from flowgpt.spec.analysis import check_runnable
 
     check_runnable(workflow)
     resolved = resolve_inputs(workflow.spec, inputs or {}, from_cli=inputs_from_cli)
-    est = _Estimator(workflow, resolved, model)
+    est = _Estimator(workflow, resolved, model, batch)
     by_id = {
         sid: est.step(workflow.spec.step(sid))
         for sid in topological_order(est.deps, workflow.spec.step_ids)
     }
-    return WorkflowEstimate(workflow.spec.name, [by_id[s] for s in workflow.spec.step_ids])
+    return WorkflowEstimate(
+        workflow.spec.name, [by_id[s] for s in workflow.spec.step_ids], batch_api=batch
+    )

@@ -15,6 +15,11 @@ Where a price comes from, first match wins:
 
 Anything else is unpriced: None, never 0, so reports can say "unpriced" instead of "$0".
 
+Batch API rates (``batch=True``, for ``--batch-api``): the workflow's ``pricing:`` entry's
+``batch:`` rates when it gives them, else half its rates; genai-prices' batch prices (its
+``processing: batch`` price variants) for the models it has them for, else half the
+standard rates, which is what OpenAI charges for the Batch API.
+
 ``import genai_prices`` alone takes ~0.25-0.3 s, half of what ``flowgpt validate`` may
 spend in total (0.5 s), so ``resolve_price`` answers from a small JSON file in the user's
 cache folder, filled from genai-prices on a miss; see "The disk cache" below for when it
@@ -63,7 +68,7 @@ class ModelPrice:
     ``cache_write`` is set only for models that bill prompt tokens written to the prompt
     cache above the input price; worst-case estimates then use it for the prompt.
     For tiered prices (a higher rate past some prompt length) the highest tier is kept,
-    because estimates are worst-case bounds.
+    because estimates are worst-case bounds. ``batch``: these are Batch API rates.
     """
 
     input: Decimal
@@ -71,8 +76,9 @@ class ModelPrice:
     output: Decimal
     source: PriceSource
     cache_write: Decimal | None = None
+    batch: bool = False
 
-    def to_dict(self) -> dict[str, str | None]:
+    def to_dict(self) -> dict[str, str | bool | None]:
         """Plain data, e.g. to store with a run."""
         return {
             "input": str(self.input),
@@ -80,6 +86,7 @@ class ModelPrice:
             "output": str(self.output),
             "cache_write": None if self.cache_write is None else str(self.cache_write),
             "source": self.source,
+            "batch": self.batch,
         }
 
     @classmethod
@@ -91,6 +98,18 @@ class ModelPrice:
             output=Decimal(data["output"]),
             source=data["source"],
             cache_write=None if cache_write is None else Decimal(cache_write),
+            batch=bool(data.get("batch", False)),
+        )
+
+    def halved(self) -> ModelPrice:
+        """The Batch API's price where no batch rates are known: half of every rate."""
+        return ModelPrice(
+            input=self.input / 2,
+            cached_input=self.cached_input / 2,
+            output=self.output / 2,
+            source=self.source,
+            cache_write=None if self.cache_write is None else self.cache_write / 2,
+            batch=True,
         )
 
 
@@ -122,14 +141,25 @@ def is_openai_url(base_url: str | None) -> bool:
 
 
 @functools.lru_cache(maxsize=256)
-def _from_override(spec: PriceSpec) -> ModelPrice:
+def _from_override(spec: PriceSpec, batch: bool = False) -> ModelPrice:
+    if batch and spec.batch is not None:
+        rates = spec.batch
+        cached = rates.cached_input if rates.cached_input is not None else rates.input
+        return ModelPrice(
+            input=Decimal(rates.input),
+            cached_input=Decimal(cached),
+            output=Decimal(rates.output),
+            source="workflow",
+            batch=True,
+        )
     cached = spec.cached_input if spec.cached_input is not None else spec.input
-    return ModelPrice(
+    price = ModelPrice(
         input=Decimal(spec.input),
         cached_input=Decimal(cached),
         output=Decimal(spec.output),
         source="workflow",
     )
+    return price.halved() if batch else price
 
 
 # A model run in-process costs nothing per token; a workflow may still set its own price.
@@ -144,20 +174,21 @@ def resolve_price(
     base_url: str | None = None,
     overrides: Mapping[str, PriceSpec] | None = None,
     prices: PriceList = "openai",
+    batch: bool = False,
 ) -> ModelPrice | None:
     """The price of ``model``, or None when it is unpriced (never a made-up zero).
 
     ``base_url`` tells the in-process local model apart (``"local..."``: $0); ``prices``
-    is the workflow's ``provider.prices``."""
+    is the workflow's ``provider.prices``; ``batch``: its Batch API rates."""
     if prices == "none":
         return None
     if overrides and model in overrides:
-        return _from_override(overrides[model])
+        return _from_override(overrides[model], batch)
     if is_local_url(base_url):
         return LOCAL_PRICE
     if prices == "pricing":
         return None
-    return _price_cache().get(model)
+    return _price_cache().get(model, batch)
 
 
 def listed_models() -> list[str]:
@@ -176,8 +207,10 @@ def cost_of(
     base_url: str | None = None,
     overrides: Mapping[str, PriceSpec] | None = None,
     prices: PriceList = "openai",
+    batch: bool = False,
 ) -> Decimal | None:
     """The exact cost of a finished call, in USD; None when the model is unpriced.
+    ``batch``: a call made through the Batch API, at its rates.
 
     Cached prompt tokens are billed at the cached rate; reasoning tokens are part of
     ``completion_tokens`` and billed as output once, never on top of it.
@@ -185,7 +218,7 @@ def cost_of(
     if prices == "none":
         return None
     if overrides and model in overrides:
-        price = _from_override(overrides[model])
+        price = _from_override(overrides[model], batch)
         uncached = usage.prompt_tokens - usage.cached_tokens
         return (
             uncached * price.input
@@ -207,10 +240,22 @@ def cost_of(
         output_tokens=usage.completion_tokens,
         output_reasoning_tokens=usage.reasoning_tokens,
     )
+    from genai_prices import data_snapshot
+
     try:
-        calc = genai_prices.calc_price(gp_usage, model, provider_id=_PROVIDER)
+        _, info = data_snapshot.get_snapshot().find_provider_model(model, None, _PROVIDER, None)
     except LookupError:
         return None
+    # genai-prices' own batch prices where it has them; otherwise OpenAI's half price.
+    own_batch_prices = batch and bool(_batch_variants(info, datetime.now(timezone.utc)))
+    calc = genai_prices.calc_price(
+        gp_usage,
+        model,
+        provider_id=_PROVIDER,
+        price_context=_BATCH_CONTEXT if own_batch_prices else None,
+    )
+    if batch and not own_batch_prices:
+        return calc.total_price / 2
     return calc.total_price
 
 
@@ -248,7 +293,8 @@ def worst_case_cost(
 # --------------------------------------------------------------------------------------
 
 # Bump when entries change shape or meaning: every existing file then fails rule 1.
-_CACHE_FORMAT = 1
+# 2: entries gained "batch" (the Batch API rates, or null: half the standard rates).
+_CACHE_FORMAT = 2
 
 
 def _genai_prices_dir() -> str | None:
@@ -298,13 +344,13 @@ class _PriceCache:
         models = data.get("models")
         return models if isinstance(models, dict) else {}
 
-    def get(self, model: str) -> ModelPrice | None:
+    def get(self, model: str, batch: bool = False) -> ModelPrice | None:
         if model in self.entries:
-            fresh, price = _entry_to_price(self.entries[model])
+            fresh, price = _entry_to_price(self.entries[model], batch)
             if fresh:
                 return price
         self._fill(model)
-        return _entry_to_price(self.entries[model])[1]
+        return _entry_to_price(self.entries[model], batch)[1]
 
     def _fill(self, model: str) -> None:
         """Price ``model`` with genai-prices, plus every exact OpenAI model name, so later
@@ -328,22 +374,26 @@ class _PriceCache:
             write_atomic(self.path, payload)
 
 
-def _entry_to_price(entry: Any) -> tuple[bool, ModelPrice | None]:
-    """(still valid, price) for a cache entry (rule 2); null entries are unpriced models."""
+def _entry_to_price(entry: Any, batch: bool = False) -> tuple[bool, ModelPrice | None]:
+    """(still valid, price) for a cache entry (rule 2); null entries are unpriced models.
+    ``batch``: the entry's Batch API rates (half the standard ones when it has none)."""
     if entry is None:
         return True, None
     try:
         valid_until = entry.get("valid_until")
         if valid_until is not None and _today() >= date.fromisoformat(valid_until):
             return False, None  # a scheduled price change has happened
-        cache_write = entry.get("cache_write")
-        return True, ModelPrice(
-            input=Decimal(entry["input"]),
-            cached_input=Decimal(entry["cached_input"]),
-            output=Decimal(entry["output"]),
+        rates = entry["batch"] if batch and entry.get("batch") is not None else entry
+        cache_write = rates.get("cache_write")
+        price = ModelPrice(
+            input=Decimal(rates["input"]),
+            cached_input=Decimal(rates["cached_input"]),
+            output=Decimal(rates["output"]),
             source="genai-prices",
             cache_write=None if cache_write is None else Decimal(cache_write),
+            batch=rates is not entry,
         )
+        return True, price.halved() if batch and not price.batch else price
     except (AttributeError, KeyError, TypeError, ValueError, ArithmeticError):
         return False, None  # damaged entry: recompute
 
@@ -426,22 +476,51 @@ def _highest(price: Any) -> Decimal | None:
     return Decimal(price)
 
 
+# genai-prices' request context for a call made through a Batch API.
+_BATCH_CONTEXT = {"processing": "batch"}
+
+
+def _batch_variants(info: Any, now: datetime) -> list[Any]:
+    """The model's price variants for batch processing that apply at ``now`` and set a
+    token rate (a variant without rates leaves the batch price unknown: then half)."""
+    found = []
+    for variant in info.price_variants or ():
+        if any(_BATCH_CONTEXT.get(key) != value for key, value in variant.when.items()):
+            continue
+        if variant.constraint is not None and not variant.constraint.active(now):
+            continue
+        prices = variant.prices
+        if prices.input_mtok is not None or prices.output_mtok is not None:
+            found.append(variant)
+    return found
+
+
 def _flatten(info: Any, now: datetime) -> dict[str, Any] | None:
     """One ModelInfo's standard prices today as a cache entry; None if not token-priced.
 
     Conditional prices: the ones genai-prices applies today; when a price change is already
     scheduled, ``valid_until`` makes the entry expire on that day. Prices that vary with the
-    time of day are merged to the highest of each rate.
+    time of day are merged to the highest of each rate. ``batch`` holds the Batch API rates
+    when genai-prices has them (its batch price variants), else null.
     """
     from genai_prices import types
 
     valid_until: date | None = None
+    for variant in info.price_variants or ():
+        # A variant that starts later (a batch price announced ahead) changes the entry.
+        constraint = variant.constraint
+        if (
+            isinstance(constraint, types.StartDateConstraint)
+            and constraint.start_date > now.date()
+            and (valid_until is None or constraint.start_date < valid_until)
+        ):
+            valid_until = constraint.start_date
+    moments = {now}
     if isinstance(info.prices, types.ModelPrice):
         candidates = [info.prices]
     else:
         # Prices are constant between constraint boundaries, so asking genai-prices at
         # now and at every time-of-day boundary sees each price that applies today.
-        moments = {now}
         for conditional in info.prices:
             constraint = conditional.constraint
             if isinstance(constraint, types.StartDateConstraint):
@@ -455,20 +534,30 @@ def _flatten(info: Any, now: datetime) -> dict[str, Any] | None:
                     moments.add(datetime.combine(now.date(), moment.replace(tzinfo=tz)))
         candidates = [info.get_prices(moment) for moment in moments]
 
-    def rate(key: str) -> Decimal | None:
-        values = [v for c in candidates if (v := _highest(getattr(c, key, None))) is not None]
-        return max(values) if values else None
+    def rates(prices: list[Any]) -> dict[str, Any] | None:
+        def rate(key: str) -> Decimal | None:
+            values = [v for c in prices if (v := _highest(getattr(c, key, None))) is not None]
+            return max(values) if values else None
 
-    input_rate, output_rate = rate("input_mtok"), rate("output_mtok")
-    if input_rate is None or output_rate is None:
-        return None  # audio / image / per-request models: not priced per chat token
-    cached = rate("cache_read_mtok")
-    cache_write = rate("cache_write_mtok")
-    return {
-        "input": str(input_rate),
-        # genai-prices bills cached tokens at the input rate when there is no cached rate
-        "cached_input": str(cached if cached is not None else input_rate),
-        "output": str(output_rate),
-        "cache_write": None if cache_write is None else str(cache_write),
-        "valid_until": None if valid_until is None else valid_until.isoformat(),
-    }
+        input_rate, output_rate = rate("input_mtok"), rate("output_mtok")
+        if input_rate is None or output_rate is None:
+            return None  # audio / image / per-request models: not priced per chat token
+        cached = rate("cache_read_mtok")
+        cache_write = rate("cache_write_mtok")
+        return {
+            "input": str(input_rate),
+            # genai-prices bills cached tokens at the input rate when there is no cached rate
+            "cached_input": str(cached if cached is not None else input_rate),
+            "output": str(output_rate),
+            "cache_write": None if cache_write is None else str(cache_write),
+        }
+
+    entry = rates(candidates)
+    if entry is None:
+        return None
+    batch = None
+    if _batch_variants(info, now):
+        batch = rates([info.get_prices(moment, _BATCH_CONTEXT) for moment in moments])
+    entry["valid_until"] = None if valid_until is None else valid_until.isoformat()
+    entry["batch"] = batch
+    return entry

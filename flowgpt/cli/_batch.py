@@ -45,6 +45,18 @@ from flowgpt.cli._common import (
 )
 @click.option("--model", help="Use this model for every step.")
 @_store_options("batch's rows")
+@click.option(
+    "--batch-api",
+    is_flag=True,
+    help="Send the requests through OpenAI's Batch API, stage by stage: half the price, "
+    "answers within 24 h. The same command again continues (docs/batch-api.md).",
+)
+@click.option(
+    "--no-wait", is_flag=True, help="With --batch-api: submit the current stage and exit."
+)
+@click.option(
+    "--cancel", is_flag=True, help="With --batch-api: cancel this batch's batches in flight."
+)
 @_provider_options
 @_handle_errors
 def batch(
@@ -58,12 +70,35 @@ def batch(
     model: str | None,
     store_path: str | None,
     no_store: bool,
+    batch_api: bool,
+    no_wait: bool,
+    cancel: bool,
     **provider_options: Any,
 ) -> None:
     """Run a workflow once per row of a data file, streaming results to --out.
 
     Rows run concurrently under one request limiter; a failed row does not stop the
     others. Running the same command again skips the rows already done in --out."""
+    if batch_api or no_wait or cancel:
+        if not batch_api:
+            raise click.UsageError("--no-wait and --cancel go with --batch-api")
+        from flowgpt.cli._batch_api import batch_api_command
+
+        limits = {"concurrency": concurrency, "rpm": rpm, "tpm": tpm}
+        batch_api_command(
+            workflow=workflow,
+            data=data,
+            out=out,
+            max_cost=max_cost,
+            model=model,
+            no_wait=no_wait,
+            cancel=cancel,
+            limits=limits,
+            provider_options=provider_options,
+            store_path=store_path,
+            no_store=no_store,
+        )
+        return
     from flowgpt.cli._progress import BatchProgress
     from flowgpt.engine.data import BatchOutput, read_rows, scan_rows
     from flowgpt.engine.engine import Engine
@@ -97,12 +132,14 @@ def batch(
         progress = BatchProgress(max(total - len(output.done), 0))
 
         async def go() -> None:
-            rows = engine.run_batch(
-                wf, pending(), max_cost_usd=budget, batch=str(Path(out).resolve())
-            )
-            async for row in rows:
-                output.write(row)
-                progress.update(row)
+            # The engine's providers belong to this event loop: closed before it ends.
+            async with engine:
+                rows = engine.run_batch(
+                    wf, pending(), max_cost_usd=budget, batch=str(Path(out).resolve())
+                )
+                async for row in rows:
+                    output.write(row)
+                    progress.update(row)
 
         try:
             with progress:

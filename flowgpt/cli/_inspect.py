@@ -95,6 +95,11 @@ def schema(of_tests: bool) -> None:
 @click.option("-i", "--input", "pairs", multiple=True, metavar="KEY=VALUE", help="An input.")
 @click.option("--inputs-file", type=click.Path(dir_okay=False), help="Inputs as a JSON object.")
 @click.option("--model", help="Estimate with this model for every step.")
+@click.option(
+    "--batch-api",
+    is_flag=True,
+    help="Price it at Batch API rates (what `flowgpt batch --batch-api` pays).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON.")
 @_handle_errors
 def estimate(
@@ -102,6 +107,7 @@ def estimate(
     pairs: tuple[str, ...],
     inputs_file: str | None,
     model: str | None,
+    batch_api: bool,
     as_json: bool,
 ) -> None:
     """Worst-case tokens and dollars per step, retries counted. No API call."""
@@ -115,7 +121,7 @@ def estimate(
     wf = load_workflow(workflow)
     given: dict[str, Any] = _read_inputs_file(inputs_file) if inputs_file else {}
     given.update(parse_assignments(list(pairs), stdin=sys.stdin))
-    result = estimate_workflow(wf, given, inputs_from_cli=True, model=model)
+    result = estimate_workflow(wf, given, inputs_from_cli=True, model=model, batch=batch_api)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
         return
@@ -162,6 +168,12 @@ def estimate(
         click.echo("  ".join(cells).rstrip())
         if n == 0 or n == len(rows) - 2:
             click.echo("  ".join("-" * w for w in widths))
+    if batch_api:
+        click.echo(
+            "\npriced at Batch API rates (about half the synchronous ones; see "
+            "docs/batch-api.md): the cost of one row through `flowgpt batch --batch-api`.",
+            err=True,
+        )
     if not all(s.prompt_exact for s in result.steps):
         click.echo(
             "\n≤ marks prompts that quote earlier replies: their bound assumes every earlier "

@@ -29,13 +29,15 @@ from typing import Any
 
 from flowgpt.accounting.budget import Budget
 from flowgpt.engine.batch import run_rows
+from flowgpt.engine.batch_api import ROWS_AT_ONCE, BatchAPIRun, BatchAPIStatus, cancel_batches
 from flowgpt.engine.data import BatchRowResult, DataRow
 from flowgpt.engine.events import EngineEvent
 from flowgpt.engine.plan import Plan
 from flowgpt.engine.run import Run, RunSettings
 from flowgpt.errors import SpecError
 from flowgpt.providers.base import Provider
-from flowgpt.providers.factory import make_provider
+from flowgpt.providers.batches import BatchInfo
+from flowgpt.providers.factory import batch_api_of, make_provider
 from flowgpt.providers.limiter import RequestLimiter
 from flowgpt.results import RunResult
 from flowgpt.spec.inputs import resolve_inputs
@@ -45,6 +47,9 @@ from flowgpt.spec.workflow import Workflow
 from flowgpt.store.run_store import RunStore, new_run_id
 
 __all__ = ["Engine"]
+
+# Batch API rows wait for batches, not for a place in flight: their limiter never holds one.
+_NO_LIMIT = 2**31
 
 
 class Engine:
@@ -273,6 +278,85 @@ class Engine:
             skip=skip,
             inputs_from_cli=inputs_from_cli,
         )
+
+    def run_batch_api(
+        self,
+        workflow: Workflow | WorkflowSpec | str | Path,
+        rows: Iterable[Mapping[str, Any] | DataRow] | AsyncIterable[Mapping[str, Any] | DataRow],
+        *,
+        job: str,
+        wait: bool = True,
+        max_cost_usd: Decimal | float | str | None = None,
+        skip: Collection[int] = (),
+        inputs_from_cli: bool = False,
+        poll_interval_s: float | None = None,
+        on_status: Callable[[BatchAPIStatus], None] | None = None,
+        rows_at_once: int = ROWS_AT_ONCE,
+    ) -> BatchAPIRun:
+        """Run a workflow once per row through the provider's Batch API (OpenAI's: half
+        the price, answers within 24 h), stage by stage; ``async for`` the result gives
+        each row's ``BatchRowResult`` as it finishes.
+
+        ``job`` names the job in the engine's run store (which it needs): the same job
+        run again continues where it stopped, without sending or paying for a request
+        twice. ``wait=False`` submits the current stage and returns. ``max_cost_usd`` is
+        one budget for every row, at Batch API rates: a stage whose worst case could pass
+        it is not submitted. ``poll_interval_s``: how often to look at batches in flight
+        (default: after 2 s, then 1.5 times longer each time, up to a minute).
+        ``rows_at_once`` bounds memory: rows beyond it start as others finish (in later
+        rounds, so with more waiting).
+        """
+        wf = _as_workflow(workflow)
+        Plan.of(wf)  # static errors before anything runs
+        if self.store is None:
+            raise SpecError(
+                "the Batch API needs the run store: it records every batch and answer",
+                hint="drop --no-store (or give Engine a RunStore) to use --batch-api",
+            )
+        provider = self.provider_for(wf.spec.provider, wf.base_dir)
+        api = batch_api_of(provider)
+        limiter = RequestLimiter(_NO_LIMIT)
+
+        def start(row: DataRow, shared: Budget, via: Provider) -> Run:
+            settings = RunSettings(
+                provider=via,
+                limiter=limiter,
+                model=self.model,
+                max_cost_usd=self.max_cost_usd,
+                on_event=self.on_event,
+                batch_rates=True,
+            )
+            inputs = resolve_inputs(wf.spec, row.inputs, from_cli=row.from_text)
+            return Run(wf, inputs, new_run_id(), settings, outer_budget=shared)
+
+        return BatchAPIRun(
+            workflow=wf,
+            rows=rows,
+            start=start,
+            provider=provider,
+            api=api,
+            store_path=self.store.path,
+            job=job,
+            wait=wait,
+            poll_interval_s=poll_interval_s,
+            max_cost_usd=None if max_cost_usd is None else Decimal(str(max_cost_usd)),
+            skip=skip,
+            inputs_from_cli=inputs_from_cli,
+            on_status=on_status,
+            rows_at_once=rows_at_once,
+        )
+
+    async def cancel_batch_api(
+        self, workflow: Workflow | WorkflowSpec | str | Path, *, job: str
+    ) -> list[BatchInfo]:
+        """Cancel the batches in flight of a ``run_batch_api`` job; what each is now.
+        Answers received before the cancel are kept (and paid); running the job again
+        continues it, sending the cancelled requests again."""
+        wf = _as_workflow(workflow)
+        if self.store is None:
+            raise SpecError("cancelling Batch API batches needs the run store")
+        api = batch_api_of(self.provider_for(wf.spec.provider, wf.base_dir))
+        return await cancel_batches(api, self.store.path, job)
 
 
 def _as_workflow(workflow: Workflow | WorkflowSpec | str | Path) -> Workflow:

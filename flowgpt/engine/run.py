@@ -29,8 +29,8 @@ from flowgpt.accounting.prices import (
     worst_case_cost,
 )
 from flowgpt.accounting.tokens import context_window, count_text, count_tokens, truncate_text
+from flowgpt.engine.calls import CALL_SITE, CallSite
 from flowgpt.engine.events import EngineEvent, EventKind
-from flowgpt.engine.origin import REQUEST_STEP
 from flowgpt.engine.plan import Plan
 from flowgpt.engine.requests import (
     asks_for_the_word_json,
@@ -78,6 +78,7 @@ class RunSettings:
     cache: bool = False  # answer identical deterministic requests from the store
     batch: str | None = None  # the batch this run is a row of (recorded with the run)
     batch_row: int | None = None
+    batch_rates: bool = False  # priced at Batch API rates (the calls go through batches)
 
 
 class Run:
@@ -240,6 +241,7 @@ class Run:
             base_url=self.price_base_url,
             overrides=self.spec.pricing,
             prices=self.spec.provider.prices,
+            batch=self.settings.batch_rates,
         )
 
     # -- the store: resume and the response cache ---------------------------------------
@@ -257,6 +259,7 @@ class Run:
             base_url=self.price_base_url,
             overrides=self.spec.pricing,
             prices=self.spec.provider.prices,
+            batch=self.settings.batch_rates,
         )
 
     def price_note(self) -> str | None:
@@ -329,11 +332,12 @@ class Run:
                         )
                     async with self.limiter.slot(tokens):
                         started = time.perf_counter()
-                        step_token = REQUEST_STEP.set(result.id)  # for provider wrappers
+                        # Which call this is, for providers that label what they send.
+                        site = CALL_SITE.set(CallSite(result.id, len(result.attempts)))
                         try:
                             response = await self.provider.complete(request)
                         finally:
-                            REQUEST_STEP.reset(step_token)
+                            CALL_SITE.reset(site)
                         latency = time.perf_counter() - started
                     break
                 except BadRequestError as exc:

@@ -160,6 +160,34 @@ class _Reply:
     extra: dict[str, Any]
 
 
+def _reply_of(completion: Any) -> _Reply:
+    """What a chat completion (the SDK's object, from a call or a batch's output file)
+    says: its first choice's text, usage, finish reason and model; raises _Unreadable when
+    it has no choice or message."""
+    choices = getattr(completion, "choices", None)
+    if not isinstance(choices, list) or not choices:
+        raise _Unreadable("the reply has no choices")
+    choice = choices[0]
+    message = getattr(choice, "message", None)
+    content = getattr(message, "content", None)
+    if message is None or not isinstance(content, (str, type(None))):
+        raise _Unreadable("the first choice has no message")
+    usage = getattr(completion, "usage", None)
+    extra: dict[str, Any] = {"id": getattr(completion, "id", None)}
+    refusal = getattr(message, "refusal", None)
+    if refusal:
+        extra["refusal"] = refusal
+    if usage is None:
+        extra["usage_missing"] = True
+    return _Reply(
+        text=content or "",
+        usage=_usage(usage),
+        finish_reason=_str_or_none(getattr(choice, "finish_reason", None)),
+        model=_str_or_none(getattr(completion, "model", None)),
+        extra=extra,
+    )
+
+
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 

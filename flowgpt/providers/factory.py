@@ -1,4 +1,5 @@
-"""The one place a ``ProviderSpec`` (a workflow's ``provider:``) becomes a provider.
+"""The one place a ``ProviderSpec`` (a workflow's ``provider:``) becomes a provider, and a
+provider its Batch API (``batch_api_of``).
 
 A registry keyed by ``provider.type``: each entry makes its provider, importing its module
 only then (the openai SDK and llama.cpp are heavy and optional). The engine, batches and
@@ -10,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from flowgpt.errors import SpecError
 from flowgpt.providers.base import Provider
+from flowgpt.providers.batches import BatchAPI, BatchCapable
 from flowgpt.spec.models import ProviderSpec
 
-__all__ = ["PROVIDER_TYPES", "make_provider"]
+__all__ = ["PROVIDER_TYPES", "batch_api_of", "make_provider"]
 
 # (spec, folder a relative path starts from) -> a provider
 Maker = Callable[[ProviderSpec, "Path | None"], Provider]
@@ -43,3 +46,21 @@ def make_provider(spec: ProviderSpec, base_dir: Path | None = None) -> Provider:
     """A new provider for ``spec``; ``base_dir`` is where a relative ``model_path`` starts
     (the workflow's folder; None: the current folder). The caller closes it."""
     return PROVIDER_TYPES[spec.type](spec, base_dir)
+
+
+def batch_api_of(provider: Provider) -> BatchAPI:
+    """The Batch API behind ``provider``; SpecError (exit 2) when it has none."""
+    if isinstance(provider, BatchCapable):
+        return provider.batch_api()
+    if provider.name == "openai":
+        from flowgpt.providers.openai import OpenAIProvider
+
+        if isinstance(provider, OpenAIProvider):
+            from flowgpt.providers.openai_batches import OpenAIBatches
+
+            return OpenAIBatches(provider)
+    raise SpecError(
+        f"--batch-api: the {provider.name} provider has no Batch API",
+        hint="the Batch API is OpenAI's (or a server's with /v1/files and /v1/batches): "
+        "drop --mock/--local to use it, or run without --batch-api",
+    )

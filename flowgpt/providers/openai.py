@@ -64,6 +64,7 @@ from flowgpt.providers._openai_rules import (
     _endpoint,
     _key_digest,
     _Reply,
+    _reply_of,
     _reread_wait_s,
     _retry_after_s,
     _scrub,
@@ -289,28 +290,7 @@ class OpenAIProvider:
             raise _Unreadable(f"the body is not valid JSON ({exc})") from None
         if not isinstance(completion, ChatCompletion):
             raise _Unreadable(f"expected a JSON chat completion, got {type(completion).__name__}")
-        choices = getattr(completion, "choices", None)
-        if not isinstance(choices, list) or not choices:
-            raise _Unreadable("the reply has no choices")
-        choice = choices[0]
-        message = getattr(choice, "message", None)
-        content = getattr(message, "content", None)
-        if message is None or not isinstance(content, (str, type(None))):
-            raise _Unreadable("the first choice has no message")
-        usage = getattr(completion, "usage", None)
-        extra: dict[str, Any] = {"id": getattr(completion, "id", None)}
-        refusal = getattr(message, "refusal", None)
-        if refusal:
-            extra["refusal"] = refusal
-        if usage is None:
-            extra["usage_missing"] = True
-        return _Reply(
-            text=content or "",
-            usage=_usage(usage),
-            finish_reason=_str_or_none(getattr(choice, "finish_reason", None)),
-            model=_str_or_none(getattr(completion, "model", None)),
-            extra=extra,
-        )
+        return _reply_of(completion)
 
     async def _stream(
         self, sdk: openai.AsyncOpenAI, request: ChatRequest, on_text: OnText

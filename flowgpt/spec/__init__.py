@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from flowgpt.spec.models import (
     CHECK_KINDS,
+    BatchPriceSpec,
     BudgetSpec,
     CheckSpec,
     DefaultsSpec,
@@ -26,6 +27,7 @@ from flowgpt.spec.models import (
 
 __all__ = [
     "CHECK_KINDS",
+    "BatchPriceSpec",
     "BudgetSpec",
     "CheckSpec",
     "DefaultsSpec",

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 __all__ = [
     "CHECK_KINDS",
+    "BatchPriceSpec",
     "BudgetSpec",
     "CheckSpec",
     "DefaultsSpec",
@@ -185,6 +186,18 @@ class BudgetSpec(_Spec):
     )
 
 
+class BatchPriceSpec(_Spec):
+    """A model's Batch API rates (``--batch-api``), in USD per million tokens."""
+
+    input: Decimal = Field(ge=0, description="USD per million prompt tokens sent in a batch.")
+    output: Decimal = Field(ge=0, description="USD per million completion tokens of a batch.")
+    cached_input: Decimal | None = Field(
+        None,
+        ge=0,
+        description="USD per million cached prompt tokens in a batch (default: batch input).",
+    )
+
+
 class PriceSpec(_Spec):
     """A per-model price override, in USD per million tokens."""
 
@@ -195,6 +208,10 @@ class PriceSpec(_Spec):
     )
     context_window: int | None = Field(
         None, ge=1, description="The model's context window in tokens, if flowgpt does not know it."
+    )
+    batch: BatchPriceSpec | None = Field(
+        None,
+        description="Rates through the Batch API (--batch-api); default: half of the rates above.",
     )
 
 

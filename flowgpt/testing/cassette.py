@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 
 from flowgpt.accounting.prices import is_local_url
-from flowgpt.engine.origin import current_step
+from flowgpt.engine.calls import current_call
 from flowgpt.errors import BadRequestError, CassetteMissError
 from flowgpt.providers.base import ChatRequest, ChatResponse, OnText, Provider
 from flowgpt.store.cassettes import CaseTiming, Cassette, Interaction, Refusal, cassette_key
@@ -97,7 +97,7 @@ class RecordingProvider:
                 Interaction(
                     request,
                     Refusal(exc.message, exc.status),
-                    step=current_step(),
+                    step=_current_step(),
                     case=current_case(),
                 )
             )
@@ -115,7 +115,7 @@ class RecordingProvider:
             raise
         pending.set_result(response)
         self.interactions.append(
-            Interaction(request, response, step=current_step(), case=current_case())
+            Interaction(request, response, step=_current_step(), case=current_case())
         )
         return response
 
@@ -193,7 +193,7 @@ class ReplayProvider:
 
     def miss(self, request: ChatRequest) -> CassetteMissError:
         """The error for a request that is not in the cassette, with what changed."""
-        step, case = current_step(), current_case()
+        step, case = _current_step(), current_case()
         if step is None:
             who = "a request"
         elif step == JUDGE_STEP:
@@ -276,3 +276,8 @@ def request_diff(recorded: ChatRequest, now: ChatRequest) -> str:
         more = len(diff) - _MAX_DIFF_LINES
         diff = [*diff[:_MAX_DIFF_LINES], f"... {more} more line{'s' * (more != 1)} of changes"]
     return "\n".join(f"    {line}" for line in diff)
+
+
+def _current_step() -> str | None:
+    call = current_call()
+    return call.step if call is not None else None

@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from flowgpt.accounting.prices import cost_of
-from flowgpt.engine.origin import requesting_for
+from flowgpt.engine.calls import calling_for
 from flowgpt.engine.requests import downgrade_format, refused_format
 from flowgpt.errors import BadRequestError
 from flowgpt.providers.base import ChatRequest, Message, Provider
@@ -101,7 +101,7 @@ class Judge:
 
     async def ask(self, question: str, value: Any, model: str) -> JudgeVerdict:
         request = judge_request(question, value, model)
-        with requesting_for(JUDGE_STEP):
+        with calling_for(JUDGE_STEP):
             while True:
                 try:
                     response = await self.provider.complete(request)

@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType, TracebackType
 from typing import Any, Literal
@@ -260,6 +260,9 @@ class Fault:
 
 Spec = Reply | Fault
 Responder = Callable[[dict[str, Any]], Spec]
+# An extra route (tests/support/fake_batches.py): answers a request (True/False: keep the
+# connection open) or returns None to leave it to the next one.
+Handler = Callable[["RecordedRequest", asyncio.StreamWriter], Awaitable[bool | None]]
 
 
 def _retry_headers(retry_after_s: float | None, retry_after_ms: float | None) -> dict[str, str]:
@@ -410,6 +413,7 @@ class FakeOpenAI:
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
         self._conn_tasks: set[asyncio.Task[None]] = set()
+        self.handlers: list[Handler] = []  # extra routes, asked before the built-in ones
 
     # -- public API ----------------------------------------------------------------------
     @property
@@ -565,6 +569,10 @@ class FakeOpenAI:
         path = rec.path.split("?", 1)[0].rstrip("/")
         if self.api_key is not None and rec.api_key != self.api_key:
             return await self._send_fault(writer, rec, {}, Fault.unauthorized())
+        for handler in self.handlers:
+            handled = await handler(rec, writer)
+            if handled is not None:
+                return handled
         if rec.method == "GET" and path == "/v1/models":
             data = [
                 {"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.models
