@@ -11,13 +11,33 @@ from typing_extensions import NotRequired
 
 from flowgpt.usage import Usage
 
-__all__ = ["ChatRequest", "ChatResponse", "Message", "Provider", "endpoint_of"]
+__all__ = [
+    "REQUEST_SETTINGS",
+    "ChatRequest",
+    "ChatResponse",
+    "Message",
+    "Provider",
+    "endpoint_of",
+]
 
 
 class Message(TypedDict):
     role: str
     content: str
     name: NotRequired[str]
+
+
+# A ChatRequest's settings besides model and messages, in the order they are written.
+REQUEST_SETTINGS = (
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "seed",
+    "stop",
+    "presence_penalty",
+    "frequency_penalty",
+    "response_format",
+)
 
 
 @dataclass(frozen=True)
@@ -41,17 +61,7 @@ class ChatRequest:
 
     def params(self) -> dict[str, Any]:
         """The settings that are set, as Chat Completions keyword arguments."""
-        keys = (
-            "temperature",
-            "top_p",
-            "max_tokens",
-            "seed",
-            "stop",
-            "presence_penalty",
-            "frequency_penalty",
-            "response_format",
-        )
-        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+        return {k: getattr(self, k) for k in REQUEST_SETTINGS if getattr(self, k) is not None}
 
 
 @dataclass(frozen=True)

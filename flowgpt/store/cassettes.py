@@ -20,7 +20,7 @@ from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from flowgpt.errors import Diagnostic, SpecError, redact
-from flowgpt.providers.base import ChatRequest, ChatResponse, Message
+from flowgpt.providers.base import REQUEST_SETTINGS, ChatRequest, ChatResponse, Message
 from flowgpt.spec.loader import dump_data, load_data
 from flowgpt.store.fingerprint import request_fingerprint
 from flowgpt.usage import Usage
@@ -40,16 +40,7 @@ __all__ = [
 CASSETTE_VERSION = 1
 
 # The settings of a request, in the order they are written.
-_PARAMS = (
-    "temperature",
-    "top_p",
-    "max_tokens",
-    "seed",
-    "stop",
-    "presence_penalty",
-    "frequency_penalty",
-    "response_format",
-)
+_PARAMS = REQUEST_SETTINGS
 
 
 def cassette_key(request: ChatRequest) -> str:
