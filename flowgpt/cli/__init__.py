@@ -2,7 +2,7 @@
 
 This module holds the ``main`` group (``--debug``, ``--version``) and registers the commands,
 which live in private modules by job: ``_inspect`` (validate, schema, estimate), ``_run``,
-``_batch``, ``_chat``, ``_runs`` and ``_test``; what they share is in ``_common``.
+``_batch``, ``_chat``, ``_runs``, ``_test`` and ``_ui``; what they share is in ``_common``.
 
 Heavy modules (the engine, the openai SDK, rich) are imported inside the commands that need
 them, so ``flowgpt --help``, ``validate``, ``schema`` and ``estimate`` start fast.
@@ -18,6 +18,7 @@ from flowgpt.cli._inspect import estimate, schema, validate
 from flowgpt.cli._run import run
 from flowgpt.cli._runs import runs
 from flowgpt.cli._test import test
+from flowgpt.cli._ui import ui
 
 __all__ = ["main"]
 
@@ -35,5 +36,5 @@ def main(debug: bool) -> None:
     """
 
 
-for _command in (validate, schema, run, estimate, batch, chat, runs, test):
+for _command in (validate, schema, run, estimate, batch, chat, runs, test, ui):
     main.add_command(_command)
