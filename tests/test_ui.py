@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -29,7 +30,7 @@ from click.testing import CliRunner
 from flowgpt.cli import main
 from flowgpt.money import format_usd, sum_costs
 from flowgpt.store import BatchSummary, RunFilter, RunStore, RunSummary
-from flowgpt.ui._charts import GraphStep, layout_graph
+from flowgpt.ui._charts import GraphStep, SpendSeries, layout_graph, spend_chart
 from flowgpt.ui._pages import resume_command
 from tests.support.ui_runs import (
     HOSTILE_SCRIPT,
@@ -228,6 +229,28 @@ def test_an_arrow_that_skips_a_layer_goes_over_the_boxes_between() -> None:
     assert "L" not in short.path
 
 
+def test_the_spend_chart_stacks_models_and_marks_what_has_no_price() -> None:
+    series = [
+        SpendSeries("2026-01-01", "gpt-4o", False, Decimal("0.30"), 0),
+        SpendSeries("2026-01-01", "gpt-4o-mini", True, Decimal("0.10"), 0),
+        SpendSeries("2026-01-02", "my-finetune", False, Decimal(0), 500),
+        SpendSeries("2026-01-03", "gpt-4o", False, Decimal("0.05"), 0),
+    ]
+    chart = spend_chart(series)
+    assert [d.text for d in chart.days] == ["01-01", "01-02", "01-03"]
+    assert [d.unpriced for d in chart.days] == [False, True, False]
+    assert chart.days[1].title == "2026-01-02: unpriced"  # never "$0"
+    first = [s for s in chart.segments if s.title.startswith("2026-01-01")]
+    assert [s.mock for s in first] == [False, True]  # billed first, the mock's on top
+    assert abs(first[0].h / first[1].h - 3) < 1e-6  # heights in proportion to dollars
+    assert first[1].y + first[1].h == first[0].y  # stacked
+    assert [t.text for t in chart.ticks][-1] == "$0.50"  # a round top above $0.40
+    legend = [item.text for item in chart.legend]
+    assert legend == ["gpt-4o", "gpt-4o-mini (mock, not billed)", "my-finetune"]
+    many = [SpendSeries(f"2026-03-{d:02d}", "m", False, Decimal(1), 0) for d in range(1, 32)]
+    assert spend_chart(many, most_days=10).days_left_out == 21
+
+
 def test_resume_command_keeps_the_provider_and_the_store(filled: FilledStore) -> None:
     with RunStore(filled.path) as store:
         failed = store.run_summary(filled.failed_run)
@@ -280,6 +303,16 @@ def test_every_response_forbids_scripts_and_other_origins(ui: UIProcess) -> None
     assert "script-src 'none'" in (refused.getheader("content-security-policy") or "")
 
 
+def test_an_unknown_batch_or_bad_filter_is_said_on_the_page(ui: UIProcess) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", ui.port, timeout=10)
+    conn.request("GET", "/?batch=%3Cb%3Enope.jsonl&until=31-12-2026")
+    response = conn.getresponse()
+    body = response.read().decode()
+    assert response.status == 200
+    assert "no batch &#39;&lt;b&gt;nope.jsonl&#39; in" in body
+    assert "until: &#39;31-12-2026&#39; is not a date (YYYY-MM-DD); left out" in body
+
+
 def test_the_server_only_reads(ui: UIProcess, filled: FilledStore) -> None:
     before = filled.path.stat().st_mtime_ns
     for method in ("POST", "PUT", "DELETE"):
@@ -323,6 +356,16 @@ def test_pages_load_nothing_from_elsewhere(ui: UIProcess, filled: FilledStore) -
         assert "<script" not in body
         for url in re.findall(r'(?:href|src)="([^"]*)"', body):
             assert url.startswith(("/", "#", "?")), url
+
+
+def test_ctrl_c_stops_it_quietly(filled: FilledStore) -> None:
+    server = UIProcess(filled.path)
+    with server:
+        assert _get(server.port, "/").status == 200
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGINT)
+        _, err = server.proc.communicate(timeout=30)
+        assert (server.proc.returncode, err) == (0, "")
 
 
 def test_a_busy_port_is_one_clear_error(filled: FilledStore) -> None:

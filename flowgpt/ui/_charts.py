@@ -372,7 +372,9 @@ def spend_chart(series: Sequence[SpendSeries], *, most_days: int = 62) -> SpendC
                     )
                 )
         unpriced = any(s.unpriced_tokens for s in today)
-        total = format_usd(totals[day]) + (" + unpriced" if unpriced else "")
+        total = format_usd(totals[day])
+        if unpriced:  # what has no price is said, never added in as $0
+            total = f"{total} + unpriced" if totals[day] else "unpriced"
         labels.append(
             DayLabel(x + bar / 2, day[5:] if n % every == 0 else "", f"{day}: {total}", unpriced)
         )

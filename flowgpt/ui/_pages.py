@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -235,10 +235,10 @@ def runs_page(store: RunStore, query: Mapping[str, str]) -> RunsPage:
     facets = store.run_facets()
     if where.batch is not None:
         try:
-            where = RunFilter(**{**where.__dict__, "batch": store.resolve_batch(where.batch)})
+            where = replace(where, batch=store.resolve_batch(where.batch))
         except FlowgptError as exc:
             missing = where.batch
-            where = RunFilter(**{**where.__dict__, "batch": None})
+            where = replace(where, batch=None)
             problems.append(exc.message)
             return _page(store, where, problems, facets, missing_batch=missing)
     return _page(store, where, problems, facets)
@@ -278,7 +278,7 @@ def _page(
     entries: list[RunRow | BatchGroup] = []
     for entry in found[:ENTRIES]:
         if isinstance(entry, BatchSummary):
-            picked = RunFilter(**{**where.__dict__, "batch": entry.batch})
+            picked = replace(where, batch=entry.batch)
             rows = store.list_runs(BATCH_ROWS + 1, where=picked)
             entries.append(
                 BatchGroup(

@@ -11,11 +11,13 @@ environment would weaken either job.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.bccache
 
 from flowgpt.money import format_usd
 
@@ -30,17 +32,33 @@ def _number(value: float, digits: int = 1) -> str:
     return f"{value:.{digits}f}"
 
 
+class _KeptTemplates(jinja2.FileSystemBytecodeCache):
+    """Compiled templates kept between starts; a cache that cannot be written is no error
+    (the templates are compiled again next time)."""
+
+    def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        with contextlib.suppress(OSError):
+            super().dump_bytecode(bucket)
+
+
+def _bytecode_cache() -> jinja2.BytecodeCache | None:
+    # Jinja checks a template's source, not the settings below (autoescape is compiled
+    # in): the files are named after this module's text, so a change here starts afresh.
+    try:  # a folder of the user's own under the temp folder, which Jinja checks
+        return _KeptTemplates(pattern=f"flowgpt-ui-{_SELF}-%s.cache")
+    except (OSError, RuntimeError):  # no safe folder: compile at every start
+        return None
+
+
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(_TEMPLATES),
     autoescape=True,  # every template, whatever its name: all of them are HTML
     undefined=jinja2.StrictUndefined,  # a misspelt name is an error, never blank text
     trim_blocks=True,
     lstrip_blocks=True,
-    # Compiled templates are kept (in a folder of the user's own, which Jinja checks), so
-    # a later `flowgpt ui` answers its first request without compiling them again. Jinja
-    # checks a template's source, not the settings above (autoescape is compiled in):
-    # the cache files are named after this module's text, so a change here starts afresh.
-    bytecode_cache=jinja2.FileSystemBytecodeCache(pattern=f"flowgpt-ui-{_SELF}-%s.cache"),
+    # Compiled templates are kept, so a later `flowgpt ui` answers its first request
+    # without compiling them again (about 0.15 s).
+    bytecode_cache=_bytecode_cache(),
 )
 _env.filters["usd"] = format_usd
 _env.filters["tokens"] = lambda n: f"{int(n):,}"

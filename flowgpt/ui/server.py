@@ -7,6 +7,7 @@ connections queue, before uvicorn starts, and ``port=0`` picks a free port.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import Callable
@@ -45,7 +46,7 @@ def serve(
     on_ready: Callable[[str, Path], None] | None = None,
 ) -> None:
     """Serve the UI over ``store`` (a RunStore, a path, or None: the default store) on
-    http://127.0.0.1:``port``/ until interrupted (Ctrl-C or SIGTERM).
+    http://127.0.0.1:``port``/ until Ctrl-C (then it returns) or SIGTERM.
 
     ``on_ready(url, store_path)`` is called once the socket listens, before requests are
     served (they wait in the queue meanwhile): print the address, open a browser."""
@@ -64,7 +65,9 @@ def serve(
         url = f"http://{HOST}:{sock.getsockname()[1]}/"
         if on_ready is not None:
             on_ready(url, runs.path)
-        uvicorn.Server(config).run(sockets=[sock])
+        # Ctrl-C is how a server is stopped: uvicorn has shut down by then; return.
+        with contextlib.suppress(KeyboardInterrupt):
+            uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()
         if runs is not store:

@@ -259,6 +259,8 @@ class UIProcess:
 
     def __exit__(self, *exc: object) -> None:
         assert self.proc is not None
+        if self.proc.poll() is not None:
+            return  # stopped already
         self.proc.terminate()
         try:
             self.proc.communicate(timeout=10)
