@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("flowgpt.engine",),
     ("flowgpt.testing",),  # tests of workflows: they run through the engine
     ("flowgpt.chat",),
+    ("flowgpt.ui",),  # `flowgpt ui`: web pages that read the store; the CLI starts them
     ("flowgpt.cli",),
     ("flowgpt", "flowgpt.__main__"),  # the public API and the entry point
 ]
@@ -36,7 +37,10 @@ ROOMS: dict[str, tuple[str, ...]] = {
     "httpx2": ("flowgpt.providers.openai",),
     "click": ("flowgpt.cli",),
     "rich": ("flowgpt.cli", "flowgpt.results"),  # the cost table is part of the result
-    "jinja2": ("flowgpt.templating",),
+    # The prompt sandbox; and the UI's own HTML templates, escaped, apart from the sandbox.
+    "jinja2": ("flowgpt.templating", "flowgpt.ui._render"),
+    "starlette": ("flowgpt.ui.app",),
+    "uvicorn": ("flowgpt.ui.server",),
     "yaml": ("flowgpt.spec.loader",),
     "tiktoken": ("flowgpt.accounting.tokens",),
     "tiktoken_ext": ("flowgpt.accounting.tokens",),

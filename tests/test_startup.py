@@ -29,6 +29,8 @@ HEAVY = [
     "flowgpt.engine.run",
     "tiktoken",
     "jsonschema",
+    "starlette",  # the web stack of `flowgpt ui` (an extra)
+    "uvicorn",
 ]
 
 # Runs the CLI in a fresh interpreter, then reports which of the heavy modules it loaded.

@@ -2,8 +2,8 @@
 
 This module holds the ``main`` group (``--debug``, ``--version``) and registers the commands,
 which live in private modules by job: ``_inspect`` (validate, schema, estimate), ``_run``,
-``_batch``, ``_chat``, ``_runs``, ``_test`` and ``_start`` (init, graph); what they share is in
-``_common``.
+``_batch``, ``_chat``, ``_runs``, ``_test``, ``_ui`` and ``_start`` (init, graph); what they
+share is in ``_common``.
 
 Heavy modules (the engine, the openai SDK, rich) are imported inside the commands that need
 them, so ``flowgpt --help``, ``validate``, ``schema`` and ``estimate`` start fast.
@@ -20,6 +20,7 @@ from flowgpt.cli._run import run
 from flowgpt.cli._runs import runs
 from flowgpt.cli._start import graph, init
 from flowgpt.cli._test import test
+from flowgpt.cli._ui import ui
 
 __all__ = ["main"]
 
@@ -42,5 +43,5 @@ def main(debug: bool) -> None:
     """
 
 
-for _command in (init, validate, schema, run, estimate, batch, chat, runs, test, graph):
+for _command in (init, validate, schema, run, estimate, batch, chat, runs, test, graph, ui):
     main.add_command(_command)

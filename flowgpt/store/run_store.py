@@ -64,6 +64,15 @@ from typing import TYPE_CHECKING, Any
 from flowgpt.errors import redact
 from flowgpt.providers.base import ChatResponse
 from flowgpt.results import AttemptResult, RunResult, StepResult
+from flowgpt.store._browse import (
+    DailySpend,
+    RunFacets,
+    RunFilter,
+    Spending,
+    facets,
+    filter_sql,
+    spending,
+)
 from flowgpt.store._db import SCHEMA_VERSION, StoreDatabase, StoreError, default_store_path
 from flowgpt.store._rows import (
     BatchSummary,
@@ -93,9 +102,13 @@ if TYPE_CHECKING:
 __all__ = [
     "SCHEMA_VERSION",
     "BatchSummary",
+    "DailySpend",
+    "RunFacets",
+    "RunFilter",
     "RunStats",
     "RunStore",
     "RunSummary",
+    "Spending",
     "StatsRow",
     "StoreError",
     "default_store_path",
@@ -347,39 +360,50 @@ class RunStore(StoreDatabase):
         with self._guard("read the runs"), self._tx(write=False) as conn:
             return self._resolve(conn, run_id)
 
-    def list_runs(self, limit: int = 20, *, batch: str | None = None) -> list[RunSummary]:
+    def list_runs(
+        self, limit: int = 20, *, batch: str | None = None, where: RunFilter | None = None
+    ) -> list[RunSummary]:
         """The latest ``limit`` runs, newest first, each batch row a run of its own.
 
-        ``batch``: only that batch's runs (its output file as recorded, or a path or file
-        name that names one batch; see :meth:`resolve_batch`), by row number."""
+        ``batch`` (or ``where.batch``): only that batch's runs (its output file as
+        recorded, or a path or file name that names one batch; see
+        :meth:`resolve_batch`), by row number. ``where``: only the runs it picks."""
+        batch = batch if batch is not None else where.batch if where is not None else None
         with self._guard("read the runs"), self._tx(write=False) as conn:
-            if batch is None:
-                runs = conn.execute(
-                    f"SELECT {_SUMMARY_COLUMNS} FROM runs"
-                    " ORDER BY started_at DESC, rowid DESC LIMIT ?",
-                    (limit,),
-                ).fetchall()
-            else:
-                runs = conn.execute(
-                    f"SELECT {_SUMMARY_COLUMNS} FROM runs WHERE batch = ?"
-                    " ORDER BY batch_row, started_at, rowid LIMIT ?",
-                    (self._resolve_batch(conn, batch), limit),
-                ).fetchall()
+            full = None if batch is None else self._resolve_batch(conn, batch)
+            condition, args = filter_sql(conn, where, full)
+            order = (
+                "started_at DESC, rowid DESC" if full is None else "batch_row, started_at, rowid"
+            )
+            runs = conn.execute(
+                f"SELECT {_SUMMARY_COLUMNS} FROM runs r WHERE {condition} ORDER BY {order} LIMIT ?",
+                (*args, limit),
+            ).fetchall()
             return self._summaries(conn, runs)
 
-    def list_entries(self, limit: int = 20) -> list[RunSummary | BatchSummary]:
+    def list_entries(
+        self, limit: int = 20, *, where: RunFilter | None = None
+    ) -> list[RunSummary | BatchSummary]:
         """What ``flowgpt runs list`` shows: the latest ``limit`` runs and batches, newest
-        first, a batch as one :class:`BatchSummary` placed by its latest run's start."""
+        first, a batch as one :class:`BatchSummary` placed by its latest run's start.
+
+        ``where``: only the runs it picks, and the batches with a run it picks (each
+        summed up whole; ``list_runs(batch=..., where=...)`` lists the rows it picks)."""
         with self._guard("read the runs"), self._tx(write=False) as conn:
+            full = None
+            if where is not None and where.batch is not None:
+                full = self._resolve_batch(conn, where.batch)
+            condition, args = filter_sql(conn, where, full)
             singles = conn.execute(
-                f"SELECT rowid, {_SUMMARY_COLUMNS} FROM runs WHERE batch IS NULL"
-                " ORDER BY started_at DESC, rowid DESC LIMIT ?",
-                (limit,),
+                f"SELECT rowid, {_SUMMARY_COLUMNS} FROM runs r WHERE batch IS NULL"
+                f" AND {condition} ORDER BY started_at DESC, rowid DESC LIMIT ?",
+                (*args, limit),
             ).fetchall()
             batches = conn.execute(
-                "SELECT batch, MAX(started_at) AS last, MAX(rowid) AS rowid FROM runs"
-                " WHERE batch IS NOT NULL GROUP BY batch ORDER BY last DESC, rowid DESC LIMIT ?",
-                (limit,),
+                "SELECT batch, MAX(started_at) AS last, MAX(rowid) AS rowid FROM runs r"
+                f" WHERE batch IS NOT NULL AND {condition}"
+                " GROUP BY batch ORDER BY last DESC, rowid DESC LIMIT ?",
+                (*args, limit),
             ).fetchall()
             newest = sorted(
                 [((r["started_at"], r["rowid"]), r["run_id"], None) for r in singles]
@@ -571,6 +595,39 @@ class RunStore(StoreDatabase):
             since=since,
             mock_runs_left_out=int(left_out),
         )
+
+    def spending(self, where: RunFilter | None = None) -> Spending:
+        """What the runs ``where`` picks spent (the mock provider's runs included, and
+        told apart): tokens and dollars in all, and by day (local time) and model."""
+        with self._guard("read the runs"), self._tx(write=False) as conn:
+            full = None
+            if where is not None and where.batch is not None:
+                full = self._resolve_batch(conn, where.batch)
+            return spending(conn, *filter_sql(conn, where, full))
+
+    def run_facets(self) -> RunFacets:
+        """The workflows, models, providers, statuses and days the runs have."""
+        with self._guard("read the runs"), self._tx(write=False) as conn:
+            return facets(conn)
+
+    def workflow_text(self, run_id: str) -> str | None:
+        """The workflow file's text as the run read it (redacted), or None when not kept."""
+        with self._guard("read the run"), self._tx(write=False) as conn:
+            full = self._resolve(conn, run_id)
+            row = conn.execute(
+                "SELECT workflow_text FROM runs WHERE run_id = ?", (full,)
+            ).fetchone()
+        return None if row["workflow_text"] is None else str(row["workflow_text"])
+
+    def step_prices(self, run_id: str) -> dict[str, dict[str, Any] | None]:
+        """Step id -> the price its cost was computed with (``ModelPrice.to_dict()``: USD
+        per million tokens and its ``source``), None when unpriced."""
+        with self._guard("read the run"), self._tx(write=False) as conn:
+            full = self._resolve(conn, run_id)
+            rows = conn.execute(
+                "SELECT step_id, price FROM steps WHERE run_id = ? ORDER BY position", (full,)
+            ).fetchall()
+        return {row["step_id"]: _load(row["price"]) for row in rows}
 
     def run_summary(self, run_id: str) -> RunSummary:
         """The summary of one run (a full id or a unique prefix)."""
