@@ -42,6 +42,7 @@ from flowgpt.results import RunResult
 from flowgpt.spec.inputs import resolve_inputs
 from flowgpt.spec.loader import load_workflow
 from flowgpt.spec.models import ProviderSpec, WorkflowSpec
+from flowgpt.spec.urls import base_url_problem
 from flowgpt.spec.workflow import Workflow
 from flowgpt.store.run_store import RunStore, new_run_id
 
@@ -171,6 +172,14 @@ class Engine:
                 inputs = {**self.store.load_run(resume).inputs, **(inputs or {})}
         resolved = resolve_inputs(workflow.spec, inputs or {}, from_cli=inputs_from_cli)
         provider = self.provider_for(workflow.spec.provider, workflow.base_dir)
+        where = provider.resolved_base_url()
+        problem = None if where is None else base_url_problem(where)
+        if problem is not None:  # the workflow's was checked when loaded: the environment's
+            raise SpecError(
+                f"the API base URL cannot be used: {problem}",
+                hint="check OPENAI_BASE_URL (or provider.base_url); write it like "
+                "https://host:8000/v1",
+            )
         settings = RunSettings(
             provider=provider,
             limiter=self.limiter(provider, workflow.spec.provider.concurrency),

@@ -9,6 +9,7 @@ flowgpt.spec.diagnostics; reading ``system_file``/``prompt_file`` stays here.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -23,14 +24,22 @@ from flowgpt.spec.diagnostics import (
     _validation_diagnostics,
 )
 from flowgpt.spec.models import WorkflowSpec
+from flowgpt.spec.secrets import credentials_in_base_url, scan_text
 from flowgpt.spec.workflow import Location, SourceMap, Workflow, _Mark
 
 __all__ = ["dump_workflow", "load_workflow", "parse_workflow"]
 
-# A document may expand (through aliases) to at most this many values; a "billion laughs"
-# file is refused before anything is expanded.
+# A document may hold, and expand to through aliases, at most this many values; a
+# "billion laughs" file is refused before anything is expanded.
 MAX_EXPANDED_NODES = 100_000
 MAX_FILE_BYTES = 2_000_000
+# Lists and mappings nested deeper than this are refused (composing recurses per level).
+MAX_NESTING = 100
+# A prompt file holds at most this much: about a million tokens, more than any model's
+# context window takes.
+MAX_PROMPT_FILE_BYTES = 4_000_000
+# FLOWGPT_ALLOW_HIDDEN_FILES=1 lets prompt files live in hidden folders (.github/prompts).
+ALLOW_HIDDEN_ENV = "FLOWGPT_ALLOW_HIDDEN_FILES"
 
 
 class _Problem(Exception):
@@ -49,6 +58,21 @@ class _Loader(yaml.SafeLoader):
         # id(container) -> {key or index: (key node, value node)}; the containers stay
         # alive in the result, so their ids stay unique.
         self.children: dict[int, dict[Any, tuple[yaml.Node | None, yaml.Node]]] = {}
+        self.depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        # PyYAML composes recursively: refuse deep nesting before Python's stack runs out.
+        self.depth += 1
+        try:
+            if self.depth > MAX_NESTING:
+                raise _Problem(
+                    f"lists and mappings are nested more than {MAX_NESTING} levels deep",
+                    self.peek_event().start_mark,  # type: ignore[no-untyped-call]
+                    "flowgpt reads workflows nested at most that deep; flatten this value",
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, yaml.Node] = {}
@@ -101,7 +125,26 @@ _Loader.add_constructor("tag:yaml.org,2002:seq", _Loader.construct_yaml_seq)
 
 
 def _check_expansion(root: yaml.Node) -> None:
-    """Refuse documents whose aliases expand to too many values (or refer to themselves)."""
+    """Refuse documents with too many values, or whose aliases expand to too many values
+    (or refer to themselves)."""
+    written: set[int] = set()
+    pending: list[yaml.Node] = [root]
+    while pending:  # every node once, however many aliases point at it
+        node = pending.pop()
+        if id(node) in written:
+            continue
+        written.add(id(node))
+        if len(written) > MAX_EXPANDED_NODES:
+            raise _Problem(
+                f"the workflow holds more than {MAX_EXPANDED_NODES:,} values (keys, values "
+                "and list items), flowgpt's limit for one workflow",
+                node.start_mark,
+                "split it into smaller workflows",
+            )
+        if isinstance(node, yaml.SequenceNode):
+            pending.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            pending.extend(n for pair in node.value for n in pair)
     sizes: dict[int, int] = {}
     active: set[int] = set()
 
@@ -123,7 +166,9 @@ def _check_expansion(root: yaml.Node) -> None:
         sizes[key] = total
         if total > MAX_EXPANDED_NODES:
             raise _Problem(
-                f"YAML aliases here expand to more than {MAX_EXPANDED_NODES:,} values",
+                f"YAML aliases here expand to more than {MAX_EXPANDED_NODES:,} values "
+                f"(the document has {len(written):,} written out), flowgpt's limit for one "
+                "workflow",
                 node.start_mark,
                 "this looks like an alias bomb; write the values out or use fewer aliases",
             )
@@ -206,9 +251,27 @@ def _yaml_error(exc: yaml.YAMLError, file: str) -> Diagnostic:
     )
 
 
+def _reader_error(exc: yaml.reader.ReaderError, text: str, file: str) -> Diagnostic:
+    """A character YAML does not allow (NUL, most control characters)."""
+    line = text.count("\n", 0, exc.position) + 1
+    col = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+    code = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or " ")
+    return Diagnostic(
+        f"the file holds the control character U+{code:04X}, which YAML does not allow",
+        file,
+        line,
+        col,
+        hint="remove it; the file may not be a text file, or was saved with a wrong encoding",
+    )
+
+
 def _compose(text: str, file: str) -> tuple[Any, SourceMap]:
     smap = SourceMap(file, lines=text.splitlines())
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # reads (and checks) the characters at once
+    except yaml.reader.ReaderError as exc:
+        diag = _reader_error(exc, text, file)
+        raise SpecError(diag.message, diagnostics=[diag]) from None
     try:
         node = loader.get_single_node()
         if node is None:
@@ -242,6 +305,9 @@ def _compose(text: str, file: str) -> tuple[Any, SourceMap]:
                 )
             ],
         ) from None
+    except yaml.reader.ReaderError as exc:
+        diag = _reader_error(exc, text, file)
+        raise SpecError(diag.message, diagnostics=[diag]) from None
     except yaml.YAMLError as exc:
         diag = _yaml_error(exc, file)
         raise SpecError(diag.message, diagnostics=[diag]) from None
@@ -268,7 +334,7 @@ def _compose(text: str, file: str) -> tuple[Any, SourceMap]:
 
 
 def _read_includes(
-    spec: WorkflowSpec, base_dir: Path, smap: SourceMap
+    spec: WorkflowSpec, base_dir: Path, smap: SourceMap, allow_hidden: bool
 ) -> tuple[dict[str, str], list[Diagnostic]]:
     files: dict[str, str] = {}
     found: list[Diagnostic] = []
@@ -297,34 +363,69 @@ def _read_includes(
                     "prompt files must live in the workflow's folder or below it",
                 )
                 continue
+            hidden = _hidden_part(Path(name).parts) or _hidden_part(target.relative_to(root).parts)
+            if hidden is not None and not allow_hidden:
+                # .ssh/, .config/, .env: a workflow saved in a home folder must not send
+                # what is kept there to the API.
+                problem(
+                    f"`{key}` points into a hidden file or folder (`{hidden}`)",
+                    "prompt files are sent to the API: keep them in a visible folder; if "
+                    f"this one is meant, set {ALLOW_HIDDEN_ENV}=1",
+                )
+                continue
             if not target.is_file():
                 problem(
                     f"`{key}` file not found: {name}",
                     f"create it at {root / name}, or fix the path (relative to the workflow file)",
                 )
                 continue
-            raw = target.read_bytes()
+            with target.open("rb") as f:
+                raw = f.read(MAX_PROMPT_FILE_BYTES + 1)  # never more, however large it is
+            if len(raw) > MAX_PROMPT_FILE_BYTES:
+                problem(
+                    f"`{key}` file {name} is larger than {MAX_PROMPT_FILE_BYTES:,} bytes, "
+                    "flowgpt's limit for a prompt file",
+                    "a prompt cannot hold that much: no model's context window takes it; "
+                    "pass long documents in as inputs, in parts",
+                )
+                continue
             try:
                 files[name] = raw.decode("utf-8").removeprefix("\ufeff")
             except UnicodeDecodeError:
                 problem(f"`{key}` file {name} is not UTF-8", "save it as UTF-8")
+                continue
+            found.extend(scan_text(files[name], str(base_dir / name), prompt_file=True))
     return files, found
+
+
+def _hidden_part(parts: tuple[str, ...]) -> str | None:
+    return next((p for p in parts if p.startswith(".") and p not in (".", "..")), None)
 
 
 # --- public API ------------------------------------------------------------------------
 
 
 def parse_workflow(
-    text: str, *, path: str | Path | None = None, base_dir: str | Path | None = None
+    text: str,
+    *,
+    path: str | Path | None = None,
+    base_dir: str | Path | None = None,
+    allow_hidden_files: bool | None = None,
 ) -> Workflow:
     """Parse a workflow from YAML text. Raises SpecError with every mistake it can find.
 
     ``path`` is used in messages and to find ``system_file``/``prompt_file``; ``base_dir``
-    overrides the folder those are read from.
+    overrides the folder those are read from. Prompt files in hidden files or folders
+    (``.ssh/``) are refused unless ``allow_hidden_files`` (default: the environment
+    variable FLOWGPT_ALLOW_HIDDEN_FILES is 1).
     """
     file = str(path) if path is not None else "<workflow>"
     data, smap = _compose(text, file)
     diagnostics = _secret_diagnostics(data, smap)
+    # The whole text too: keys in mapping keys and comments, private keys.
+    flagged = {d.line for d in diagnostics if d.line is not None}
+    diagnostics += scan_text(text, file, skip_lines=flagged)
+    diagnostics += credentials_in_base_url(data, smap)
     diagnostics += _duplicate_step_ids(data, smap)
     spec: WorkflowSpec | None = None
     try:
@@ -347,7 +448,9 @@ def parse_workflow(
             if base_dir is not None
             else (workflow_path.parent if workflow_path is not None else Path.cwd())
         )
-        files, include_problems = _read_includes(spec, folder, smap)
+        if allow_hidden_files is None:
+            allow_hidden_files = os.environ.get(ALLOW_HIDDEN_ENV, "").strip() == "1"
+        files, include_problems = _read_includes(spec, folder, smap, allow_hidden_files)
         diagnostics += include_problems
     if diagnostics or spec is None:
         diagnostics.sort(key=lambda d: (d.line or 0, d.col or 0))
@@ -355,8 +458,9 @@ def parse_workflow(
     return Workflow(spec=spec, path=workflow_path, source=text, source_map=smap, files=files)
 
 
-def load_workflow(path: str | Path) -> Workflow:
-    """Load and check a workflow file (format, keys, types, included files)."""
+def load_workflow(path: str | Path, *, allow_hidden_files: bool | None = None) -> Workflow:
+    """Load and check a workflow file (format, keys, types, included files); see
+    :func:`parse_workflow` for ``allow_hidden_files``."""
     p = Path(path)
     file = str(path)
     try:
@@ -389,7 +493,7 @@ def load_workflow(path: str | Path) -> Workflow:
                 )
             ],
         )
-    return parse_workflow(_decode(raw, file), path=p)
+    return parse_workflow(_decode(raw, file), path=p, allow_hidden_files=allow_hidden_files)
 
 
 def dump_workflow(spec: WorkflowSpec) -> str:

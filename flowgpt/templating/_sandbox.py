@@ -17,7 +17,7 @@ from typing import Any, NoReturn, cast
 from jinja2 import nodes
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.environment import Environment
-from jinja2.environment import Template as _JinjaTemplate
+from jinja2.environment import Template as JinjaTemplate
 from jinja2.exceptions import SecurityError
 from jinja2.runtime import Context, LoopContext, StrictUndefined, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -174,14 +174,14 @@ class _LoopContext(LoopContext):
         return super().__next__()
 
 
-class _Template(_JinjaTemplate):
+class _Template(JinjaTemplate):
     @classmethod
     def _from_namespace(
         cls,
         environment: Environment,
         namespace: MutableMapping[str, Any],
         globals: MutableMapping[str, Any],
-    ) -> _JinjaTemplate:
+    ) -> JinjaTemplate:
         # The compiled module imported Jinja's LoopContext; its functions look it up here.
         namespace["LoopContext"] = _LoopContext
         return super()._from_namespace(environment, namespace, globals)
@@ -291,7 +291,7 @@ def _make_env() -> _Environment:
     return env
 
 
-def _render_bounded(compiled: _JinjaTemplate, context: Mapping[str, Any]) -> str:
+def _render_bounded(compiled: JinjaTemplate, context: Mapping[str, Any]) -> str:
     """Render under the render limits, refusing output longer than the limit before it
     is all built."""
     parts: list[str] = []
