@@ -139,6 +139,11 @@ def _read_inputs_file(path: str) -> dict[str, Any]:
             f"--inputs-file {path} is not valid JSON: {exc}",
             hint='write the inputs as one JSON object, e.g. {"topic": "tea"}',
         ) from None
+    except RecursionError:
+        raise InputError(
+            f"--inputs-file {path}: lists and objects nest too deeply to read",
+            hint="flatten the inputs; at most 100 levels are taken",
+        ) from None
     if not isinstance(data, dict):
         raise InputError(f"--inputs-file {path} must hold a JSON object of inputs")
     return data

@@ -21,7 +21,7 @@ from typing import Any, Literal
 from flowgpt.engine._lock import FileLock
 from flowgpt.errors import Diagnostic, InputError, redact
 from flowgpt.results import RunResult
-from flowgpt.spec.inputs import resolve_inputs
+from flowgpt.spec.inputs import MAX_NESTING, nests_deeper_than, resolve_inputs
 from flowgpt.spec.workflow import Workflow
 from flowgpt.usage import Usage
 
@@ -39,7 +39,7 @@ __all__ = [
 _MAX_LISTED = 10
 # The longest CSV value, and the deepest nesting of a JSON row.
 _MAX_FIELD = 10_000_000
-_MAX_DEPTH = 100
+_MAX_DEPTH = MAX_NESTING
 _TOO_DEEP = object()
 # json.dumps(doc, ensure_ascii=False, default=str), without building an encoder per line.
 _LINE_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
@@ -262,16 +262,7 @@ def _depth_over(line: str, value: Any, limit: int) -> bool:
     when the line has that many brackets at all."""
     if line.count("[") + line.count("{") <= limit:
         return False
-    level: list[tuple[Any, int]] = [(value, 0)]
-    while level:
-        node, depth = level.pop()
-        if depth > limit:
-            return True
-        if isinstance(node, dict):
-            level.extend((child, depth + 1) for child in node.values())
-        elif isinstance(node, list):
-            level.extend((child, depth + 1) for child in node)
-    return False
+    return nests_deeper_than(value, limit)
 
 
 # -- the output file ----------------------------------------------------------------------
