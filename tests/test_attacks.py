@@ -248,7 +248,7 @@ BAD_INPUTS: dict[str, tuple[dict[str, Any], list[str], str]] = {
             "--mock",
             "--max-cost",
             "inf",
-        ],  # fmt: skip
+        ],
         "'inf' is not an amount of dollars",
     ),
     "csv-field-over-10m": (
