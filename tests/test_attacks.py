@@ -47,15 +47,17 @@ TEMPLATE_ATTACKS: dict[str, str] = {
     "{{ 'x'.encode() * 2000000000 }}": TOO_LARGE,
     "{{ (1).to_bytes(10**9, 'big') }}": TOO_LARGE,
     "{{ 'x'.encode().center(999999999) }}": TOO_LARGE,
-    "{{ (2 ** 99999) * (2 ** 99999) }}": TOO_LARGE,
-    "{% set ns = namespace(x=2 ** 60000) %}{% for i in range(30) %}"
+    "{{ (2 ** 49999) * (2 ** 49999) * (2 ** 49999) }}": TOO_LARGE,
+    "{% set ns = namespace(x=2 ** 49999) %}{% for i in range(30) %}"
     "{% set ns.x = ns.x * ns.x %}{% endfor %}{{ ns.x > 0 }}": TOO_LARGE,
     # Lists of one long string, printed: short in memory, huge as text.
     "{{ ['x' * 9000000] * 100 }}": TOO_LARGE,
     "{% set big = ['x' * 4000000] * 2 %}{{ big | pprint }}": TOO_LARGE,
-    "{% set big = ['x' * 4000000] * 2 %}{{ big | tojson(indent=2) ~ big | tojson }}": TOO_LARGE,
-    "{% set a = 'x' * 5000000 %}{{ '%s%s%s' % (a, a, a) }}": TOO_LARGE,
-    "{{ {}.fromkeys(range(100000), 'x' * 1000) }}": TOO_LARGE,
+    # Built without being printed (`| length`): the size of the rendered text alone
+    # would not see them.
+    "{% set big = ['\"' * 3000000] * 2 %}{{ big | tojson | length }}": TOO_LARGE,
+    "{% set a = 'x' * 5000000 %}{{ ('%s%s%s' % (a, a, a)) | length }}": TOO_LARGE,
+    "{{ ({}.fromkeys(range(100000), 'x' * 1000) | tojson) | length }}": TOO_LARGE,
     "{{ [1] | batch(999999999, 'x') | list }}": TOO_LARGE,
     "{{ range(10) | slice(999999999) | list }}": TOO_LARGE,
     # A namespace list doubled in a loop: 2**n items from n small lists.
@@ -69,9 +71,10 @@ TEMPLATE_ATTACKS: dict[str, str] = {
     # Filters that pad, repeat or escape.
     "{{ 'x' | indent(999999999) }}": TOO_LARGE,
     "{{ inputs.topic | indent(999999999) }}": TOO_LARGE,
-    "{{ ('x' * 1000) | wordwrap(1, wrapstring='y' * 100000) }}": TOO_LARGE,
-    "{{ ('&' * 9000000) | escape }}": TOO_LARGE,
-    "{{ ('a' * 100) .translate({97: 'b' * 1000000}) }}": TOO_LARGE,
+    "{{ 'x' | indent(200000000, true) }}": TOO_LARGE,
+    "{{ (('x' * 1000) | wordwrap(1, wrapstring='y' * 100000)) | length }}": TOO_LARGE,
+    "{{ (('&' * 9000000) | escape) | length }}": TOO_LARGE,
+    "{{ (('a' * 100).translate({97: 'b' * 1000000})) | length }}": TOO_LARGE,
     "{{ ('\t' * 100).expandtabs(999999) }}": TOO_LARGE,
     "{% set s %}{{ 'x' * 9000000 }}{{ 'x' * 9000000 }}{% endset %}{{ s | length }}": TOO_LARGE,
     # Time: loops and recursion that build nothing.
