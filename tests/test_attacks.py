@@ -130,7 +130,8 @@ def test_validate_evaluates_no_hostile_template(payload: str, tmp_path: Path) ->
 
 def test_a_hostile_template_fails_the_run_before_any_request() -> None:
     mock = MockProvider()
-    workflow = parse_workflow(_workflow("{{ '%*s' % (999999999, 'x') }}"))
+    # 30 million: enough to pass the limit, small enough for this process if it regresses.
+    workflow = parse_workflow(_workflow("{{ ('%*s' % (30000000, 'x')) | length }}"))
     with pytest.raises(TemplateError) as caught:
         Engine(provider=mock).run_sync(workflow)
     assert caught.value.exit_code == 2 and mock.requests == []
