@@ -172,9 +172,10 @@ class Engine:
                 inputs = {**self.store.load_run(resume).inputs, **(inputs or {})}
         resolved = resolve_inputs(workflow.spec, inputs or {}, from_cli=inputs_from_cli)
         provider = self.provider_for(workflow.spec.provider, workflow.base_dir)
-        where = provider.resolved_base_url()
+        # An HTTP provider's URL (the workflow's was checked when loaded: OPENAI_BASE_URL).
+        where = provider.resolved_base_url() if provider.name == "openai" else None
         problem = None if where is None else base_url_problem(where)
-        if problem is not None:  # the workflow's was checked when loaded: the environment's
+        if problem is not None:
             raise SpecError(
                 f"the API base URL cannot be used: {problem}",
                 hint="check OPENAI_BASE_URL (or provider.base_url); write it like "
