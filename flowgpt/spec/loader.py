@@ -32,6 +32,7 @@ __all__ = ["dump_workflow", "load_workflow", "parse_workflow"]
 # A document may hold, and expand to through aliases, at most this many values; a
 # "billion laughs" file is refused before anything is expanded.
 MAX_EXPANDED_NODES = 100_000
+MAX_EXPANDED_CHARS = 10_000_000
 MAX_FILE_BYTES = 2_000_000
 # Lists and mappings nested deeper than this are refused (composing recurses per level).
 MAX_NESTING = 100
@@ -145,10 +146,10 @@ def _check_expansion(root: yaml.Node) -> None:
             pending.extend(node.value)
         elif isinstance(node, yaml.MappingNode):
             pending.extend(n for pair in node.value for n in pair)
-    sizes: dict[int, int] = {}
+    sizes: dict[int, tuple[int, int]] = {}  # id -> (values, characters) once expanded
     active: set[int] = set()
 
-    def size(node: yaml.Node) -> int:
+    def size(node: yaml.Node) -> tuple[int, int]:
         key = id(node)
         if key in sizes:
             return sizes[key]
@@ -157,13 +158,16 @@ def _check_expansion(root: yaml.Node) -> None:
                 "a YAML alias refers to itself", node.start_mark, "remove the recursive alias"
             )
         active.add(key)
-        total = 1
-        if isinstance(node, yaml.SequenceNode):
-            total += sum(size(child) for child in node.value)
-        elif isinstance(node, yaml.MappingNode):
-            total += sum(size(k) + size(v) for k, v in node.value)
+        total, chars = 1, 0
+        if isinstance(node, yaml.ScalarNode):
+            chars = len(node.value)
+        else:
+            for child in node.value:  # nodes of a sequence, (key, value) pairs of a mapping
+                for part in child if isinstance(child, tuple) else (child,):
+                    values, text = size(part)
+                    total, chars = total + values, chars + text
         active.discard(key)
-        sizes[key] = total
+        sizes[key] = (total, chars)
         if total > MAX_EXPANDED_NODES:
             raise _Problem(
                 f"YAML aliases here expand to more than {MAX_EXPANDED_NODES:,} values "
@@ -172,7 +176,16 @@ def _check_expansion(root: yaml.Node) -> None:
                 node.start_mark,
                 "this looks like an alias bomb; write the values out or use fewer aliases",
             )
-        return total
+        if chars > MAX_EXPANDED_CHARS:
+            # A long text repeated through aliases: templates print values, so what a
+            # value expands to must stay printable.
+            raise _Problem(
+                f"YAML aliases here expand to more than {MAX_EXPANDED_CHARS:,} characters, "
+                "flowgpt's limit for one workflow",
+                node.start_mark,
+                "this looks like an alias bomb; write the values out or use fewer aliases",
+            )
+        return total, chars
 
     size(root)
 

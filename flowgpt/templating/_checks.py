@@ -19,7 +19,13 @@ from jinja2.sandbox import MAX_RANGE, SandboxedFormatter
 from jinja2.utils import pass_context, pass_environment
 
 from flowgpt.templating import _limits
-from flowgpt.templating._limits import RenderLimitError, check_bits, check_size, text_size
+from flowgpt.templating._limits import (
+    SHORT,
+    RenderLimitError,
+    check_bits,
+    check_size,
+    text_size,
+)
 
 # -- operators ----------------------------------------------------------------------------
 
@@ -301,20 +307,24 @@ def checked_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
     kind = getattr(getattr(func, "jinja_pass_arg", None), "name", None)
     selecting = name in SELECTING_FILTERS
 
+    # The filter's own first argument, from the render context (Jinja passes it that way).
+    first: Callable[[Context], Any] | None = {
+        "context": lambda context: context,
+        "eval_context": lambda context: context.eval_ctx,
+        "environment": lambda context: context.environment,
+    }.get(kind or "")
+
+    # No tick here: a filter runs once per call, bounded by the size of what it is given
+    # (loops and calls, which may repeat without end, tick).
     @pass_context
     def wrapper(context: Context, value: Any, *args: Any, **kwargs: Any) -> Any:
-        _limits.tick()
         if check is not None:
             check(value, *args, **kwargs)
-        if kind == "context":
-            result = func(context, value, *args, **kwargs)
-        elif kind == "eval_context":
-            result = func(context.eval_ctx, value, *args, **kwargs)
-        elif kind == "environment":
-            result = func(context.environment, value, *args, **kwargs)
-        else:
+        if first is None:
             result = func(value, *args, **kwargs)
-        if selecting or result is value:
+        else:
+            result = func(first(context), value, *args, **kwargs)
+        if selecting or result is value or (type(result) is str and len(result) < SHORT):
             return result
         return _limits.built(result)
 

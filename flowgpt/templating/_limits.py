@@ -15,6 +15,11 @@ Four limits, module globals read at call time (patch them here in tests):
 - ``MAX_RENDER_SECONDS``: checked at every loop iteration, call and filter, so a loop that
   builds nothing still stops.
 
+Values a template is given are bounded where they come from: parsed JSON (inputs, data
+rows, step outputs) is a tree as large as it is in memory, and a workflow's YAML may expand
+through aliases to at most 10 million characters (the loader refuses more). Every value a
+template builds is measured as it is built, so printing one is bounded too.
+
 A render runs between :func:`start_render` and :func:`end_render`; the sandbox calls
 :func:`tick` and :func:`built` as it goes. Each refusal is a :class:`RenderLimitError`
 saying which limit.
@@ -24,7 +29,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from contextvars import ContextVar, Token
 from typing import Any, TypeVar
 
@@ -70,11 +75,13 @@ class _Render:
     """The budget of one render: its deadline, the bytes it built, and the measured size
     of every container it met (by id; the container is held, so its id stays unique)."""
 
-    __slots__ = ("built", "deadline", "sizes")
+    __slots__ = ("built", "deadline", "sizes", "ticks")
 
     def __init__(self) -> None:
-        self.deadline = time.monotonic() + MAX_RENDER_SECONDS
+        # Set at the first reading of the clock (16 ticks in): most renders never get there.
+        self.deadline = 0.0
         self.built = 0
+        self.ticks = 0
         # id -> (container, size when printed, items, depth)
         self.sizes: dict[int, tuple[Any, int, int, int]] = {}
 
@@ -94,20 +101,43 @@ def end_render(token: Token[_Render | None]) -> None:
 
 
 def tick() -> None:
-    """A loop iteration, call or filter: stop once the render is out of time."""
+    """A loop iteration or call: stop once the render is out of time (the clock is read
+    every 16th tick: each step between is bounded by the size limits)."""
     render = _CURRENT.get()
-    if render is not None and time.monotonic() > render.deadline:
+    if render is not None:
+        render.ticks += 1
+        if render.ticks & 15 == 0:
+            _check_clock(render)
+
+
+def _check_clock(render: _Render) -> None:
+    now = time.monotonic()
+    if not render.deadline:
+        render.deadline = now + MAX_RENDER_SECONDS
+    elif now > render.deadline:
         raise RenderLimitError(
-            f"the render ran longer than {MAX_RENDER_SECONDS:g} s, the time one render may take",
+            f"the render ran longer than {MAX_RENDER_SECONDS:g} s, the time one render may "
+            "take",
             "time",
         )
 
 
 def iterate(iterable: Iterable[_T]) -> Iterator[_T]:
     """A ``{% for %}`` loop's iterable, ticking at every item."""
+    render = _CURRENT.get()
+    if render is None:
+        yield from iterable
+        return
     for item in iterable:
-        tick()
+        render.ticks += 1
+        if render.ticks & 15 == 0:
+            _check_clock(render)
         yield item
+
+
+# Strings shorter than this are not counted against the render's memory: only a container
+# can keep many of them, and a container counts their length (see measure).
+SHORT = 1024
 
 
 def built(value: _T) -> _T:
@@ -115,7 +145,10 @@ def built(value: _T) -> _T:
     add its size to the render's memory budget."""
     kind = type(value)
     if kind is str or kind is bytes or kind is bytearray:
-        check_size(len(value), "the value")  # type: ignore[arg-type]
+        length = len(value)  # type: ignore[arg-type]
+        if length < SHORT:
+            return value
+        check_size(length, "the value")
     elif isinstance(value, _CONTAINERS):
         measure(value)  # refuses a value too large when printed
     elif kind is int:
@@ -145,8 +178,39 @@ def _leaf(value: Any) -> int:
     return 24  # a float, None, a bool, a date: at most this long printed
 
 
-# Containers of up to this many plain values are measured on the spot, not remembered.
-_SMALL = 32
+# Values of up to this many items are measured on the spot (not remembered): most values
+# a prompt prints are small, and remembering costs more than measuring them again.
+_SMALL = 64
+
+
+def _small(root: Any) -> tuple[int, int, int] | None:
+    """(size, items, depth) of a small value, or None once it has more than _SMALL items
+    or nests deeper than 16 (then it is measured the long way). Measures the tree as
+    written (a part used twice counts twice), in one pass without recursion."""
+    size = items = deepest = 0
+    budget = _SMALL
+    stack: list[tuple[Any, int]] = [(root, 0)]
+    while stack:
+        value, depth = stack.pop()
+        kind = type(value)
+        if kind is dict:
+            children: Any = [x for pair in value.items() for x in pair]
+        elif kind is list or kind is tuple:
+            children = value
+        elif isinstance(value, _CONTAINERS):
+            children = _children(value)
+        else:
+            size += _leaf(value) + 2
+            items += 1
+            continue
+        budget -= len(children) + 1
+        if budget < 0 or depth > 16:
+            return None
+        size += 4
+        items += 1
+        deepest = max(deepest, depth + 1)
+        stack.extend((child, depth + 1) for child in children)
+    return size, items, deepest
 
 
 def measure(root: Any) -> tuple[int, int, int]:
@@ -156,15 +220,10 @@ def measure(root: Any) -> tuple[int, int, int]:
     the limit is refused as soon as that is known."""
     if not isinstance(root, _CONTAINERS):
         return _leaf(root), 1, 0
-    if len(root) <= _SMALL:
-        size = 2
-        for child in _children(root):
-            if isinstance(child, _CONTAINERS):
-                break
-            size += _leaf(child) + 2
-        else:
-            check_size(size, "the value")
-            return size, len(root) + 1, 1
+    quick = _small(root)
+    if quick is not None:
+        check_size(quick[0], "the value")
+        return quick
     render = _CURRENT.get()
     sizes: dict[int, tuple[Any, int, int, int]] = render.sizes if render else {}
     found = sizes.get(id(root))
@@ -207,10 +266,10 @@ def measure(root: Any) -> tuple[int, int, int]:
     return sizes[id(root)][1:]
 
 
-def _children(node: Any) -> Iterable[Any]:
-    if isinstance(node, Mapping):
+def _children(node: Any) -> Any:
+    if isinstance(node, dict):
         return [x for pair in node.items() for x in pair]
-    return node  # type: ignore[no-any-return]
+    return node
 
 
 def text_size(value: Any, *, indent: int = 0) -> int:

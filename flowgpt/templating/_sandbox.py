@@ -60,10 +60,15 @@ def _json_default(value: Any) -> Any:
 
 
 def _to_json(value: Any, indent: int | None = None) -> str:
-    # Measured before it is printed: a list holding one long string many times is short
-    # in memory and huge as text.
-    _limits.check_text(value, "the value as JSON", indent=indent or 0)
-    return json.dumps(value, ensure_ascii=False, indent=indent, default=_json_default)
+    # Not measured first (the common case, printing a step's output, stays cheap): every
+    # value a template builds was measured when it was built, and the data it is given is
+    # bounded (parsed JSON is a tree; a workflow's YAML may expand to 10 million characters
+    # at most). Indentation multiplies; escapes at most sextuple: checked after.
+    if indent:
+        _limits.check_text(value, "the value as JSON", indent=indent)
+    text = json.dumps(value, ensure_ascii=False, indent=indent, default=_json_default)
+    _limits.check_size(len(text), "the value as JSON")
+    return text
 
 
 def _tojson(value: Any, indent: int | None = None) -> str:
