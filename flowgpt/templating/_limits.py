@@ -116,8 +116,7 @@ def _check_clock(render: _Render) -> None:
         render.deadline = now + MAX_RENDER_SECONDS
     elif now > render.deadline:
         raise RenderLimitError(
-            f"the render ran longer than {MAX_RENDER_SECONDS:g} s, the time one render may "
-            "take",
+            f"the render ran longer than {MAX_RENDER_SECONDS:g} s, the time one render may take",
             "time",
         )
 
