@@ -56,11 +56,16 @@ __all__ = [
 
 # OpenAI keys (sk-..., sk-proj-..., sk-svcacct-...) and bearer tokens.
 _KEY_RE = re.compile(r"(sk-[A-Za-z0-9_\-]{16,}|Bearer\s+[A-Za-z0-9_\-\.]{16,})")
+# The user:password@ of a URL (scheme://user:password@host).
+_URL_CREDENTIALS_RE = re.compile(r"(?<=://)[^/\s:@]+:[^/\s@]*@")
 
 
 def redact(text: str) -> str:
-    """Replace anything that looks like an API key with a fixed marker."""
-    return _KEY_RE.sub("[redacted key]", text)
+    """Replace anything that looks like an API key, and a URL's password, with a marker."""
+    text = _KEY_RE.sub("[redacted key]", text)
+    if "@" in text:
+        text = _URL_CREDENTIALS_RE.sub("[redacted]@", text)
+    return text
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,28 @@ never 0. Adding up costs and showing an amount to people follow from that."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from decimal import ROUND_HALF_UP, Decimal, localcontext
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation, localcontext
 
-__all__ = ["format_usd", "sum_costs"]
+from flowgpt.errors import InputError
+
+__all__ = ["format_usd", "sum_costs", "usd_limit"]
+
+
+def usd_limit(value: Decimal | float | str | None, what: str = "max_cost_usd") -> Decimal | None:
+    """A cost limit as Decimal dollars (None: no limit); InputError for anything that is
+    not a finite amount of at least 0 (``nan`` would make every comparison fail)."""
+    if value is None:
+        return None
+    try:
+        amount = Decimal(str(value).strip())
+    except InvalidOperation:
+        amount = Decimal("NaN")
+    if not amount.is_finite() or amount < 0:
+        raise InputError(
+            f"{what} must be an amount of dollars of at least 0, not {str(value)!r}",
+            hint="give a number such as 0.50",
+        )
+    return amount
 
 
 def sum_costs(costs: Iterable[Decimal | None]) -> Decimal | None:

@@ -516,12 +516,13 @@ def test_cli_failing_run_never_shows_the_key(cli: dict[str, CliRun], name: str, 
 
 
 def test_password_in_base_url_is_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    # In the workflow file a password is refused (tests/test_secrets.py); in
+    # OPENAI_BASE_URL, where credentials may live, it is used and never shown.
     monkeypatch.setenv("OPENAI_API_KEY", KEY_PLAIN)
     with FakeOpenAI(responder=lambda body: Fault.server_error(500)) as server:
         url = server.base_url.replace("http://", "http://deploy:hunter2-pw-77@")
-        text = workflow("hi").replace(
-            "steps:", f"provider: {{base_url: '{url}', max_retries: 0}}\nsteps:"
-        )
+        monkeypatch.setenv("OPENAI_BASE_URL", url)
+        text = workflow("hi").replace("steps:", "provider: {max_retries: 0}\nsteps:")
         with pytest.raises(ServerError) as caught:
             Engine().run_sync(parse_workflow(text))
         assert len(server.chat_requests) == 1

@@ -120,7 +120,7 @@ def test_references_that_cannot_print_are_errors(inputs: dict[str, Any], source:
 
 
 def test_output_over_the_size_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("flowgpt.templating._sandbox.MAX_SEQUENCE_ITEMS", 1_000)
+    monkeypatch.setattr("flowgpt.templating._limits.MAX_SEQUENCE_ITEMS", 1_000)
     context = make_context({"big": "x" * 600}, {})
     assert render("{{ inputs.big }}", context) == "x" * 600
     err = problem("{{ inputs.big }}{{ inputs.big }}", context)

@@ -57,10 +57,17 @@ class Budget:
         )
 
     def _spent_lines(self) -> str:
+        # What was spent when the call was refused; calls still in flight are said apart
+        # (they finish and are paid after this message was written).
+        flight = ""
+        if self.reserved_cost > 0:
+            flight = f"; calls in flight may cost up to {format_usd(self.reserved_cost)} more"
         if not self.spent_by_step:
-            return "nothing spent yet"
+            finished = "no call had finished yet" if flight else "nothing spent yet"
+            return finished + flight
         parts = [f"{step} {format_usd(cost)}" for step, cost in self.spent_by_step.items()]
-        return "spent so far: " + ", ".join(parts) + f" (total {format_usd(self.spent_cost)})"
+        total = f" (total {format_usd(self.spent_cost)})"
+        return "spent so far: " + ", ".join(parts) + total + flight
 
     def reserve(
         self, step: str, model: str, tokens: int, worst_cost: Decimal | None
@@ -117,7 +124,14 @@ class Budget:
         return Reservation(step, tokens, cost, outer)
 
     def settle(self, reservation: Reservation, tokens: int, cost: Decimal | None) -> None:
-        """Replace a reservation by what the call really used (0 when it failed unbilled)."""
+        """Replace a reservation by what the call really used (0 when it failed unbilled).
+
+        What was spent only grows: a negative amount (a server's impossible usage, which
+        the providers refuse already) counts as 0, so it can never let later calls through.
+        """
+        tokens = max(tokens, 0)
+        if cost is not None and cost < 0:
+            cost = Decimal(0)
         if reservation.outer is not None and self.outer is not None:
             self.outer.settle(reservation.outer, tokens, cost)
         self.reserved_cost -= reservation.cost

@@ -56,7 +56,7 @@ from flowgpt.chat.recorder import ChatRecorder
 from flowgpt.chat.setup import setup_from_workflow
 from flowgpt.chat.turn import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, SETTINGS, ChatTurn
 from flowgpt.errors import BudgetExceededError, FlowgptError
-from flowgpt.money import sum_costs
+from flowgpt.money import sum_costs, usd_limit
 from flowgpt.providers.base import ChatRequest, Message, OnText, Provider, endpoint_of
 from flowgpt.providers.factory import make_provider
 from flowgpt.spec.models import PriceList, PriceSpec, ProviderSpec
@@ -130,7 +130,7 @@ class ChatSession:
             max_history_tokens=max_history_tokens,
             window_override=override.context_window if override else None,
         )
-        limit = None if max_cost_usd is None else Decimal(str(max_cost_usd))
+        limit = usd_limit(max_cost_usd)
         self.budget = Budget(limit, max_total_tokens)
         # Prices follow where requests really go, as in a run: OPENAI_BASE_URL pointing at
         # a local server makes "gpt-4o" unpriced, not billed at OpenAI's rate.

@@ -16,6 +16,7 @@ from typing import Any
 from flowgpt import templating
 from flowgpt.chat.turn import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, SETTINGS
 from flowgpt.errors import SpecError
+from flowgpt.money import usd_limit
 from flowgpt.providers.base import Message, Provider
 from flowgpt.providers.factory import make_provider
 from flowgpt.spec.inputs import resolve_inputs
@@ -94,7 +95,7 @@ def setup_from_workflow(
     limits = spec.budget
     cost_limit: Decimal | None = limits.max_cost_usd if limits else None
     if max_cost_usd is not None:
-        given_limit = Decimal(str(max_cost_usd))
+        given_limit = usd_limit(max_cost_usd) or Decimal(0)
         cost_limit = given_limit if cost_limit is None else min(cost_limit, given_limit)
     owned = provider is None
     if provider is None:

@@ -12,12 +12,14 @@ import click
 
 from flowgpt.cli._common import (
     EXIT_RUN_FAILED,
+    USD,
     _continue_command,
     _handle_errors,
     _limit_options,
     _make_provider,
     _open_store,
     _provider_options,
+    _secrets,
     _store_options,
 )
 
@@ -39,7 +41,7 @@ from flowgpt.cli._common import (
 @_limit_options
 @click.option(
     "--max-cost",
-    type=click.FloatRange(min=0),
+    type=USD,
     metavar="USD",
     help="Stop starting rows before any call that could take the whole batch past USD.",
 )
@@ -100,7 +102,7 @@ def batch(
         )
         return
     from flowgpt.cli._progress import BatchProgress
-    from flowgpt.engine.data import BatchOutput, read_rows, scan_rows
+    from flowgpt.engine.data import BatchOutput, read_rows, scan_rows, workflow_version
     from flowgpt.engine.engine import Engine
     from flowgpt.spec.loader import load_workflow
 
@@ -117,7 +119,19 @@ def batch(
     )
     command = _continue_command()
     budget = None if max_cost is None else str(max_cost)
-    output = BatchOutput(out, wf.spec.name).open()
+    # Never the data, the workflow or a prompt file; never another batch's file in use.
+    others: dict[str | Path, str] = {data: "the data file", workflow: "the workflow file"}
+    others.update({wf.base_dir / name: "a prompt file of the workflow" for name in wf.files})
+    output = BatchOutput(
+        out, wf.spec.name, others=others, version=workflow_version(wf), secrets=_secrets(wf)
+    ).open()
+    if output.stale:
+        click.echo(
+            f"note: {len(output.stale)} rows of {out} were done with another version of "
+            "the workflow (its text or prompt files changed since); they are kept as they "
+            "are: delete their lines (or use a new --out) to run them again",
+            err=True,
+        )
     try:
         skipped = 0
 

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from flowgpt.cli._common import (
+    USD,
     _handle_errors,
     _make_provider,
     _open_store,
@@ -53,7 +54,7 @@ from flowgpt.errors import InputError
 )
 @click.option(
     "--max-cost",
-    type=click.FloatRange(min=0),
+    type=USD,
     metavar="USD",
     help="Stop before a turn that could take the chat past USD (on top of `budget:`).",
 )

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import gc
 import json
+import math
+import os
 import shlex
 import sys
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -15,11 +17,25 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from flowgpt.errors import FlowgptError, InputError, SpecError
+from flowgpt.errors import FlowgptError, InputError, SpecError, redact
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _Dollars(click.FloatRange):
+    """A cost limit: a finite number of dollars, at least 0 (``nan`` and ``inf`` are
+    floats too, and would make every comparison with a cost fail)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        amount = super().convert(value, param, ctx)
+        if not math.isfinite(amount):
+            self.fail(f"{value!r} is not an amount of dollars (e.g. 0.50)", param, ctx)
+        return amount
+
+
+USD = _Dollars(min=0)
 
 
 # The command line's own options for a kind of problem (an error's or a diagnostic's
@@ -149,6 +165,11 @@ def _read_inputs_file(path: str) -> dict[str, Any]:
             f"--inputs-file {path} is not valid JSON: {exc}",
             hint='write the inputs as one JSON object, e.g. {"topic": "tea"}',
         ) from None
+    except RecursionError:
+        raise InputError(
+            f"--inputs-file {path}: lists and objects nest too deeply to read",
+            hint="flatten the inputs; at most 100 levels are taken",
+        ) from None
     if not isinstance(data, dict):
         raise InputError(f"--inputs-file {path} must hold a JSON object of inputs")
     return data
@@ -164,14 +185,34 @@ def _open_store(path: str | None, disabled: bool, *, needed_by: str | None = Non
     return RunStore(path)
 
 
-def _print_outputs(outputs: dict[str, Any]) -> None:
+def _print_outputs(outputs: dict[str, Any], secrets: Sequence[str] = ()) -> None:
     if len(outputs) == 1:
         (value,) = outputs.values()
-        click.echo(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        click.echo(_scrub(text, secrets))
         return
     for name, value in outputs.items():
         text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-        click.echo(f"== {name} ==\n{text}\n")
+        click.echo(_scrub(f"== {name} ==\n{text}\n", secrets))
+
+
+# A key shorter than this is a placeholder (local servers take any key), not a secret.
+_MIN_SECRET = 12
+
+
+def _secrets(workflow: Any) -> list[str]:
+    """The API key the workflow's requests carry (read from its ``provider.api_key_env``),
+    so that a reply echoing it is scrubbed from what is printed or written."""
+    key = (os.environ.get(workflow.spec.provider.api_key_env) or "").strip()
+    return [key] if len(key) >= _MIN_SECRET else []
+
+
+def _scrub(text: str, secrets: Sequence[str]) -> str:
+    """Replies printed or written: the key in use, and anything shaped like a key, become
+    ``[redacted key]``, as in error messages."""
+    for secret in secrets:
+        text = text.replace(secret, "[redacted key]")
+    return redact(text)
 
 
 def _provider_options(func: F) -> F:

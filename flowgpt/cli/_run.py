@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from flowgpt.cli._common import (
+    USD,
     _continue_command,
     _fail,
     _handle_errors,
@@ -18,6 +19,8 @@ from flowgpt.cli._common import (
     _print_outputs,
     _provider_options,
     _read_inputs_file,
+    _scrub,
+    _secrets,
     _store_options,
 )
 from flowgpt.errors import FlowgptError, InputError
@@ -47,7 +50,7 @@ from flowgpt.errors import FlowgptError, InputError
 )
 @click.option(
     "--max-cost",
-    type=click.FloatRange(min=0),
+    type=USD,
     metavar="USD",
     help="Stop before any call that could take the run past USD (on top of `budget:`).",
 )
@@ -130,18 +133,19 @@ def run(
     finally:
         if store is not None:
             store.close()
+    secrets = _secrets(wf)  # a reply echoing the key is scrubbed, as in errors
     if out_file:
         with open(out_file, "w", encoding="utf-8") as f:
-            json.dump(result.to_dict(), f, indent=2, ensure_ascii=False)
+            f.write(_scrub(json.dumps(result.to_dict(), indent=2, ensure_ascii=False), secrets))
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        click.echo(_scrub(json.dumps(result.to_dict(), indent=2, ensure_ascii=False), secrets))
     elif error is None:
         if result.outputs:
-            _print_outputs(result.outputs)
+            _print_outputs(result.outputs, secrets)
         elif result.steps:
             # No `outputs:` declared: show the last step's output rather than nothing.
             last = list(result.steps.values())[-1]
-            _print_outputs({last.id: last.output})
+            _print_outputs({last.id: last.output}, secrets)
     progress.print_table(result)
     if error is not None:
         finished = any(s.status in ("ok", "reused", "cached") for s in result.steps.values())

@@ -12,15 +12,16 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-from flowgpt.errors import Diagnostic, InputError
+from flowgpt.engine._lock import FileLock
+from flowgpt.errors import Diagnostic, InputError, redact
 from flowgpt.results import RunResult
-from flowgpt.spec.inputs import resolve_inputs
+from flowgpt.spec.inputs import MAX_NESTING, nests_deeper_than, resolve_inputs
 from flowgpt.spec.workflow import Workflow
 from flowgpt.usage import Usage
 
@@ -31,10 +32,15 @@ __all__ = [
     "read_rows",
     "row_digest",
     "scan_rows",
+    "workflow_version",
 ]
 
 # How many bad rows one error message lists before saying "and N more".
 _MAX_LISTED = 10
+# The longest CSV value, and the deepest nesting of a JSON row.
+_MAX_FIELD = 10_000_000
+_MAX_DEPTH = MAX_NESTING
+_TOO_DEEP = object()
 # json.dumps(doc, ensure_ascii=False, default=str), without building an encoder per line.
 _LINE_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
 # json.dumps(inputs, sort_keys=True, ensure_ascii=False, default=str): a row's digest.
@@ -106,11 +112,12 @@ def row_digest(inputs: Mapping[str, Any]) -> str:
 
 def read_rows(path: str | os.PathLike[str]) -> Iterator[DataRow]:
     """The rows of a ``.jsonl`` (one JSON object per line) or ``.csv`` file (a header
-    row, then one row per line), read lazily. Blank lines are skipped."""
+    row, then one row per line), read lazily. Blank lines are skipped; a UTF-8 byte order
+    mark (Excel writes one) is not part of the first column's name."""
     path = Path(path)
     kind = _kind(path)
     try:
-        f = open(path, encoding="utf-8", newline="")  # noqa: SIM115 (a generator holds it)
+        f = open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115 (a generator holds it)
     except OSError as exc:
         raise InputError(
             f"{path}: cannot read the data file ({exc.strerror or exc})",
@@ -153,6 +160,14 @@ def _jsonl_rows(path: Path, f: io.TextIOBase) -> Iterator[DataRow]:
                 f"{path}:{line_no}: not valid JSON ({exc})",
                 hint='each line must be one JSON object, e.g. {"topic": "tea"}',
             ) from None
+        except RecursionError:
+            value = _TOO_DEEP  # nested deeper than Python's stack: refused just below
+        if value is _TOO_DEEP or _depth_over(line, value, _MAX_DEPTH):
+            raise InputError(
+                f"{path}:{line_no}: the row nests more than {_MAX_DEPTH} levels of lists "
+                "and objects",
+                hint="flatten the row's values; inputs are data for prompts",
+            )
         if not isinstance(value, dict):
             raise InputError(
                 f"{path}:{line_no}: a row must be a JSON object, not {type(value).__name__}",
@@ -163,7 +178,25 @@ def _jsonl_rows(path: Path, f: io.TextIOBase) -> Iterator[DataRow]:
 
 
 def _csv_rows(path: Path, f: io.TextIOBase) -> Iterator[DataRow]:
+    # Python's csv refuses fields over 131,072 characters by default: allow what a prompt
+    # may hold, and say so past that.
+    csv.field_size_limit(max(csv.field_size_limit(), _MAX_FIELD))
     reader = csv.reader(f)
+    try:
+        yield from _csv_records(path, reader)
+    except csv.Error as exc:
+        where = f"{path}:{reader.line_num}"
+        if "field larger than field limit" in str(exc):
+            raise InputError(
+                f"{where}: a value is longer than {_MAX_FIELD:,} characters",
+                hint="shorten it; a prompt cannot hold more than that anyway",
+            ) from None
+        raise InputError(
+            f"{where}: not valid CSV ({exc})", hint="save the file as CSV (UTF-8)"
+        ) from None
+
+
+def _csv_records(path: Path, reader: Any) -> Iterator[DataRow]:
     header = next(reader, None)
     if header is None:
         return
@@ -216,7 +249,20 @@ def scan_rows(path: str | os.PathLike[str], workflow: Workflow) -> int:
             )
         )
         raise InputError(summary, diagnostics=problems)
+    if count == 0:
+        raise InputError(
+            f"{path}: no rows (the file is empty or has only a header); nothing was run",
+            hint="give a data file with one row per run",
+        )
     return count
+
+
+def _depth_over(line: str, value: Any, limit: int) -> bool:
+    """Whether ``value`` (parsed from ``line``) nests deeper than ``limit``; only walked
+    when the line has that many brackets at all."""
+    if line.count("[") + line.count("{") <= limit:
+        return False
+    return nests_deeper_than(value, limit)
 
 
 # -- the output file ----------------------------------------------------------------------
@@ -225,51 +271,104 @@ def scan_rows(path: str | os.PathLike[str], workflow: Workflow) -> int:
 class BatchOutput:
     """The JSON-lines output of a batch, which is also where it resumes from.
 
-    Opening it keeps the rows already done (status ok) and drops failed rows and any line
-    cut short by a crash, so the rows run again are written once more and every row ends
-    up in the file exactly once.
+    Opening it takes the file's lock (one writer at a time: another process gets an
+    InputError naming who holds it), checks that an existing file is a batch output (it
+    is never touched otherwise), then keeps the rows already done (status ok) and drops
+    failed rows and any line cut short by a crash, so the rows run again are written once
+    more and every row ends up in the file exactly once. The file is readable by its owner
+    only (it holds prompts' inputs and replies).
+
+    ``others`` maps files the output must never be (the data, the workflow) to what they
+    are; ``version`` fingerprints the workflow (``workflow_version``), so rows done with
+    another version are noticed (``stale``); ``secrets`` (the API key in use) never
+    reach the file, nor does anything shaped like a key.
     """
 
-    def __init__(self, path: str | os.PathLike[str], workflow: str) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        workflow: str,
+        *,
+        others: Mapping[str | Path, str] | None = None,
+        version: str | None = None,
+        secrets: Sequence[str] = (),
+    ) -> None:
         self.path = Path(path)
         self.workflow = workflow
+        self.others: dict[str | Path, str] = dict(others or {})
+        self.version = version
+        self.secrets = [s for s in secrets if s]
         self.done: dict[int, str] = {}  # row number -> input digest
         self.dropped = 0  # failed or unreadable lines dropped on opening
+        self.stale: list[int] = []  # rows kept that another workflow version did
         self._file: io.TextIOWrapper | None = None
+        self._lock = FileLock(self.path, f"the output file {self.path}")
 
     def open(self) -> BatchOutput:
-        if self.path.exists():
-            self._keep_done()
+        self._refuse_others()
+        self._lock.acquire()  # before reading: the file is ours until close()
         try:
-            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+            if self.path.exists():
+                self._keep_done()
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            self._file = open(fd, "a", encoding="utf-8")  # noqa: SIM115
         except OSError as exc:
+            self._lock.release()
             raise InputError(
                 f"{self.path}: cannot write the output file ({exc.strerror or exc})",
                 hint="check the path given to --out",
             ) from None
+        except BaseException:
+            self._lock.release()
+            raise
         return self
 
+    def _refuse_others(self) -> None:
+        for other, what in self.others.items():
+            try:
+                same = self.path.exists() and os.path.samefile(self.path, other)
+            except OSError:
+                same = False
+            if same:
+                raise InputError(
+                    f"{self.path} is {what}: a batch output would replace it; nothing was run",
+                    hint="give --out a new file name, e.g. results.jsonl",
+                )
+
     def _keep_done(self) -> None:
+        """Rewrite the file with the rows done only (through a temporary file, so a crash
+        leaves the old one whole); refuse a file that is not a batch output untouched."""
         tmp = self.path.with_name(self.path.name + ".tmp")
+        kept = 0
         try:
-            with (
-                open(self.path, encoding="utf-8", errors="replace") as src,
-                open(tmp, "w", encoding="utf-8") as dst,
-            ):
-                for line_no, line in enumerate(src, start=1):
-                    doc = _parse_line(line)
-                    if doc is None or doc.get("status") != "ok":
-                        self.dropped += bool(line.strip())
-                        continue
-                    if doc.get("workflow", self.workflow) != self.workflow:
-                        raise InputError(
-                            f"{self.path}:{line_no}: written by workflow "
-                            f"`{doc.get('workflow')}`, not `{self.workflow}`",
-                            hint="give this batch its own --out file",
-                        )
-                    self.done[doc["row"]] = str(doc.get("input_digest", ""))
-                    dst.write(line if line.endswith("\n") else line + "\n")
-            os.replace(tmp, self.path)
+            with open(self.path, encoding="utf-8", errors="replace", newline="") as src:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with open(fd, "w", encoding="utf-8") as dst:
+                    for line_no, line in enumerate(src, start=1):
+                        if not line.strip():
+                            continue
+                        doc = _parse_line(line)
+                        # Only the last line may be cut short (a crash while writing).
+                        torn = not line.endswith("\n") and line.startswith('{"row": ')
+                        if doc is None and not torn:
+                            raise self._not_ours(line_no)
+                        if doc is None or doc.get("status") != "ok":
+                            self.dropped += 1  # a failed row, or the last line cut short
+                            continue
+                        if doc.get("workflow", self.workflow) != self.workflow:
+                            raise InputError(
+                                f"{self.path}:{line_no}: written by workflow "
+                                f"`{doc.get('workflow')}`, not `{self.workflow}`",
+                                hint="give this batch its own --out file",
+                            )
+                        self.done[doc["row"]] = str(doc.get("input_digest", ""))
+                        done_by = doc.get("workflow_version")
+                        if self.version and done_by and done_by != self.version:
+                            self.stale.append(doc["row"])
+                        dst.write(line if line.endswith("\n") else line + "\n")
+                        kept += 1
+            if kept or self.dropped:
+                os.replace(tmp, self.path)
         except OSError as exc:
             raise InputError(
                 f"{self.path}: cannot read the earlier output ({exc.strerror or exc})",
@@ -278,6 +377,13 @@ class BatchOutput:
         finally:
             if tmp.exists():
                 tmp.unlink()
+
+    def _not_ours(self, line_no: int) -> InputError:
+        return InputError(
+            f"{self.path}:{line_no}: not a flowgpt batch output (a line of one is a JSON "
+            "object with `row` and `status`); it was left as it is and nothing was run",
+            hint="give --out a new file (or an earlier batch's output to continue it)",
+        )
 
     def check(self, row: DataRow) -> bool:
         """Whether the row is already done; raises when it was done with other inputs."""
@@ -294,15 +400,23 @@ class BatchOutput:
 
     def write(self, result: BatchRowResult) -> None:
         assert self._file is not None, "open() first"
-        line = _LINE_ENCODER.encode(result.to_dict(self.workflow))
+        doc = result.to_dict(self.workflow)
+        if self.version:
+            doc["workflow_version"] = self.version
+        line = redact(_LINE_ENCODER.encode(doc))
+        for secret in self.secrets:
+            line = line.replace(secret, "[redacted key]")
         # Flushed per row: a crash loses at most the rows still in flight.
         self._file.write(line + "\n")
         self._file.flush()
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        try:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> BatchOutput:
         return self.open()
@@ -311,11 +425,25 @@ class BatchOutput:
         self.close()
 
 
+def workflow_version(workflow: Workflow) -> str:
+    """A short fingerprint of a workflow's text and of the prompt files it loads: rows of a
+    batch output done by another version of the workflow are told apart by it."""
+    h = hashlib.sha256((workflow.source or workflow.spec.model_dump_json()).encode())
+    for name in sorted(workflow.files):
+        h.update(b"\0" + name.encode() + b"\0" + workflow.files[name].encode())
+    return h.hexdigest()[:16]
+
+
 def _parse_line(line: str) -> dict[str, Any] | None:
+    """A line of a batch output, or None when the line is not one."""
     try:
         doc = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
-    if not isinstance(doc, dict) or not isinstance(doc.get("row"), int):
+    if (
+        not isinstance(doc, dict)
+        or not isinstance(doc.get("row"), int)
+        or doc.get("status") not in ("ok", "failed")
+    ):
         return None
     return doc

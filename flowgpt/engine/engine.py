@@ -35,6 +35,7 @@ from flowgpt.engine.events import EngineEvent
 from flowgpt.engine.plan import Plan
 from flowgpt.engine.run import Run, RunSettings
 from flowgpt.errors import SpecError
+from flowgpt.money import usd_limit
 from flowgpt.providers.base import Provider
 from flowgpt.providers.batches import BatchInfo
 from flowgpt.providers.factory import batch_api_of, make_provider
@@ -43,6 +44,7 @@ from flowgpt.results import RunResult
 from flowgpt.spec.inputs import resolve_inputs
 from flowgpt.spec.loader import load_workflow
 from flowgpt.spec.models import ProviderSpec, WorkflowSpec
+from flowgpt.spec.urls import base_url_problem
 from flowgpt.spec.workflow import Workflow
 from flowgpt.store.run_store import RunStore, new_run_id
 
@@ -85,7 +87,7 @@ class Engine:
         self.store = store  # where runs are recorded (needed for resume and the cache)
         self.cache = cache  # answer identical deterministic requests from the store
         # A cost limit for every run, on top of the workflow's `budget:` (the lower wins).
-        self.max_cost_usd = None if max_cost_usd is None else Decimal(str(max_cost_usd))
+        self.max_cost_usd = usd_limit(max_cost_usd)
         self.model = model  # overrides every step's model
         self.on_event = on_event
         # The providers this engine made, one per configuration (see provider_for).
@@ -152,13 +154,15 @@ class Engine:
         outer_budget: Budget | None = None,
         batch: str | None = None,
         batch_row: int | None = None,
+        resume_inputs: bool = True,
     ) -> Run:
         """A run of ``workflow`` ready to ``execute`` (inside an event loop).
 
         ``resume`` names an earlier run in the engine's store: its finished steps whose
-        request is unchanged are reused at $0, and its inputs are used where none are
-        given. ``outer_budget`` is a budget the run shares with others (a batch's);
-        ``batch`` and ``batch_row`` name the batch and row the run is, for the store."""
+        request is unchanged are reused at $0, and (unless ``resume_inputs`` is false) its
+        inputs are used where none are given. ``outer_budget`` is a budget the run shares
+        with others (a batch's); ``batch`` and ``batch_row`` name the batch and row the
+        run is, for the store."""
         Plan.of(workflow)  # static errors are refused before anything runs
         previous = None
         if resume is not None:
@@ -170,10 +174,20 @@ class Engine:
                 )
             resume = self.store.resolve_run_id(resume)
             previous = self.store.finished_steps(resume)
-            # The original inputs, with any given now taken instead.
-            inputs = {**self.store.load_run(resume).inputs, **(inputs or {})}
+            if resume_inputs:
+                # The original inputs, with any given now taken instead.
+                inputs = {**self.store.load_run(resume).inputs, **(inputs or {})}
         resolved = resolve_inputs(workflow.spec, inputs or {}, from_cli=inputs_from_cli)
         provider = self.provider_for(workflow.spec.provider, workflow.base_dir)
+        # An HTTP provider's URL (the workflow's was checked when loaded: OPENAI_BASE_URL).
+        where = provider.resolved_base_url() if provider.name == "openai" else None
+        problem = None if where is None else base_url_problem(where)
+        if problem is not None:
+            raise SpecError(
+                f"the API base URL cannot be used: {problem}",
+                hint="check OPENAI_BASE_URL (or provider.base_url); write it like "
+                "https://host:8000/v1",
+            )
         settings = RunSettings(
             provider=provider,
             limiter=self.limiter(provider, workflow.spec.provider.concurrency),
@@ -255,12 +269,18 @@ class Engine:
         row is started. A failed row does not stop the others. ``skip`` names rows (by
         1-based number) to leave out, e.g. the ones an earlier run already finished.
         ``batch`` names the batch in the run store (``flowgpt batch`` uses its output
-        file): each row's run is recorded as that batch's row.
+        file): each row's run is recorded as that batch's row, and a row run again (after
+        a crash, a failure or a budget stop) resumes from its latest run there, so no step
+        it finished is paid again.
         """
         wf = _as_workflow(workflow)
         Plan.of(wf)  # static errors before anything runs
+        store = self.store
 
         def start(row: DataRow, shared: Budget) -> Run:
+            earlier = None
+            if store is not None and batch is not None:
+                earlier = store.latest_batch_run(batch, row.number, wf.spec.name)
             return self.start(
                 wf,
                 row.inputs,
@@ -268,13 +288,15 @@ class Engine:
                 outer_budget=shared,
                 batch=batch,
                 batch_row=row.number,
+                resume=earlier,
+                resume_inputs=False,  # a row's inputs are its row's, as the data says now
             )
 
         return run_rows(
             start,
             rows,
             concurrency=concurrency or self.concurrency or wf.spec.provider.concurrency,
-            max_cost_usd=None if max_cost_usd is None else Decimal(str(max_cost_usd)),
+            max_cost_usd=usd_limit(max_cost_usd),
             skip=skip,
             inputs_from_cli=inputs_from_cli,
         )

@@ -188,20 +188,43 @@ def _reply_of(completion: Any) -> _Reply:
     )
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+# More tokens than any request can have (no context window holds that many): a reply
+# claiming it is broken, not a bill to record.
+_MAX_USAGE_TOKENS = 100_000_000
 
 
-def _usage(usage: Any) -> Usage:
+def _tokens(name: str, value: Any, emitted: bool) -> int:
+    """A token count of a reply's usage (absent: 0); a count no reply can have (negative,
+    not a whole number, absurdly large) makes the reply unreadable: it is never counted,
+    so it can neither lower what was spent nor overflow what records it."""
+    if value is None:
+        return 0
+    whole = (isinstance(value, int) and not isinstance(value, bool)) or (
+        isinstance(value, float) and value.is_integer()
+    )
+    if not whole or not 0 <= value <= _MAX_USAGE_TOKENS:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+        raise _Unreadable(f"it reports impossible usage ({name} = {shown})", emitted=emitted)
+    return int(value)
+
+
+def _usage(usage: Any, *, emitted: bool = False) -> Usage:
+    """The reply's usage; ``emitted``: its text was shown already (a stream)."""
     if usage is None:
         return Usage()
     prompt_details = getattr(usage, "prompt_tokens_details", None)
     completion_details = getattr(usage, "completion_tokens_details", None)
     return Usage(
-        prompt_tokens=_int(getattr(usage, "prompt_tokens", 0)),
-        completion_tokens=_int(getattr(usage, "completion_tokens", 0)),
-        cached_tokens=_int(getattr(prompt_details, "cached_tokens", 0)),
-        reasoning_tokens=_int(getattr(completion_details, "reasoning_tokens", 0)),
+        prompt_tokens=_tokens("prompt_tokens", getattr(usage, "prompt_tokens", 0), emitted),
+        completion_tokens=_tokens(
+            "completion_tokens", getattr(usage, "completion_tokens", 0), emitted
+        ),
+        cached_tokens=_tokens(
+            "cached_tokens", getattr(prompt_details, "cached_tokens", 0), emitted
+        ),
+        reasoning_tokens=_tokens(
+            "reasoning_tokens", getattr(completion_details, "reasoning_tokens", 0), emitted
+        ),
     )
 
 

@@ -349,7 +349,9 @@ class OpenAIProvider:
             extra["refusal"] = "".join(refusal)
         if usage is None:
             extra["usage_missing"] = True
-        return _Reply("".join(parts), _usage(usage), finish_reason, model, extra)
+        return _Reply(
+            "".join(parts), _usage(usage, emitted=bool(parts)), finish_reason, model, extra
+        )
 
     # -- errors ------------------------------------------------------------------------------
     def _translate(

@@ -46,8 +46,10 @@ def _secret_diagnostics(data: Any, smap: SourceMap) -> list[Diagnostic]:
     """API keys pasted into the file. The key itself is never echoed."""
     found: list[Diagnostic] = []
 
-    def add(path: _DocPath, message: str, hint: str) -> None:
+    def add(path: _DocPath, message: str, hint: str, line_in_value: int = 0) -> None:
         loc = smap.locate(path, key=path[-1:] != ("api_key_env",))
+        if line_in_value:  # the line of a multi-line value that holds it
+            loc = smap.template_line(path, line_in_value)
         found.append(Diagnostic(message, loc.file, loc.line, loc.col, hint=hint, code="secret"))
 
     for path, value in _walk(data):
@@ -58,7 +60,7 @@ def _secret_diagnostics(data: Any, smap: SourceMap) -> list[Diagnostic]:
                 "keep keys in environment variables: remove this line and set "
                 "`provider.api_key_env` to the variable's NAME (default OPENAI_API_KEY)",
             )
-        elif isinstance(value, str) and _KEY_LITERAL.search(value):
+        elif isinstance(value, str) and (literal := _KEY_LITERAL.search(value)):
             if path[-1:] == ("api_key_env",):
                 add(
                     path,
@@ -72,6 +74,8 @@ def _secret_diagnostics(data: Any, smap: SourceMap) -> list[Diagnostic]:
                     "an API key (sk-...) is written in the workflow file",
                     "remove it and keep it in an environment variable; revoke the key if this "
                     "file was shared or committed",
+                    # a multi-line value: the line that holds the key
+                    value[: literal.start()].count("\n") + 1 if "\n" in value else 0,
                 )
     return found
 

@@ -13,12 +13,18 @@ from flowgpt.spec.models import InputSpec, WorkflowSpec
 
 __all__ = [
     "MAX_INPUT_FILE_BYTES",
+    "MAX_NESTING",
     "TextFromFile",
     "check_value",
     "convert_cli_value",
+    "nests_deeper_than",
     "parse_assignments",
     "resolve_inputs",
 ]
+
+# Lists and objects in an input nest at most this deep (deeper ones break JSON, the store
+# and templates on Python's stack, and are no prompt's data).
+MAX_NESTING = 100
 
 _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off"}
@@ -32,8 +38,24 @@ _PY_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+def nests_deeper_than(value: Any, limit: int) -> bool:
+    """Whether lists and dicts in ``value`` nest more than ``limit`` levels (no recursion)."""
+    level: list[tuple[Any, int]] = [(value, 0)]
+    while level:
+        node, depth = level.pop()
+        if isinstance(node, dict):
+            node = list(node.values())
+        if isinstance(node, list):
+            if depth >= limit:
+                return True
+            level.extend((child, depth + 1) for child in node)
+    return False
+
+
 def check_value(spec: InputSpec, value: Any) -> str | None:
     """What is wrong with ``value`` for this input, or None when it fits."""
+    if isinstance(value, (list, dict)) and nests_deeper_than(value, MAX_NESTING):
+        return f"lists and objects nest more than {MAX_NESTING} levels deep"
     expected = _PY_TYPES[spec.type]
     # bool is an int in Python; it is not an integer or a number here.
     if isinstance(value, bool) and spec.type != "boolean":
@@ -81,6 +103,8 @@ def convert_cli_value(spec: InputSpec, raw: str) -> Any:
         if spec.type == "array" and isinstance(raw, TextFromFile):
             return [line.strip() for line in raw.splitlines() if line.strip()]
         raise ValueError(f"expected {spec.type} as JSON ({exc.msg})") from None
+    except RecursionError:
+        raise ValueError(f"lists and objects nest more than {MAX_NESTING} levels deep") from None
     return value
 
 

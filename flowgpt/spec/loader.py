@@ -14,6 +14,7 @@ Other YAML files flowgpt reads and writes go through here too: ``read_document``
 
 from __future__ import annotations
 
+import os
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,6 +29,7 @@ from flowgpt.spec.diagnostics import (
     _validation_diagnostics,
 )
 from flowgpt.spec.models import WorkflowSpec
+from flowgpt.spec.secrets import credentials_in_base_url, scan_text
 from flowgpt.spec.workflow import Location, SourceMap, Workflow, _Mark
 
 __all__ = [
@@ -45,10 +47,18 @@ M = TypeVar("M", bound=BaseModel)
 
 _WORKFLOW_START = "start with `version: 1`, `name: ...` and `steps:`"
 
-# A document may expand (through aliases) to at most this many values; a "billion laughs"
-# file is refused before anything is expanded.
+# A document may hold, and expand to through aliases, at most this many values; a
+# "billion laughs" file is refused before anything is expanded.
 MAX_EXPANDED_NODES = 100_000
+MAX_EXPANDED_CHARS = 10_000_000
 MAX_FILE_BYTES = 2_000_000
+# Lists and mappings nested deeper than this are refused (composing recurses per level).
+MAX_NESTING = 100
+# A prompt file holds at most this much: about a million tokens, more than any model's
+# context window takes.
+MAX_PROMPT_FILE_BYTES = 4_000_000
+# FLOWGPT_ALLOW_HIDDEN_FILES=1 lets prompt files live in hidden folders (.github/prompts).
+ALLOW_HIDDEN_ENV = "FLOWGPT_ALLOW_HIDDEN_FILES"
 
 
 class _Problem(Exception):
@@ -67,6 +77,21 @@ class _Loader(yaml.SafeLoader):
         # id(container) -> {key or index: (key node, value node)}; the containers stay
         # alive in the result, so their ids stay unique.
         self.children: dict[int, dict[Any, tuple[yaml.Node | None, yaml.Node]]] = {}
+        self.depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        # PyYAML composes recursively: refuse deep nesting before Python's stack runs out.
+        self.depth += 1
+        try:
+            if self.depth > MAX_NESTING:
+                raise _Problem(
+                    f"lists and mappings are nested more than {MAX_NESTING} levels deep",
+                    self.peek_event().start_mark,  # type: ignore[no-untyped-call]
+                    "flowgpt reads workflows nested at most that deep; flatten this value",
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, yaml.Node] = {}
@@ -119,11 +144,30 @@ _Loader.add_constructor("tag:yaml.org,2002:seq", _Loader.construct_yaml_seq)
 
 
 def _check_expansion(root: yaml.Node) -> None:
-    """Refuse documents whose aliases expand to too many values (or refer to themselves)."""
-    sizes: dict[int, int] = {}
+    """Refuse documents with too many values, or whose aliases expand to too many values
+    (or refer to themselves)."""
+    written: set[int] = set()
+    pending: list[yaml.Node] = [root]
+    while pending:  # every node once, however many aliases point at it
+        node = pending.pop()
+        if id(node) in written:
+            continue
+        written.add(id(node))
+        if len(written) > MAX_EXPANDED_NODES:
+            raise _Problem(
+                f"the workflow holds more than {MAX_EXPANDED_NODES:,} values (keys, values "
+                "and list items), flowgpt's limit for one workflow",
+                node.start_mark,
+                "split it into smaller workflows",
+            )
+        if isinstance(node, yaml.SequenceNode):
+            pending.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            pending.extend(n for pair in node.value for n in pair)
+    sizes: dict[int, tuple[int, int]] = {}  # id -> (values, characters) once expanded
     active: set[int] = set()
 
-    def size(node: yaml.Node) -> int:
+    def size(node: yaml.Node) -> tuple[int, int]:
         key = id(node)
         if key in sizes:
             return sizes[key]
@@ -132,20 +176,34 @@ def _check_expansion(root: yaml.Node) -> None:
                 "a YAML alias refers to itself", node.start_mark, "remove the recursive alias"
             )
         active.add(key)
-        total = 1
-        if isinstance(node, yaml.SequenceNode):
-            total += sum(size(child) for child in node.value)
-        elif isinstance(node, yaml.MappingNode):
-            total += sum(size(k) + size(v) for k, v in node.value)
+        total, chars = 1, 0
+        if isinstance(node, yaml.ScalarNode):
+            chars = len(node.value)
+        else:
+            for child in node.value:  # nodes of a sequence, (key, value) pairs of a mapping
+                for part in child if isinstance(child, tuple) else (child,):
+                    values, text = size(part)
+                    total, chars = total + values, chars + text
         active.discard(key)
-        sizes[key] = total
+        sizes[key] = (total, chars)
         if total > MAX_EXPANDED_NODES:
             raise _Problem(
-                f"YAML aliases here expand to more than {MAX_EXPANDED_NODES:,} values",
+                f"YAML aliases here expand to more than {MAX_EXPANDED_NODES:,} values "
+                f"(the document has {len(written):,} written out), flowgpt's limit for one "
+                "workflow",
                 node.start_mark,
                 "this looks like an alias bomb; write the values out or use fewer aliases",
             )
-        return total
+        if chars > MAX_EXPANDED_CHARS:
+            # A long text repeated through aliases: templates print values, so what a
+            # value expands to must stay printable.
+            raise _Problem(
+                f"YAML aliases here expand to more than {MAX_EXPANDED_CHARS:,} characters, "
+                "flowgpt's limit for one workflow",
+                node.start_mark,
+                "this looks like an alias bomb; write the values out or use fewer aliases",
+            )
+        return total, chars
 
     size(root)
 
@@ -245,11 +303,29 @@ def _yaml_error(exc: yaml.YAMLError, file: str) -> Diagnostic:
     )
 
 
+def _reader_error(exc: yaml.reader.ReaderError, text: str, file: str) -> Diagnostic:
+    """A character YAML does not allow (NUL, most control characters)."""
+    line = text.count("\n", 0, exc.position) + 1
+    col = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+    code = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or " ")
+    return Diagnostic(
+        f"the file holds the control character U+{code:04X}, which YAML does not allow",
+        file,
+        line,
+        col,
+        hint="remove it; the file may not be a text file, or was saved with a wrong encoding",
+    )
+
+
 def _compose(
     text: str, file: str, what: str = "workflow", start_hint: str | None = None
 ) -> tuple[Any, SourceMap]:
     smap = SourceMap(file, lines=text.splitlines())
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # reads (and checks) the characters at once
+    except yaml.reader.ReaderError as exc:
+        diag = _reader_error(exc, text, file)
+        raise SpecError(diag.message, diagnostics=[diag]) from None
     try:
         node = loader.get_single_node()
         if node is None:
@@ -284,6 +360,9 @@ def _compose(
                 )
             ],
         ) from None
+    except yaml.reader.ReaderError as exc:
+        diag = _reader_error(exc, text, file)
+        raise SpecError(diag.message, diagnostics=[diag]) from None
     except yaml.YAMLError as exc:
         diag = _yaml_error(exc, file)
         raise SpecError(diag.message, diagnostics=[diag]) from None
@@ -310,7 +389,7 @@ def _compose(
 
 
 def _read_includes(
-    spec: WorkflowSpec, base_dir: Path, smap: SourceMap
+    spec: WorkflowSpec, base_dir: Path, smap: SourceMap, allow_hidden: bool
 ) -> tuple[dict[str, str], list[Diagnostic]]:
     files: dict[str, str] = {}
     found: list[Diagnostic] = []
@@ -340,34 +419,69 @@ def _read_includes(
                     "prompt files must live in the workflow's folder or below it",
                 )
                 continue
+            hidden = _hidden_part(Path(name).parts) or _hidden_part(target.relative_to(root).parts)
+            if hidden is not None and not allow_hidden:
+                # .ssh/, .config/, .env: a workflow saved in a home folder must not send
+                # what is kept there to the API.
+                problem(
+                    f"`{key}` points into a hidden file or folder (`{hidden}`)",
+                    "prompt files are sent to the API: keep them in a visible folder; if "
+                    f"this one is meant, set {ALLOW_HIDDEN_ENV}=1",
+                )
+                continue
             if not target.is_file():
                 problem(
                     f"{said}: no such file ({target})",
                     "create it there, or fix the path (relative to the workflow file)",
                 )
                 continue
-            raw = target.read_bytes()
+            with target.open("rb") as f:
+                raw = f.read(MAX_PROMPT_FILE_BYTES + 1)  # never more, however large it is
+            if len(raw) > MAX_PROMPT_FILE_BYTES:
+                problem(
+                    f"`{key}` file {name} is larger than {MAX_PROMPT_FILE_BYTES:,} bytes, "
+                    "flowgpt's limit for a prompt file",
+                    "a prompt cannot hold that much: no model's context window takes it; "
+                    "pass long documents in as inputs, in parts",
+                )
+                continue
             try:
                 files[name] = raw.decode("utf-8").removeprefix("\ufeff")
             except UnicodeDecodeError:
                 problem(f"{said} is not UTF-8 text", "save it as UTF-8")
+                continue
+            found.extend(scan_text(files[name], str(base_dir / name), prompt_file=True))
     return files, found
+
+
+def _hidden_part(parts: tuple[str, ...]) -> str | None:
+    return next((p for p in parts if p.startswith(".") and p not in (".", "..")), None)
 
 
 # --- public API ------------------------------------------------------------------------
 
 
 def parse_workflow(
-    text: str, *, path: str | Path | None = None, base_dir: str | Path | None = None
+    text: str,
+    *,
+    path: str | Path | None = None,
+    base_dir: str | Path | None = None,
+    allow_hidden_files: bool | None = None,
 ) -> Workflow:
     """Parse a workflow from YAML text. Raises SpecError with every mistake it can find.
 
     ``path`` is used in messages and to find ``system_file``/``prompt_file``; ``base_dir``
-    overrides the folder those are read from.
+    overrides the folder those are read from. Prompt files in hidden files or folders
+    (``.ssh/``) are refused unless ``allow_hidden_files`` (default: the environment
+    variable FLOWGPT_ALLOW_HIDDEN_FILES is 1).
     """
     file = str(path) if path is not None else "<workflow>"
     data, smap = _compose(text, file)
     diagnostics = _secret_diagnostics(data, smap)
+    # The whole text too: keys in mapping keys and comments, private keys.
+    flagged = {d.line for d in diagnostics if d.line is not None}
+    diagnostics += scan_text(text, file, skip_lines=flagged)
+    diagnostics += credentials_in_base_url(data, smap)
     diagnostics += _duplicate_step_ids(data, smap)
     spec: WorkflowSpec | None = None
     try:
@@ -390,7 +504,9 @@ def parse_workflow(
             if base_dir is not None
             else (workflow_path.parent if workflow_path is not None else Path.cwd())
         )
-        files, include_problems = _read_includes(spec, folder, smap)
+        if allow_hidden_files is None:
+            allow_hidden_files = os.environ.get(ALLOW_HIDDEN_ENV, "").strip() == "1"
+        files, include_problems = _read_includes(spec, folder, smap, allow_hidden_files)
         diagnostics += include_problems
     if diagnostics or spec is None:
         diagnostics.sort(key=lambda d: (d.line or 0, d.col or 0))
@@ -435,12 +551,13 @@ def _read_text(path: str | Path, what: str, too_large_hint: str) -> str:
     return _decode(raw, file)
 
 
-def load_workflow(path: str | Path) -> Workflow:
-    """Load and check a workflow file (format, keys, types, included files)."""
+def load_workflow(path: str | Path, *, allow_hidden_files: bool | None = None) -> Workflow:
+    """Load and check a workflow file (format, keys, types, included files); see
+    :func:`parse_workflow` for ``allow_hidden_files``."""
     text = _read_text(
         path, "workflow", "move long prompts into prompt files (prompt_file / system_file)"
     )
-    return parse_workflow(text, path=Path(path))
+    return parse_workflow(text, path=Path(path), allow_hidden_files=allow_hidden_files)
 
 
 # --- other YAML documents (test files, cassettes) ---------------------------------------

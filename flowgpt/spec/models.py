@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from flowgpt.spec.urls import base_url_problem
+
 __all__ = [
     "CHECK_KINDS",
     "BatchPriceSpec",
@@ -136,6 +138,17 @@ class ProviderSpec(_Spec):
         description="type local: the context window in tokens; default: the one the model "
         "was trained with.",
     )
+
+    @field_validator("base_url")
+    @classmethod
+    def _usable_url(cls, url: str | None) -> str | None:
+        problem = None if url is None else base_url_problem(url)
+        if problem is not None:
+            # The URL itself is not repeated: it may carry a password.
+            raise ValueError(
+                f"not a usable API base URL: {problem}; write it like https://host:8000/v1"
+            )
+        return url
 
     @model_validator(mode="after")
     def _settings_fit_type(self) -> "ProviderSpec":

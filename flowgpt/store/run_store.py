@@ -665,6 +665,21 @@ class RunStore(StoreDatabase):
             latency_s=float(run["latency_s"] or 0.0),
         )
 
+    def latest_batch_run(self, batch: str, row: int, workflow: str | None = None) -> str | None:
+        """The id of the latest run of row ``row`` of batch ``batch`` (of ``workflow``, when
+        given), or None: a batch row run again resumes from it, so that no step it
+        finished is paid twice."""
+        query = "SELECT run_id FROM runs WHERE batch = ? AND batch_row = ?"
+        args: list[Any] = [_text(batch), row]
+        if workflow is not None:
+            query += " AND workflow = ?"
+            args.append(redact(workflow))
+        with self._guard("read the runs"), self._tx(write=False) as conn:
+            found = conn.execute(
+                query + " ORDER BY started_at DESC, rowid DESC LIMIT 1", args
+            ).fetchone()
+        return None if found is None else str(found["run_id"])
+
     def finished_steps(self, run_id: str) -> dict[str, tuple[str | None, StepResult]]:
         """Step id -> (fingerprint, result) of the run's steps that have a usable result
         (status ok, reused or cached), for ``--resume``. ``run_id`` may be a prefix."""

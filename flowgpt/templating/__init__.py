@@ -4,7 +4,8 @@ reference discovery. jinja2 is imported only inside this package (flowgpt/templa
 Threat model: templates come from the workflow file (written by its author, maybe shared);
 inputs and model replies are data and are never rendered as templates, so they cannot
 inject template code. The sandbox keeps templates from reaching Python internals, the
-environment or mutating the shared context, and caps the obvious memory bombs.
+environment or mutating the shared context, and bounds what a render may build and how
+long it may run (``_limits``): any template stays within a few hundred MB and seconds.
 
 The render context the engine passes is plain data (see :func:`make_context`)::
 
@@ -31,7 +32,11 @@ Rendering rules beyond plain Jinja (chosen for prompts):
 
 The package's private modules, each importing only those listed before it:
 - ``_errors``: the public error classes and the private exceptions the sandbox raises;
-- ``_sandbox``: the Jinja environment, printing rules, size limits, the bounded render;
+- ``_limits``: the render limits (one value's size, one number's bits, a render's memory
+  and time), measuring values, the per-render budget;
+- ``_checks``: the checks before operations that could build a large value, the filters'
+  wrappers;
+- ``_sandbox``: the Jinja environment, printing rules, the bounded render;
 - ``_references``: walking the AST for the names and paths a template reads;
 - ``_explain``: turning a render failure into a message and a hint;
 - ``_template``: :class:`Template`, the cached parsers, ``render``/``evaluate``/``references``;
@@ -39,7 +44,8 @@ The package's private modules, each importing only those listed before it:
 - ``_context``: the render context (``make_context``, ``step_entry``, ``STEP_FIELDS``).
 
 ``MAX_SEQUENCE_ITEMS`` and ``MAX_POWER_BITS`` are re-exported for reading; the sandbox
-reads them from ``_sandbox`` at call time, so patch them there.
+reads them (and ``MAX_RENDER_BYTES``, ``MAX_RENDER_SECONDS``) from ``_limits`` at call
+time, so patch them there.
 """
 
 from __future__ import annotations
@@ -47,8 +53,8 @@ from __future__ import annotations
 from flowgpt.templating._analysis import DynamicBlock, dynamic_blocks, private_attributes
 from flowgpt.templating._context import STEP_FIELDS, make_context, step_entry
 from flowgpt.templating._errors import TemplateRenderProblem, TemplateSyntaxProblem
+from flowgpt.templating._limits import MAX_POWER_BITS, MAX_SEQUENCE_ITEMS
 from flowgpt.templating._references import Reference, References
-from flowgpt.templating._sandbox import MAX_POWER_BITS, MAX_SEQUENCE_ITEMS
 from flowgpt.templating._template import (
     Template,
     evaluate,

@@ -23,6 +23,7 @@ from jinja2.exceptions import (
 from jinja2.utils import missing
 
 from flowgpt.templating._errors import _MissingValue, _NotAValue, _UnsafeAccess
+from flowgpt.templating._limits import RenderLimitError
 from flowgpt.templating._references import _format_path, _Use
 
 _TEMPLATE_FILENAME = "<template>"
@@ -102,6 +103,26 @@ def _skipped_message(step_id: str, what: str) -> tuple[str, str]:
         f"guard it with `{{% if steps.{step_id}.output %}}...{{% endif %}}` "
         f"(or test `steps.{step_id}.skipped`)",
     )
+
+
+# A render limit's kind -> how the message starts, and what to do.
+_LIMITS = {
+    "size": (
+        "the template built a value that is too large: ",
+        "templates build prompts, not data: pass large values in as inputs instead of "
+        "building them (repeating, padding, nesting) in the template",
+    ),
+    "bits": ("the template built a value that is too large: ", None),
+    "memory": (
+        "the template built too much: ",
+        "a loop builds new values at every turn; build less, or pass the values in as inputs",
+    ),
+    "time": (
+        "the template took too long: ",
+        "a loop or macro runs too many times; loop over less (inputs or a step's output), "
+        "or split the work across steps",
+    ),
+}
 
 
 def _explain_missing(
@@ -249,6 +270,10 @@ def _explain(
         return exc.message or str(exc), None
     if isinstance(exc, RecursionError):
         return "the template recursed too deeply", None
+    if isinstance(exc, RenderLimitError):
+        return _LIMITS[exc.kind][0] + str(exc), _LIMITS[exc.kind][1]
+    if isinstance(exc, MemoryError):
+        return "the template ran out of memory", _LIMITS["memory"][1]
     if isinstance(exc, OverflowError):
         return f"the template built a value that is too large: {exc}", None
     detail = f"{type(exc).__name__}: {exc}"

@@ -1,31 +1,29 @@
 """The sandboxed Jinja environment every template runs in: strict undefined values that
-remember what was looked up, the printing rules (``finalize``, ``tojson``), size limits on
-every string a template can build, and the bounded render loop.
+remember what was looked up, the printing rules (``finalize``, ``tojson``), the limits on
+every value a template builds and on the time a render takes, and the bounded render.
 
-The limits are module globals read at call time: to change one in a test, patch it here
-(``flowgpt.templating._sandbox.MAX_SEQUENCE_ITEMS``), not on the package."""
+The limits live in ``_limits`` (module globals read at call time: to change one in a test,
+patch it there, e.g. ``flowgpt.templating._limits.MAX_SEQUENCE_ITEMS``); the checks made
+before an operation that could build a large value live in ``_checks``."""
 
 from __future__ import annotations
 
 import datetime
 import json
-import re
 from collections.abc import Mapping, MutableMapping
 from decimal import Decimal
 from typing import Any, NoReturn, cast
 
 from jinja2 import nodes
 from jinja2.compiler import CodeGenerator, Frame
-from jinja2.environment import Template as _JinjaTemplate
+from jinja2.environment import Environment
+from jinja2.environment import Template as JinjaTemplate
 from jinja2.exceptions import SecurityError
-from jinja2.runtime import Context, StrictUndefined, Undefined
+from jinja2.runtime import Context, LoopContext, StrictUndefined, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from flowgpt.templating import _checks, _limits
 from flowgpt.templating._errors import _MissingValue, _NotAValue, _UnsafeAccess
-
-# Memory bombs the sandbox does not stop on its own ('x' * 10**10, 10 ** 10**9).
-MAX_SEQUENCE_ITEMS = 10_000_000
-MAX_POWER_BITS = 100_000
 
 
 class _Undefined(StrictUndefined):
@@ -62,7 +60,15 @@ def _json_default(value: Any) -> Any:
 
 
 def _to_json(value: Any, indent: int | None = None) -> str:
-    return json.dumps(value, ensure_ascii=False, indent=indent, default=_json_default)
+    # Not measured first (the common case, printing a step's output, stays cheap): every
+    # value a template builds was measured when it was built, and the data it is given is
+    # bounded (parsed JSON is a tree; a workflow's YAML may expand to 10 million characters
+    # at most). Indentation multiplies; escapes at most sextuple: checked after.
+    if indent:
+        _limits.check_text(value, "the value as JSON", indent=indent)
+    text = json.dumps(value, ensure_ascii=False, indent=indent, default=_json_default)
+    _limits.check_size(len(text), "the value as JSON")
+    return text
 
 
 def _tojson(value: Any, indent: int | None = None) -> str:
@@ -87,7 +93,37 @@ def _finalize(value: Any) -> Any:
     raise _NotAValue(value)
 
 
+def _checked_join(value: Any, d: str = "", attribute: Any = None) -> str:
+    if attribute is not None:
+        value = [v.get(attribute) if isinstance(v, dict) else v for v in value]
+    items = list(value)
+    _checks.joined_size(items, str(d))
+    return str(d).join(str(item) for item in items)
+
+
+def _checked_replace(value: Any, old: str, new: str, count: int | None = None) -> str:
+    text = str(value)
+    _checks.check_replace(text, old, new, -1 if count is None else count)
+    return text.replace(old, new) if count is None else text.replace(old, new, count)
+
+
+def _checked_center(value: Any, width: int = 80) -> str:
+    _limits.check_size(int(width), "the centred text")
+    return str(value).center(width)
+
+
+def _checked_format(value: Any, *args: Any, **kwargs: Any) -> str:
+    if args and kwargs:
+        raise TypeError("format takes either positional or keyword arguments, not both")
+    given = kwargs or args
+    _checks.check_percent(str(value), given)
+    return str(value) % given
+
+
 class _CodeGenerator(CodeGenerator):
+    """Jinja's code generator, with every value a template builds going through the
+    environment's checks: ``~`` joins, list/tuple/dict literals, ``{% for %}`` iterables."""
+
     def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
         # `a ~ b` joins through a size check instead of Jinja's plain str_join.
         self.write("environment.checked_concat((")
@@ -96,113 +132,123 @@ class _CodeGenerator(CodeGenerator):
             self.write(", ")
         self.write("))")
 
+    def visit_List(self, node: nodes.List, frame: Frame) -> None:
+        self.write("environment.built(")
+        super().visit_List(node, frame)
+        self.write(")")
 
-# Widths in `%`-format and str.format specs: each pads the text to that many characters.
-_PERCENT_WIDTH = re.compile(r"%[#0\- +]*(\d+)|%[#0\- +]*\d*\.(\d+)")
-_FORMAT_SPEC = re.compile(r"\{[^{}]*:([^{}]*)\}")
-_PADDING_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
+    def visit_Dict(self, node: nodes.Dict, frame: Frame) -> None:
+        self.write("environment.built(")
+        super().visit_Dict(node, frame)
+        self.write(")")
 
+    def visit_Tuple(self, node: nodes.Tuple, frame: Frame) -> None:
+        if node.ctx != "load":  # a target: `{% for a, b in ... %}`, `{% set a, b = ... %}`
+            super().visit_Tuple(node, frame)
+            return
+        self.write("environment.built(")
+        super().visit_Tuple(node, frame)
+        self.write(")")
 
-def _check_size(size: int, what: str) -> None:
-    if size > MAX_SEQUENCE_ITEMS:
-        raise OverflowError(
-            f"{what} would be {size:,} characters, too large for a template "
-            f"(limit {MAX_SEQUENCE_ITEMS:,})"
-        )
+    def visit_For(self, node: nodes.For, frame: Frame) -> None:
+        # The loop's iterable ticks the render's clock at every item (see `visit`).
+        self._loop_iterables.add(id(node.iter))
+        super().visit_For(node, frame)
 
+    def visit(self, node: nodes.Node, *args: Any, **kwargs: Any) -> Any:
+        if id(node) in self._loop_iterables:
+            self.write("environment.iterate(")
+            result = super().visit(node, *args, **kwargs)
+            self.write(")")
+            return result
+        return super().visit(node, *args, **kwargs)
 
-def _check_widths(fmt: str) -> None:
-    widths = [int(n) for m in _PERCENT_WIDTH.finditer(fmt) for n in m.groups() if n]
-    for spec in _FORMAT_SPEC.findall(fmt):
-        widths += [int(n) for n in re.findall(r"\d+", spec)]
-    for width in widths:
-        _check_size(width, "a formatting width")
-
-
-def _joined_size(items: Any, sep: str) -> tuple[list[str], int]:
-    texts: list[str] = []
-    size = 0
-    for item in items:
-        text = str(item)
-        size += len(text) + (len(sep) if texts else 0)
-        _check_size(size, "the joined text")
-        texts.append(text)
-    return texts, size
-
-
-def _checked_join(value: Any, d: str = "", attribute: Any = None) -> str:
-    if attribute is not None:
-        value = [v.get(attribute) if isinstance(v, dict) else v for v in value]
-    texts, _ = _joined_size(value, str(d))
-    return str(d).join(texts)
+    @property
+    def _loop_iterables(self) -> set[int]:
+        found: set[int] | None = self.__dict__.get("_flowgpt_loops")
+        if found is None:
+            found = self.__dict__["_flowgpt_loops"] = set()
+        return found
 
 
-def _checked_replace(value: Any, old: str, new: str, count: int | None = None) -> str:
-    text = str(value)
-    hits = text.count(old) if old else len(text) + 1
-    if count is not None and count >= 0:
-        hits = min(hits, count)
-    _check_size(len(text) + hits * max(len(new) - len(old), 0), "the replaced text")
-    return text.replace(old, new) if count is None else text.replace(old, new, count)
+class _LoopContext(LoopContext):
+    """``loop`` (loops that use it, recursive ones too): ticks at every item."""
+
+    def __next__(self) -> tuple[Any, LoopContext]:
+        _limits.tick()
+        return super().__next__()
 
 
-def _checked_center(value: Any, width: int = 80) -> str:
-    _check_size(int(width), "the centred text")
-    return str(value).center(width)
+class _Template(JinjaTemplate):
+    @classmethod
+    def _from_namespace(
+        cls,
+        environment: Environment,
+        namespace: MutableMapping[str, Any],
+        globals: MutableMapping[str, Any],
+    ) -> JinjaTemplate:
+        # The compiled module imported Jinja's LoopContext; its functions look it up here.
+        namespace["LoopContext"] = _LoopContext
+        return super()._from_namespace(environment, namespace, globals)
 
 
-def _checked_format(value: Any, *args: Any, **kwargs: Any) -> str:
-    _check_widths(str(value))
-    if args and kwargs:
-        raise TypeError("format takes either positional or keyword arguments, not both")
-    return str(value) % (kwargs or args)
-
-
-def _check_call(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    """Refuse str method calls that would build a string past the limit."""
-    owner = getattr(obj, "__self__", None)
-    name = getattr(obj, "__name__", "")
-    if not isinstance(owner, str):
-        return
-    if name in _PADDING_METHODS:
-        sizes = [a for a in (*args, *kwargs.values()) if isinstance(a, int)]
-        factor = owner.count("\t") if name == "expandtabs" else 1
-        for size in sizes:
-            _check_size(size * max(factor, 1), f"str.{name}")
-    elif name == "join" and args:
-        _joined_size(args[0], owner)
-    elif name == "replace" and len(args) >= 2:
-        _checked_replace(owner, str(args[0]), str(args[1]), *args[2:3])
-    elif name in ("format", "format_map"):
-        _check_widths(owner)
+def _new_value(result: Any, *given: Any) -> Any:
+    """Measure a result, unless it is one of the values the operation was given."""
+    if any(result is g for g in given):
+        return result
+    return _limits.built(result)
 
 
 class _Environment(ImmutableSandboxedEnvironment):
     """The immutable sandbox: step outputs are shared by steps rendering concurrently and
     are stored, so no template may change them (``list.append``, ``dict.update``...).
 
-    It also bounds the size of every string a template can build: repetition and powers,
-    concatenation (`+`, `~`), `%` and str.format widths, padding, join and replace, and
-    the rendered text as a whole."""
+    It also bounds every value a template builds and the time a render takes (see
+    ``_limits``): operators, calls, filters, literals, joins and slices go through the
+    checks in ``_checks`` first and are measured after; loops, calls and filters tick the
+    clock. Nothing is evaluated while compiling (no constant folding)."""
 
     intercepted_binops = frozenset({"*", "**", "+", "%"})
     code_generator_class = _CodeGenerator
+    template_class = _Template
+
+    @staticmethod
+    def concat(pieces: Any) -> str:
+        # Blocks, macros and `{% set %}` blocks join their output here.
+        parts: list[str] = []
+        size = 0
+        for piece in pieces:
+            size += len(piece)
+            _limits.check_size(size, "the text of a block")
+            parts.append(piece)
+        return _limits.built("".join(parts))
+
+    def built(self, value: Any) -> Any:
+        return _limits.built(value)
+
+    def iterate(self, iterable: Any) -> Any:
+        return _limits.iterate(iterable)
 
     def wrap_str_format(self, value: Any) -> Any:
-        # str.format is wrapped when it is looked up, not when it is called: check the
-        # widths in the format string here.
         owner = getattr(value, "__self__", None)
-        if isinstance(owner, str) and getattr(value, "__name__", "") in ("format", "format_map"):
-            _check_widths(owner)
-        return super().wrap_str_format(value)
+        name = getattr(value, "__name__", "")
+        if isinstance(owner, str) and name in ("format", "format_map"):
+            return _checks.bounded_format(self, owner, name)
+        return None
 
     def checked_concat(self, values: tuple[Any, ...]) -> str:
-        texts, _ = _joined_size(values, "")
-        return "".join(texts)
+        _checks.joined_size(values, "")
+        return _limits.built("".join(str(v) for v in values))
 
     def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
-        _check_call(__obj, args, kwargs)
-        return super().call(__context, __obj, *args, **kwargs)
+        _limits.tick()
+        _checks.check_call(__obj, args, kwargs)
+        result = super().call(__context, __obj, *args, **kwargs)
+        owner = getattr(__obj, "__self__", None)
+        name = getattr(__obj, "__name__", "")
+        if isinstance(owner, (dict, list, tuple)) and name not in ("copy", "fromkeys"):
+            return result  # a lookup: one of the container's own values
+        return _new_value(result, owner, *args, *kwargs.values())
 
     def make_globals(self, d: MutableMapping[str, Any] | None) -> MutableMapping[str, Any]:
         # A plain dict instead of Jinja's ChainMap: every render copies the globals, and
@@ -215,41 +261,13 @@ class _Environment(ImmutableSandboxedEnvironment):
             return obj[attribute]
         return super().getattr(obj, attribute)
 
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        value = super().getitem(obj, argument)
+        return _new_value(value, obj) if isinstance(argument, slice) else value
+
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
-        if operator == "*":
-            _check_repeat(left, right)
-        elif operator == "**":
-            _check_power(left, right)
-        elif operator == "+" and isinstance(left, (str, list, tuple)):
-            if isinstance(right, (str, list, tuple)):
-                _check_size(len(left) + len(right), "the concatenation")
-        elif operator == "%" and isinstance(left, str):
-            _check_widths(left)
-        return super().call_binop(context, operator, left, right)
-
-
-def _check_repeat(left: Any, right: Any) -> None:
-    for seq, times in ((left, right), (right, left)):
-        if (
-            isinstance(seq, (str, list, tuple))
-            and isinstance(times, int)
-            and len(seq) * times > MAX_SEQUENCE_ITEMS
-        ):
-            raise OverflowError(
-                f"repeating a sequence {times} times is too large for a template "
-                f"(limit {MAX_SEQUENCE_ITEMS:,} items)"
-            )
-
-
-def _check_power(left: Any, right: Any) -> None:
-    if (
-        isinstance(left, int)
-        and isinstance(right, int)
-        and right > 0
-        and abs(left) > 1
-        and right * abs(left).bit_length() > MAX_POWER_BITS
-    ):
-        raise OverflowError("the power is too large for a template")
+        _checks.check_binop(operator, left, right)
+        return _new_value(super().call_binop(context, operator, left, right), left, right)
 
 
 def _make_env() -> _Environment:
@@ -263,6 +281,7 @@ def _make_env() -> _Environment:
         extensions=["jinja2.ext.loopcontrols"],
         auto_reload=False,
         cache_size=0,  # we cache compiled templates ourselves, keyed by source
+        optimized=False,  # constant folding would run template code while compiling
     )
     # lipsum(n=10**7) is a cheap way to build a huge prompt and has no use in one.
     env.globals.pop("lipsum", None)
@@ -271,24 +290,31 @@ def _make_env() -> _Environment:
     env.filters["replace"] = _checked_replace
     env.filters["center"] = _checked_center
     env.filters["format"] = _checked_format
+    env.filters["sum"] = _checks.bounded_sum
+    for name, func in list(env.filters.items()):
+        env.filters[name] = _checks.checked_filter(name, func)
     return env
 
 
-def _render_bounded(compiled: _JinjaTemplate, context: Mapping[str, Any]) -> str:
-    """Render, refusing output longer than the limit before it is all built."""
-    # new_context copies the variables itself (into a dict with the globals).
-    ctx = compiled.new_context(cast("dict[str, Any]", context))
+def _render_bounded(compiled: JinjaTemplate, context: Mapping[str, Any]) -> str:
+    """Render under the render limits, refusing output longer than the limit before it
+    is all built."""
     parts: list[str] = []
     size = 0
+    token = _limits.start_render()
     try:
+        # new_context copies the variables itself (into a dict with the globals).
+        ctx = compiled.new_context(cast("dict[str, Any]", context))
         for piece in compiled.root_render_func(ctx):
             size += len(piece)
-            if size > MAX_SEQUENCE_ITEMS:
-                _check_size(size, "the rendered text")
+            if size > _limits.MAX_SEQUENCE_ITEMS:
+                _limits.check_size(size, "the rendered text")
             parts.append(piece)
     except Exception:
         # Rewrites the traceback so its frames carry template line numbers.
         _ENV.handle_exception()
+    finally:
+        _limits.end_render(token)
     return "".join(parts)
 
 

@@ -16,6 +16,7 @@ from jinja2.exceptions import TemplateSyntaxError
 from jinja2.parser import Parser
 from jinja2.runtime import Undefined
 
+from flowgpt.templating import _limits
 from flowgpt.templating._errors import TemplateRenderProblem, TemplateSyntaxProblem
 from flowgpt.templating._explain import _explain, _template_line
 from flowgpt.templating._references import Reference, References, _Use, _walk
@@ -146,13 +147,16 @@ class Template:
     def _run(self, context: Mapping[str, Any]) -> Any:
         if not self.expression:
             return _render_bounded(self._compiled, context)
-        ctx = self._compiled.new_context(cast("dict[str, Any]", context))  # copied there
+        token = _limits.start_render()
         try:
+            ctx = self._compiled.new_context(cast("dict[str, Any]", context))  # copied there
             for _ in self._compiled.root_render_func(ctx):
                 pass
         except Exception:
             # Rewrites the traceback so its frames carry template line numbers.
             _ENV.handle_exception()
+        finally:
+            _limits.end_render(token)
         return ctx.vars[_RESULT_NAME]
 
     # -- errors

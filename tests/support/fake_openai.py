@@ -81,6 +81,9 @@ class Reply:
     delay_s: float = 0.0  # on top of the server's latency
     chunk_delay_s: float = 0.0  # between stream chunks
     headers: dict[str, str] = field(default_factory=dict)
+    # Sent as the usage object exactly as given (impossible counts included), instead of
+    # the counts above.
+    raw_usage: dict[str, Any] | None = None
 
 
 FaultKind = Literal["status", "hang", "malformed", "drop", "broken_stream"]
@@ -346,6 +349,8 @@ def _mask_key(key: str | None) -> str:
 
 
 def _usage_json(spec: Reply, body: dict[str, Any], text: str) -> dict[str, Any]:
+    if spec.raw_usage is not None:
+        return dict(spec.raw_usage)
     prompt = spec.prompt_tokens if spec.prompt_tokens is not None else _prompt_words(body)
     completion = spec.completion_tokens if spec.completion_tokens is not None else count_words(text)
     return {
