@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -133,23 +132,16 @@ def batch(
             err=True,
         )
     try:
-        skipped = 0
-
-        def pending() -> Iterator[Any]:
-            nonlocal skipped
-            for row in read_rows(data):
-                if output.check(row):
-                    skipped += 1
-                else:
-                    yield row
-
         progress = BatchProgress(max(total - len(output.done), 0))
 
         async def go() -> None:
             # The engine's providers belong to this event loop: closed before it ends.
             async with engine:
                 rows = engine.run_batch(
-                    wf, pending(), max_cost_usd=budget, batch=str(Path(out).resolve())
+                    wf,
+                    output.pending(read_rows(data)),
+                    max_cost_usd=budget,
+                    batch=str(Path(out).resolve()),
                 )
                 async for row in rows:
                     output.write(row)
@@ -169,13 +161,13 @@ def batch(
         output.close()
         if store is not None:
             store.close()
-    left = total - skipped - progress.done
+    left = total - output.skipped - progress.done
     summary = (
         f"{progress.done} rows run: {progress.done - progress.failed} ok, {progress.failed} "
         f"failed · {progress.tokens:,} tokens · {progress.money}"
     )
-    if skipped:
-        summary += f" · {skipped} already done"
+    if output.skipped:
+        summary += f" · {output.skipped} already done"
     click.echo(f"{summary} · results in {out}", err=True)
     if left > 0:
         click.echo(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -79,21 +78,12 @@ def batch_api_command(
         command = _continue_command()
         output = BatchOutput(out, wf.spec.name).open()
         progress = _Progress(wf.spec.name)
-        skipped = 0
-
-        def pending() -> Iterator[Any]:
-            nonlocal skipped
-            for row in read_rows(data):
-                if output.check(row):
-                    skipped += 1
-                else:
-                    yield row
 
         async def go() -> BatchAPIRun:
             try:
                 run = engine.run_batch_api(
                     wf,
-                    pending(),
+                    output.pending(read_rows(data)),
                     job=job,
                     wait=not no_wait,
                     max_cost_usd=None if max_cost is None else str(max_cost),
@@ -127,7 +117,7 @@ def batch_api_command(
             sys.exit(130)
         finally:
             output.close()
-    _summary(run, progress, out, skipped, total, max_cost, command)
+    _summary(run, progress, out, output.skipped, total, max_cost, command)
 
 
 def _summary(

@@ -12,7 +12,7 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -301,6 +301,7 @@ class BatchOutput:
         self.done: dict[int, str] = {}  # row number -> input digest
         self.dropped = 0  # failed or unreadable lines dropped on opening
         self.stale: list[int] = []  # rows kept that another workflow version did
+        self.skipped = 0  # rows `pending` left out: already done
         self._file: io.TextIOWrapper | None = None
         self._lock = FileLock(self.path, f"the output file {self.path}")
 
@@ -384,6 +385,14 @@ class BatchOutput:
             "object with `row` and `status`); it was left as it is and nothing was run",
             hint="give --out a new file (or an earlier batch's output to continue it)",
         )
+
+    def pending(self, rows: Iterable[DataRow]) -> Iterator[DataRow]:
+        """The rows not done yet (counting the others in ``skipped``), lazily."""
+        for row in rows:
+            if self.check(row):
+                self.skipped += 1
+            else:
+                yield row
 
     def check(self, row: DataRow) -> bool:
         """Whether the row is already done; raises when it was done with other inputs."""
