@@ -58,7 +58,7 @@ def batch(
 
     Rows run concurrently under one request limiter; a failed row does not stop the
     others. Running the same command again skips the rows already done in --out."""
-    from flowgpt.cli._progress import BatchProgress
+    from flowgpt.cli._progress import BatchProgress, rate_limit_summary
     from flowgpt.engine.data import BatchOutput, read_rows, scan_rows
     from flowgpt.engine.engine import Engine
     from flowgpt.spec.loader import load_workflow
@@ -86,7 +86,8 @@ def batch(
                 else:
                     yield row
 
-        progress = BatchProgress(max(total - len(output.done), 0))
+        progress = BatchProgress(max(total - len(output.done), 0), holds=engine.rate_limit_holds)
+        engine.on_event = progress.on_event
 
         async def go() -> None:
             async for row in engine.run_batch(wf, pending(), max_cost_usd=budget):
@@ -112,6 +113,8 @@ def batch(
     )
     if skipped:
         summary += f" · {skipped} already done"
+    if engine.rate_limits.rate_limited:
+        summary += f" · {rate_limit_summary(engine.rate_limits)}"
     click.echo(f"{summary} · results in {out}", err=True)
     if left > 0:
         click.echo(

@@ -13,13 +13,49 @@ from rich.table import Table
 
 from flowgpt.engine.events import EngineEvent
 from flowgpt.money import format_usd
+from flowgpt.providers.limiter import RateLimitHold, RateLimitStats
 from flowgpt.results import RunResult, cost_table
 from flowgpt.spec.models import WorkflowSpec
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from rich.progress import ProgressColumn
+
     from flowgpt.engine.data import BatchRowResult
 
-__all__ = ["BatchProgress", "Progress"]
+__all__ = ["BatchProgress", "Progress", "rate_limit_summary"]
+
+# Rate-limit lines without a live display: at most one per this many seconds.
+_RATE_LIMIT_LINE_EVERY_S = 10.0
+
+
+def rate_limit_summary(stats: RateLimitStats) -> str:
+    """What a summary says of the 429s waited out ("12 rate-limit 429s waited out
+    (3.4 s)"); "" when there were none."""
+    n = stats.rate_limited
+    if not n:
+        return ""
+    return f"{n} rate-limit 429{'s' * (n != 1)} waited out ({stats.waited_s:.1f} s)"
+
+
+def _held(holds: list[RateLimitHold]) -> str:
+    return "held: " + "; ".join(str(h) for h in holds[:2]) if holds else ""
+
+
+class _Throttled:
+    """Prints rate-limit events as lines, at most one per ``_RATE_LIMIT_LINE_EVERY_S``."""
+
+    def __init__(self) -> None:
+        self.last = -_RATE_LIMIT_LINE_EVERY_S
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now - self.last < _RATE_LIMIT_LINE_EVERY_S:
+            return False
+        self.last = now
+        return True
+
 
 _ICONS = {
     "waiting": "·",
@@ -45,6 +81,7 @@ class Progress:
         self.started: dict[str, float] = {}
         self.live: Live | None = None
         self.run_id: str | None = None
+        self._rate_limit_lines = _Throttled()
 
     def __enter__(self) -> Progress:
         if self.console.is_terminal:
@@ -83,6 +120,8 @@ class Progress:
         step = event.step
         if event.kind == "warning" and event.message:
             self._line(f"warning: {event.message}")
+        if event.kind == "rate_limited" and event.message and self._rate_limit_lines.due():
+            self._line(f"rate limit: {event.message}")
         if step is None or step not in self.states:
             return
         result = event.result
@@ -129,7 +168,12 @@ class BatchProgress:
     """A batch's progress on stderr: rows done and failed, tokens and dollars so far, and
     the time left. A live bar on a terminal; a line per tenth of the rows otherwise."""
 
-    def __init__(self, total: int, console: Console | None = None) -> None:
+    def __init__(
+        self,
+        total: int,
+        console: Console | None = None,
+        holds: Callable[[], list[RateLimitHold]] | None = None,
+    ) -> None:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -145,6 +189,8 @@ class BatchProgress:
         self.cost: Decimal | None = Decimal(0)
         self.started = time.perf_counter()
         self._every = max(1, total // 10)
+        self._holds = holds  # what holds requests back now (the engine's rate_limit_holds)
+        self._rate_limit_lines = _Throttled()
         self.bar: Bar | None = None
         if self.console.is_terminal:
             self.bar = Bar(
@@ -158,6 +204,7 @@ class BatchProgress:
                 TimeElapsedColumn(),
                 TextColumn("ETA"),
                 TimeRemainingColumn(),
+                _held_column(self.held),
                 console=self.console,
                 transient=True,
             )
@@ -177,6 +224,27 @@ class BatchProgress:
     @property
     def money(self) -> str:
         return format_usd(self.cost)
+
+    def held(self) -> str:
+        """What holds requests back now ("held: gpt-4o-mini: paced to the TPM limit ..."),
+        or ""."""
+        if self._holds is None:
+            return ""
+        try:
+            return _held(self._holds())
+        except RuntimeError:  # read from rich's refresh thread while the loop changed them
+            return ""
+
+    def on_event(self, event: EngineEvent) -> None:
+        """Without a live bar, a line when a 429 holds requests back (at most one per
+        ten seconds); the live bar shows it in its last column."""
+        if (
+            event.kind == "rate_limited"
+            and self.bar is None
+            and event.message
+            and self._rate_limit_lines.due()
+        ):
+            self.console.print(f"rate limit: {event.message}", markup=False, soft_wrap=True)
 
     def __enter__(self) -> BatchProgress:
         if self.bar is not None:
@@ -198,7 +266,23 @@ class BatchProgress:
         elif self.done % self._every == 0 or self.done == self.total:
             elapsed = time.perf_counter() - self.started
             left = elapsed / self.done * (self.total - self.done)
+            held = self.held()
             self.console.print(
                 f"rows {self.done}/{self.total} · {self.failed} failed · {self.tokens:,} "
                 f"tokens · {self.money} · {elapsed:.1f} s, about {left:.0f} s left"
+                + (f" · {held}" if held else ""),
+                markup=False,
+                soft_wrap=True,
             )
+
+
+def _held_column(held: Callable[[], str]) -> ProgressColumn:
+    """A progress-bar column showing what holds requests back, read at every refresh."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class Held(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            return Text(held(), style="yellow")
+
+    return Held()

@@ -77,7 +77,7 @@ def run(
 
     Every finished step is stored at once (see `flowgpt runs`), so a failed or
     interrupted run continues with --resume RUN_ID without paying again."""
-    from flowgpt.cli._progress import Progress
+    from flowgpt.cli._progress import Progress, rate_limit_summary
     from flowgpt.engine.engine import Engine
     from flowgpt.spec.inputs import parse_assignments
     from flowgpt.spec.loader import load_workflow
@@ -143,6 +143,8 @@ def run(
             last = list(result.steps.values())[-1]
             _print_outputs({last.id: last.output})
     progress.print_table(result)
+    if engine.rate_limits.rate_limited:
+        click.echo(rate_limit_summary(engine.rate_limits), err=True)
     if error is not None:
         finished = any(s.status in ("ok", "reused", "cached") for s in result.steps.values())
         if store is not None and result.run_id and finished:
