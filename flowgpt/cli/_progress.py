@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -13,13 +14,11 @@ from rich.table import Table
 
 from flowgpt.engine.events import EngineEvent
 from flowgpt.money import format_usd
-from flowgpt.providers.limiter import RateLimitHold, RateLimitStats
+from flowgpt.providers.rate_limits import RateLimitHold, RateLimitStats
 from flowgpt.results import RunResult, cost_table
 from flowgpt.spec.models import WorkflowSpec
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from rich.progress import ProgressColumn
 
     from flowgpt.engine.data import BatchRowResult
@@ -41,6 +40,15 @@ def rate_limit_summary(stats: RateLimitStats) -> str:
 
 def _held(holds: list[RateLimitHold]) -> str:
     return "held: " + "; ".join(str(h) for h in holds[:2]) if holds else ""
+
+
+def _read(holds: Callable[[], list[RateLimitHold]] | None) -> list[RateLimitHold]:
+    if holds is None:
+        return []
+    try:
+        return holds()
+    except RuntimeError:  # read from rich's refresh thread while the loop changed them
+        return []
 
 
 class _Throttled:
@@ -69,7 +77,8 @@ _ICONS = {
 
 class Progress:
     """Shows each step's state as events arrive: a live table on a terminal, one line per
-    event otherwise (logs, CI, pipes)."""
+    event otherwise (logs, CI, pipes). ``holds`` (the engine's ``rate_limit_holds``), when
+    set, adds a line to the live table while a rate limit holds requests back."""
 
     def __init__(self, spec: WorkflowSpec, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True, highlight=False)
@@ -81,13 +90,19 @@ class Progress:
         self.started: dict[str, float] = {}
         self.live: Live | None = None
         self.run_id: str | None = None
+        self.holds: Callable[[], list[RateLimitHold]] | None = None
         self._rate_limit_lines = _Throttled()
 
     def __enter__(self) -> Progress:
         if self.console.is_terminal:
-            self.live = Live(self._table(), console=self.console, transient=True)
+            # Rendered anew at every refresh: running times and rate-limit holds move on
+            # between events too.
+            self.live = Live(self, console=self.console, transient=True)
             self.live.__enter__()
         return self
+
+    def __rich__(self) -> Table:
+        return self._table()
 
     def __exit__(
         self,
@@ -106,6 +121,9 @@ class Progress:
             if state == "running" and step in self.started:
                 elapsed = f"{time.perf_counter() - self.started[step]:.1f}s"
             table.add_row(_ICONS[state], step, elapsed or self.notes[step])
+        held = _held(_read(self.holds))
+        if held:
+            table.add_row("⏸", "", held, style="yellow")
         return table
 
     def _line(self, text: str) -> None:
@@ -158,7 +176,7 @@ class Progress:
             if self.live is None:
                 self._line(f"✗ {step} failed")
         if self.live is not None:
-            self.live.update(self._table())
+            self.live.refresh()
 
     def print_table(self, result: RunResult, **kwargs: Any) -> None:
         self.console.print(cost_table(result), **kwargs)
@@ -228,12 +246,7 @@ class BatchProgress:
     def held(self) -> str:
         """What holds requests back now ("held: gpt-4o-mini: paced to the TPM limit ..."),
         or ""."""
-        if self._holds is None:
-            return ""
-        try:
-            return _held(self._holds())
-        except RuntimeError:  # read from rich's refresh thread while the loop changed them
-            return ""
+        return _held(_read(self._holds))
 
     def on_event(self, event: EngineEvent) -> None:
         """Without a live bar, a line when a 429 holds requests back (at most one per

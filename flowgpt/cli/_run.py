@@ -107,6 +107,7 @@ def run(
         rpm=rpm,
         tpm=tpm,
     )
+    progress.holds = engine.rate_limit_holds
     error: FlowgptError | None = None
     try:
         with progress:

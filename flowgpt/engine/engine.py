@@ -39,7 +39,8 @@ from flowgpt.engine.run import Run, RunSettings
 from flowgpt.errors import SpecError
 from flowgpt.providers.base import Provider
 from flowgpt.providers.factory import make_provider
-from flowgpt.providers.limiter import RateLimitHold, RateLimitStats, RequestLimiter
+from flowgpt.providers.limiter import RequestLimiter
+from flowgpt.providers.rate_limits import RateLimitHold, RateLimitStats
 from flowgpt.results import RunResult
 from flowgpt.spec.inputs import resolve_inputs
 from flowgpt.spec.loader import load_workflow

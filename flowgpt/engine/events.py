@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from flowgpt.providers.limiter import RateLimitHold
+from flowgpt.providers.rate_limits import RateLimitHold
 from flowgpt.results import StepResult
 
 __all__ = ["EngineEvent", "EventKind"]

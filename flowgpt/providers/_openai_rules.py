@@ -32,7 +32,7 @@ from flowgpt.errors import (
     redact,
 )
 from flowgpt.providers.base import ChatRequest
-from flowgpt.providers.limiter import AccountLimits
+from flowgpt.providers.rate_limits import AccountLimits, WaitCapReached
 from flowgpt.usage import Usage
 
 # o1, o3-mini, o4-mini, gpt-5, gpt-5-mini, ... (optionally "ft:" fine-tunes of them).
@@ -376,18 +376,11 @@ def _status_error(
 
 
 def _rate_limit_capped(
-    *,
-    endpoint: str,
-    model: str,
-    limit: str | None,
-    value: int | None,
-    asked_s: float,
-    limited_s: float,
-    cap_s: float,
-    said: str,
-    retries: int,
+    asked: _RateLimited, capped: WaitCapReached, endpoint: str, model: str, said: str, retries: int
 ) -> RateLimitError:
     """The error for a rate limit that outlasted the wait cap (provider.max_rate_limit_wait_s)."""
+    limit, value = asked.limit, asked.value
+    asked_s, limited_s, cap_s = capped.asked_s, capped.limited_s, capped.cap_s
     what = {"TPM": "tokens per minute", "RPM": "requests per minute"}.get(limit or "")
     named = f"the {limit} limit" if limit else "the rate limit"
     if what:

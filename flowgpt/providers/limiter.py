@@ -2,30 +2,29 @@
 
 It holds two kinds of limits:
 
-* **Requests in flight** (``concurrency``), for everything sent through it.
-* **The account's rate limits, per model family** (``gpt-4o-mini-2024-07-18`` counts as
-  ``gpt-4o-mini``): requests and tokens per minute, learned from the ``x-ratelimit-*``
-  headers of the API's replies (a provider reports them with ``note_account_limits``) and
-  capped by the ``rpm``/``tpm`` given. A request counts the way OpenAI counts it against
-  a TPM limit: max(max_tokens, the prompt estimated from its characters). Until the first
-  reply for a model family has told its limits, at most 8 requests of that family are in
-  flight, so that a batch does not open with a burst of 429s; a reply that tells no
-  limits (a local server, the mock) lifts that at once.
+* **Requests in flight** (``concurrency``), for everything sent through it, first come
+  first served.
+* **The account's rate limits, per model family**: requests and tokens per minute, learned
+  from the ``x-ratelimit-*`` headers of the API's replies (a provider reports them with
+  ``note_account_limits``) and capped by the ``rpm``/``tpm`` given; a request counts as
+  ``rate_limits.request_tokens`` says. Until the first reply for a model family has told
+  its limits, at most 8 of its requests are in flight, so that a batch does not open with
+  a burst of 429s; a reply that tells no limits (a local server, the mock) lifts that.
 
 Rates are paced with token buckets that refill continuously and hold at most one
 second's worth, so requests are spread evenly (the API enforces its per-minute limits
 over shorter windows too). A request larger than a bucket still goes when the bucket is
-full, leaving a debt later requests wait out. A learned limit is paced at 98 % of itself,
-a margin for requests that reach the API a little bunched. Each reply's ``remaining``
-headers correct a bucket down when the account has less left than flowgpt counted
-(another process using the key, a prompt the API estimates larger).
+full, leaving a debt. A learned limit is paced at 98 % of itself, a margin for requests
+that reach the API a little bunched. Each reply's ``remaining`` headers correct a bucket
+down when the account has less left than counted here (another process on the same key).
 
-A rate-limit 429 is waited out (``wait_out_rate_limit``, called by the provider): the
-model family is held for the wait the API asked for, every request of that family
-included, and the request then takes its place in the buckets again; it does not use the
-provider's error retries. A wait that would end more than ``cap_s`` after the family was
-first refused (with no success since) raises ``WaitCapReached`` instead. Where the API
-tells no limits, each 429 also halves the concurrency allowed (down to 1/32) and each
+A rate-limit 429 is waited out (``wait_out_rate_limit``, called by the provider) for the
+wait the API asked for, and the request then takes its place in the buckets again; it
+does not use the provider's error retries. A Retry-After holds every request of the
+family; without one, the buckets (corrected from the 429's headers) hold the others. A
+wait that would end more than ``cap_s`` after the family was first refused (with no
+success since) raises ``WaitCapReached``. Where the API tells no limits, each 429 holds
+every request of the family and halves the concurrency allowed (down to 1/32); each
 success gives back 1/16 (additive increase, multiplicative decrease).
 """
 
@@ -33,30 +32,25 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import json
 import math
 import random
-import re
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import TracebackType
 
 from flowgpt.providers.base import ChatRequest
+from flowgpt.providers.rate_limits import (
+    AccountLimits,
+    RateLimitHold,
+    RateLimitStats,
+    TokenBucket,
+    WaitCapReached,
+    model_family,
+    request_tokens,
+)
 
-__all__ = [
-    "AccountLimits",
-    "RateLimitHold",
-    "RateLimitStats",
-    "RequestLimiter",
-    "WaitCapReached",
-    "model_family",
-    "note_account_limits",
-    "note_request_sent",
-    "request_tokens",
-    "wait_out_rate_limit",
-]
+__all__ = ["RequestLimiter", "note_account_limits", "note_request_sent", "wait_out_rate_limit"]
 
 _MIN_FACTOR = 1 / 32
 _RECOVERY_STEP = 1 / 16
@@ -67,114 +61,6 @@ _JITTER = 0.1  # a waited-out request goes again up to 10 % after the wait
 # flight (a provider's default concurrency): enough for a run's parallel steps, few enough
 # that a batch does not open with a burst of 429s.
 _FIRST_IN_FLIGHT = 8
-_DATED_RE = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{4})$")
-
-
-def model_family(model: str) -> str:
-    """The model whose rate limits a request counts against: dated snapshots and
-    fine-tunes share their base model's (``ft:gpt-4o-mini-2024-07-18:org::id`` ->
-    ``gpt-4o-mini``)."""
-    if model.startswith("ft:"):
-        model = model[3:].split(":", 1)[0]
-    return _DATED_RE.sub("", model)
-
-
-def request_tokens(request: ChatRequest) -> int:
-    """What a request counts against a tokens-per-minute limit, the way OpenAI counts it:
-    the larger of ``max_tokens`` and the prompt's size estimated from its characters
-    (four to a token). This is the API's rate-limit estimate, not the tokens billed
-    (those are counted exactly); where the API's own estimate is larger, the
-    ``remaining`` headers correct the buckets."""
-    chars = sum(len(m["content"] or "") + len(m.get("name", "")) for m in request.messages)
-    if request.response_format is not None:
-        chars += len(json.dumps(request.response_format))
-    return max(request.max_tokens or 0, -(-chars // 4))
-
-
-@dataclass(frozen=True)
-class AccountLimits:
-    """What a reply's ``x-ratelimit-*`` headers say about its model's limits: the limits
-    per minute and what is left of them."""
-
-    requests: int | None = None
-    tokens: int | None = None
-    remaining_requests: int | None = None
-    remaining_tokens: int | None = None
-
-
-@dataclass(frozen=True)
-class RateLimitHold:
-    """Requests held back by a rate limit.
-
-    ``model``: the model family; ``limit``: which limit ("TPM", "RPM", ... as the API
-    names it; None when it did not say); ``per_minute``: that limit, when known;
-    ``wait_s``: how long they are held from now on; ``rate_limited``: True while waiting
-    out a 429, False while paced below a limit."""
-
-    model: str
-    limit: str | None
-    per_minute: float | None
-    wait_s: float
-    rate_limited: bool
-
-    def __str__(self) -> str:
-        limit = f"the {self.limit} limit" if self.limit else "a rate limit"
-        if self.per_minute is not None:
-            unit = "tokens" if (self.limit or "").startswith("T") else "requests"
-            limit += f" ({self.per_minute:,.0f} {unit}/min)"
-        if self.rate_limited:
-            return f"{self.model}: {limit} reached (429), held {self.wait_s:.1f} s"
-        return f"{self.model}: paced to {limit}"
-
-
-@dataclass
-class RateLimitStats:
-    """Counts kept for a summary: 429s waited out, and the wall-clock seconds requests
-    were held for them (overlapping holds counted once per model family)."""
-
-    rate_limited: int = 0
-    waited_s: float = 0.0
-
-
-class WaitCapReached(Exception):
-    """Waiting out a rate limit would go past the wait cap: ``asked_s`` is the wait the
-    API asked for, ``limited_s`` how long the model family has been refused already."""
-
-    def __init__(self, asked_s: float, limited_s: float, cap_s: float) -> None:
-        super().__init__(f"a wait of {asked_s:g} s after {limited_s:g} s passes {cap_s:g} s")
-        self.asked_s = asked_s
-        self.limited_s = limited_s
-        self.cap_s = cap_s
-
-
-class _Bucket:
-    """A token bucket: ``per_minute`` units per minute, holding at most one second's."""
-
-    __slots__ = ("capacity", "level", "rate", "stamp")
-
-    def __init__(self, per_minute: float) -> None:
-        self.rate = per_minute / 60
-        self.capacity = self.level = max(1.0, self.rate)
-        self.stamp = time.monotonic()
-
-    def set(self, per_minute: float) -> None:
-        self.rate = per_minute / 60
-        self.capacity = max(1.0, self.rate)
-        self.level = min(self.level, self.capacity)
-
-    def wait_for(self, amount: float, factor: float, now: float) -> float:
-        """Seconds until ``amount`` can be taken (0 when it can be now)."""
-        rate = self.rate * factor
-        cap = max(1.0, self.capacity * factor)
-        self.level = min(cap, self.level + (now - self.stamp) * rate)
-        self.stamp = now
-        need = min(amount, cap)  # a request larger than the bucket goes when it is full
-        return 0.0 if self.level >= need else (need - self.level) / rate
-
-    def correct(self, server_deficit: float, now: float) -> None:
-        """Lower the level to what the API has left when it has less than counted here."""
-        self.wait_for(0, 1.0, now)
-        self.level = min(self.level, self.capacity - server_deficit)
 
 
 class _Family:
@@ -199,8 +85,8 @@ class _Family:
 
     def __init__(self, name: str, rpm: float | None, tpm: float | None) -> None:
         self.name = name
-        self.requests = _Bucket(rpm) if rpm else None
-        self.tokens = _Bucket(tpm) if tpm else None
+        self.requests = TokenBucket(rpm) if rpm else None
+        self.tokens = TokenBucket(tpm) if tpm else None
         # None: no reply yet; False: replies tell no limits; True: limits learned.
         self.known: bool | None = None
         self.learned: dict[str, int] = {}  # "requests"/"tokens" -> the limit per minute
@@ -425,7 +311,7 @@ class RequestLimiter:
                 fam.learned[kind] = limit
                 rate = limit * _MARGIN if cap is None else min(cap, limit * _MARGIN)
                 if bucket is None:
-                    bucket = _Bucket(rate)
+                    bucket = TokenBucket(rate)
                     if i:
                         fam.tokens = bucket
                     else:

@@ -19,17 +19,12 @@ Retry-After, usage mapping, error wording) are in ``_openai_rules``. Decisions, 
   httpx hooks and the SDK's documented server-directed behaviour (``x-should-retry``)
   rather than a copy of its loop:
 
-  - every response's ``x-ratelimit-*`` headers go to the request limiter, which learns
-    the account's limits per model from them and paces every request below them;
-  - every 429 is marked ``x-should-retry: false`` by the response hook, so the SDK
-    raises it at once. ``insufficient_quota`` then fails (retrying cannot help); any
-    other 429 is a rate limit, waited out here around ``create()`` together with the
-    limiter (``wait_out_rate_limit``: every request of that model waits, not just this
-    one) for as long as it asks (retry-after(-ms), else ``x-ratelimit-reset-*``, else the
-    message's "try again in"), outside the ``max_retries`` budget, until the wait cap
-    ``max_rate_limit_wait_s`` ends it with an error naming the limit. Waiting in the SDK
-    instead would spend ``max_retries`` on a limit that is only asking for patience, and
-    hold the other requests back only by luck;
+  - every response's ``x-ratelimit-*`` headers go to the request limiter, which paces
+    every request of that model to the account's limits;
+  - every 429 is marked ``x-should-retry: false``, so the SDK raises it at once:
+    ``insufficient_quota`` fails; any other 429 is waited out around ``create()`` with
+    the limiter (``wait_out_rate_limit``) for as long as it asks, outside ``max_retries``
+    (a limit asks for patience, not a retry), until ``max_rate_limit_wait_s`` ends it;
   - a 5xx that is really a refused request is marked ``x-should-retry: false`` too;
   - every HTTP attempt is counted by the request hook into a per-call context variable,
     so ``ChatResponse.retries`` / ``ProviderError.retries`` are exact even with many
@@ -88,12 +83,8 @@ from flowgpt.providers._openai_rules import (
     uses_max_completion_tokens,
 )
 from flowgpt.providers.base import ChatRequest, ChatResponse, OnText
-from flowgpt.providers.limiter import (
-    WaitCapReached,
-    note_account_limits,
-    note_request_sent,
-    wait_out_rate_limit,
-)
+from flowgpt.providers.limiter import note_account_limits, note_request_sent, wait_out_rate_limit
+from flowgpt.providers.rate_limits import WaitCapReached
 
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletionMessageParam
@@ -118,10 +109,8 @@ async def _count_attempt(request: httpx2.Request) -> None:
 
 async def _on_response(response: httpx2.Response) -> None:
     """Every response, before the SDK reads it: its headers are kept for a re-read's wait
-    and its x-ratelimit-* headers told to the request limiter. Before the SDK decides to
-    retry an error response: a 429 is not retried by the SDK (``complete`` waits a rate
-    limit out; ``insufficient_quota`` fails); a 5xx that is really a refused request
-    (llama-cpp-python reports request-validation errors as 500) is not retried."""
+    and its x-ratelimit-* told to the limiter. The SDK retries no 429 (``complete`` waits
+    them out) nor a 5xx that is really a refused request (llama-cpp-python's 500s)."""
     call = _CALL.get()
     headers = response.headers
     if call is not None:
@@ -423,17 +412,9 @@ class OpenAIProvider:
             )
         except WaitCapReached as capped:
             call.rate_limited -= 1  # the last attempt was not waited out
-            raise _rate_limit_capped(
-                endpoint=_endpoint(self.resolved_base_url()),
-                model=model,
-                limit=asked.limit,
-                value=asked.value,
-                asked_s=capped.asked_s,
-                limited_s=capped.limited_s,
-                cap_s=capped.cap_s,
-                said=f" The API said: {_scrub(message, key)}" if message else "",
-                retries=call.retries,
-            ) from None
+            said = f" The API said: {_scrub(message, key)}" if message else ""
+            endpoint = _endpoint(self.resolved_base_url())
+            raise _rate_limit_capped(asked, capped, endpoint, model, said, call.retries) from None
 
     # -- errors ------------------------------------------------------------------------------
     def _translate(
