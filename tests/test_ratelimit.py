@@ -411,6 +411,8 @@ def test_the_wait_cap_ends_an_endless_limit_with_a_message_naming_it(tmp_path: P
     assert "the wait cap (provider.max_rate_limit_wait_s: 1 s)" in proc.stderr
     assert "lower max_tokens, --concurrency or --tpm" in proc.stderr
     assert sent >= 5  # waited out again and again (max_retries is 0), then stopped
+    # The run's summary counts the 429s it waited out (all but the last).
+    assert f"{sent - 1} rate-limit 429s waited out (" in proc.stderr
 
 
 BATCH_FILES = ("--data", "rows.jsonl", "--out", "out.jsonl")
