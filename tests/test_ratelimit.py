@@ -175,7 +175,8 @@ def test_a_429_holds_every_request_of_the_model_for_the_wait() -> None:
         return limiter, starts, waited
 
     limiter, starts, waited = asyncio.run(go())
-    assert limiter.rate_limited == 1 and limiter.stats.waited_s == pytest.approx(0.3, abs=0.05)
+    stats = limiter.stats
+    assert stats.rate_limited == 1 and stats.waited_s == pytest.approx(0.3, abs=0.05)
     assert 0.3 <= waited < 0.45  # the wait asked for, plus at most 10 % jitter
     assert starts[0] < 0.1 and min(starts[1:]) >= 0.29  # the others were held too
     # No limits known (no headers): concurrency was halved, each success gives 1/16 back.

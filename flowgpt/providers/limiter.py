@@ -11,12 +11,11 @@ It holds two kinds of limits:
   its limits, at most 8 of its requests are in flight, so that a batch does not open with
   a burst of 429s; a reply that tells no limits (a local server, the mock) lifts that.
 
-Rates are paced with token buckets that refill continuously and hold at most one
-second's worth, so requests are spread evenly (the API enforces its per-minute limits
-over shorter windows too). A request larger than a bucket still goes when the bucket is
-full, leaving a debt. A learned limit is paced at 98 % of itself, a margin for requests
-that reach the API a little bunched. Each reply's ``remaining`` headers correct a bucket
-down when the account has less left than counted here (another process on the same key).
+Rates are paced with token buckets (``rate_limits.TokenBucket``: evenly, at most one
+second's worth at once, as the API enforces its per-minute limits over short windows). A
+learned limit is paced at 98 % of itself, a margin for requests that reach the API a
+little bunched. Each reply's ``remaining`` headers correct a bucket down when the account
+has less left than counted here (another process on the same key).
 
 A rate-limit 429 is waited out (``wait_out_rate_limit``, called by the provider) for the
 wait the API asked for, and the request then takes its place in the buckets again; it
@@ -50,7 +49,13 @@ from flowgpt.providers.rate_limits import (
     request_tokens,
 )
 
-__all__ = ["RequestLimiter", "note_account_limits", "note_request_sent", "wait_out_rate_limit"]
+__all__ = [
+    "RequestLimiter",
+    "note_account_limits",
+    "note_request_sent",
+    "wait_out_rate_limit",
+    "wants_account_limits",
+]
 
 _MIN_FACTOR = 1 / 32
 _RECOVERY_STEP = 1 / 16
@@ -151,11 +156,6 @@ class RequestLimiter:
         # Set (and replaced) when a family's limits become known: wakes the requests
         # waiting for the first reply.
         self._changed = asyncio.Event()
-
-    @property
-    def rate_limited(self) -> int:
-        """429s waited out so far."""
-        return self.stats.rate_limited
 
     @property
     def allowed(self) -> int:
@@ -444,6 +444,13 @@ def note_request_sent() -> None:
     slot = _CURRENT.get()
     if slot is not None:
         slot.sent_at = time.monotonic()
+
+
+def wants_account_limits() -> bool:
+    """For providers: whether to read a reply's limits for ``note_account_limits`` (not
+    once that model's replies have shown they tell none: reading costs a little)."""
+    slot = _CURRENT.get()
+    return slot is not None and slot.family.known is not False
 
 
 def note_account_limits(limits: AccountLimits) -> None:

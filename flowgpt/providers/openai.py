@@ -59,6 +59,7 @@ import openai
 from openai.types.chat import ChatCompletion
 
 from flowgpt.errors import AuthenticationError, ConnectionError, ProviderError, ServerError
+from flowgpt.providers import limiter
 from flowgpt.providers._openai_rules import (
     _CALL,
     _REQUEST_INVALID_RE,
@@ -83,7 +84,6 @@ from flowgpt.providers._openai_rules import (
     uses_max_completion_tokens,
 )
 from flowgpt.providers.base import ChatRequest, ChatResponse, OnText
-from flowgpt.providers.limiter import note_account_limits, note_request_sent, wait_out_rate_limit
 from flowgpt.providers.rate_limits import WaitCapReached
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ async def _count_attempt(request: httpx2.Request) -> None:
     call = _CALL.get()
     if call is None:
         return
-    note_request_sent()
+    limiter.note_request_sent()
     # The SDK numbers its attempts in this header; unlike counting requests, it does not
     # mistake a followed redirect for a retry.
     try:
@@ -115,10 +115,10 @@ async def _on_response(response: httpx2.Response) -> None:
     headers = response.headers
     if call is not None:
         call.headers = headers
-    if "x-ratelimit-limit-tokens" in headers or "x-ratelimit-limit-requests" in headers:
+    if limiter.wants_account_limits():
         limits = _account_limits(headers)
         if limits is not None:
-            note_account_limits(limits)
+            limiter.note_account_limits(limits)
     status = response.status_code
     if status >= 500:
         await response.aread()
@@ -402,7 +402,7 @@ class OpenAIProvider:
         if call.first_429 is None:
             call.first_429 = time.monotonic()
         try:
-            await wait_out_rate_limit(
+            await limiter.wait_out_rate_limit(
                 wait,
                 limit=asked.limit,
                 per_minute=asked.value,
