@@ -10,7 +10,7 @@
         │   ├── AuthenticationError      401/403: wrong or missing key (names the env variable)
         │   ├── ModelNotFoundError       404: the model does not exist for this key
         │   ├── BadRequestError          400: the API refused the request (its own message)
-        │   ├── RateLimitError           429 after the retries were spent
+        │   ├── RateLimitError           429: still rate limited at the wait cap
         │   ├── QuotaExceededError       429 insufficient_quota: retrying cannot help
         │   ├── ServerError              5xx after the retries were spent
         │   ├── ConnectionError          timeouts, resets, refused connections
@@ -208,7 +208,7 @@ class BadRequestError(ProviderError):
 
 
 class RateLimitError(ProviderError):
-    """429: still rate limited after the retries were spent."""
+    """429: still rate limited when the wait cap (provider.max_rate_limit_wait_s) was reached."""
 
     retryable = True
 

@@ -40,7 +40,7 @@ class AttemptResult:
     cost_usd: Decimal | None
     latency_s: float
     finish_reason: str | None = None
-    retries: int = 0  # transport retries the provider took for this call
+    retries: int = 0  # error retries the provider took for this call (not 429s waited out)
     failures: list[str] = field(default_factory=list)  # why validation rejected it
     cached: bool = False  # answered from the response cache, at $0
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.benchmarks import bench_batch, bench_chain
+from tests.benchmarks import bench_batch, bench_chain, bench_ratelimit
 from tests.support.fake_openai import FakeOpenAI
 
 
@@ -49,18 +49,19 @@ def test_bench_chain_instructions_children_run(capsys: pytest.CaptureFixture[str
     assert row == ["sequential", "2", "100", "110", "10", "1.100"]
 
 
-def test_both_sides_send_the_same_requests(fake_openai: FakeOpenAI) -> None:
+def test_both_sides_send_the_same_requests(
+    fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The ratio compares like with like only while flowgpt's provider sends, for the same
     # chain, the very requests the raw create() calls send: bodies and headers alike.
-    workflow = bench_chain.parse_workflow(bench_chain.WORKFLOW)
+    monkeypatch.setenv(bench_chain.KEY_ENV, bench_chain.KEY)  # undone after the test
 
     async def both() -> None:
-        sides = bench_chain.make_sides(fake_openai.base_url, workflow)
+        sides = bench_chain.make_sides(fake_openai.base_url)
         try:
             assert await sides.raw(7) == await sides.flowgpt(7)
         finally:
-            await sides.client.close()
-            await sides.provider.aclose()
+            await sides.aclose()
 
     asyncio.run(both())
     sent = fake_openai.chat_requests
@@ -72,12 +73,39 @@ def test_both_sides_send_the_same_requests(fake_openai: FakeOpenAI) -> None:
 
 def test_both_sides_send_the_same_chain() -> None:
     # The comparison is only fair while the workflow and the raw f-strings agree.
-    workflow = bench_chain.parse_workflow(bench_chain.WORKFLOW)
+    workflow = bench_chain.workflow("http://127.0.0.1:9/v1", 7)
     steps = workflow.spec.steps
     assert [s.id for s in steps] == ["a", "b", "c"]
     assert all(s.system == bench_chain.SYSTEM for s in steps)
     assert workflow.spec.defaults.model == bench_chain.MODEL
     assert workflow.spec.defaults.max_tokens == bench_chain.MAX_TOKENS
+    # Engine() with no provider: the workflow says where requests go and how many at once.
+    provider = workflow.spec.provider
+    assert (provider.base_url, provider.api_key_env) == (
+        "http://127.0.0.1:9/v1",
+        "FLOWGPT_BENCH_API_KEY",
+    )
+    assert provider.concurrency == 7 and provider.max_retries == bench_chain.MAX_RETRIES
+
+
+@pytest.mark.timeout(90)
+def test_bench_ratelimit_runs_every_client(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tiny numbers: 8 rows of max_tokens 20 against 6,000 TPM (100 tokens at once, then
+    # 100/s), each client against its own fake server process.
+    monkeypatch.setenv(bench_ratelimit.KEY_ENV, bench_ratelimit.KEY)  # undone after the test
+    args = ["--rows", "8", "--rpm", "600", "--tpm", "6000", "--latency-ms", "5"]
+    assert bench_ratelimit.main([*args, "--concurrency", "4", "--max-tokens", "20"]) == 0
+    out = capsys.readouterr().out
+    rows = {line[:42].strip(): line[42:].split() for line in out.splitlines()[2:6]}
+    assert set(rows) == set(bench_ratelimit.LABELS.values())
+    for wall, ratio, ok, limited in rows.values():
+        assert float(wall) > 0 and float(ratio) > 0 and ok.endswith("/8") and int(limited) >= 0
+    # flowgpt finishes every row, as the numbers above are meant to show.
+    assert rows[bench_ratelimit.LABELS["flowgpt"]][2] == "8/8"
+    assert rows[bench_ratelimit.LABELS["flowgpt-limits"]][2] == "8/8"
+    assert "ideal: " in out
 
 
 @pytest.mark.timeout(120)

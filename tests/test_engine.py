@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from decimal import Decimal
 from typing import Any
@@ -411,3 +412,74 @@ def test_the_json_word_400_is_diagnosed_not_worked_around(
     fine = path.read_text().replace("Plan a trip to Kyoto.", "Plan a trip to Kyoto as JSON.")
     path.write_text(fine)
     assert "json-word" not in CliRunner().invoke(main, ["validate", "--json", str(path)]).output
+
+
+# -- an engine holds its providers ----------------------------------------------------------
+
+GATHERED = """\
+version: 1
+name: gathered
+defaults: {model: gpt-4o-mini, max_tokens: 20}
+provider: {api_key_env: GATHERED_KEY, concurrency: 5}
+inputs:
+  n: {type: integer}
+steps:
+  - id: say
+    prompt: "Say {{ inputs.n }}"
+outputs:
+  said: "{{ steps.say.output }}"
+"""
+
+
+async def test_200_gathered_runs_share_one_client_and_the_concurrency(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The docs' way with a real provider: Engine() with no provider, the workflow's
+    # `provider:` and the key from the environment, many runs gathered on one engine.
+    import asyncio
+
+    import openai
+
+    made: list[openai.AsyncOpenAI] = []
+
+    class Counted(openai.AsyncOpenAI):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(openai, "AsyncOpenAI", Counted)
+    monkeypatch.setenv("GATHERED_KEY", "sk-test-gathered-00000000000000000")
+    workflow = parse_workflow(GATHERED)
+    with FakeOpenAI(latency_ms=10) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        async with Engine() as engine:
+            results = await asyncio.gather(*(engine.run(workflow, {"n": n}) for n in range(200)))
+            assert len(made) == 1 and not made[0].is_closed()
+        requests = server.chat_requests
+    assert [r.outputs["said"] for r in results] == [f"Echo: Say {n}" for n in range(200)]
+    assert len(made) == 1  # one SDK client (and connection pool) for all 200 runs
+    assert made[0].is_closed()  # closed when the engine was
+    # Never more than provider.concurrency requests in flight, and that many were.
+    events = sorted(
+        [(r.arrived, 1) for r in requests] + [(r.completed or 0.0, -1) for r in requests]
+    )
+    in_flight = list(itertools.accumulate(change for _, change in events))
+    assert len(requests) == 200 and max(in_flight) == 5
+
+
+def test_run_sync_closes_the_client_it_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    import openai
+
+    made: list[openai.AsyncOpenAI] = []
+
+    class Counted(openai.AsyncOpenAI):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(openai, "AsyncOpenAI", Counted)
+    monkeypatch.setenv("GATHERED_KEY", "sk-test-gathered-00000000000000000")
+    with FakeOpenAI() as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        result = Engine().run_sync(parse_workflow(GATHERED), {"n": 1})
+    assert result.ok and len(made) == 1 and made[0].is_closed()

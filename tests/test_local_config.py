@@ -62,6 +62,8 @@ def test_provider_settings_must_fit_the_type() -> None:
     assert ProviderSpec(base_url="http://x/v1").price_base_url == "http://x/v1"
     with pytest.raises(ValueError, match="not used by `type: local`"):
         ProviderSpec(type="local", base_url="http://localhost:8000/v1")
+    with pytest.raises(ValueError, match="max_rate_limit_wait_s: not used by `type: local`"):
+        ProviderSpec(type="local", max_rate_limit_wait_s=10)  # no API, no rate limit
     with pytest.raises(ValueError, match="only used with `type: local`"):
         ProviderSpec(model_path="m.gguf")
     with pytest.raises(SpecError) as info:

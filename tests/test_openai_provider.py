@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -385,22 +386,23 @@ async def test_429_retry_after_seconds_is_honoured(
     fake_openai: FakeOpenAI, make_provider: MakeProvider
 ):
     fake_openai.queue(Fault.rate_limited(retry_after_s=1), Reply("finally"))
-    response = await make_provider().complete(request())
+    # No error retries at all: a rate limit is waited out outside max_retries.
+    response = await make_provider(max_retries=0).complete(request())
 
     assert response.text == "finally"
-    assert response.retries == 1
+    assert response.retries == 0
     first, second = fake_openai.chat_requests
     assert first.completed is not None
-    assert second.arrived - first.completed >= 0.9
+    assert second.arrived - first.completed >= 0.98
 
 
 async def test_429_retry_after_ms_is_honoured(fake_openai: FakeOpenAI, make_provider: MakeProvider):
     fake_openai.queue(Fault.rate_limited(retry_after_ms=300), Reply("ok"))
-    response = await make_provider().complete(request())
-    assert response.retries == 1
+    response = await make_provider(max_retries=0).complete(request())
+    assert response.retries == 0
     first, second = fake_openai.chat_requests
     assert first.completed is not None
-    assert second.arrived - first.completed >= 0.27
+    assert second.arrived - first.completed >= 0.29
 
 
 async def test_without_a_server_wait_the_sdk_backs_off_on_its_own(
@@ -417,16 +419,22 @@ async def test_without_a_server_wait_the_sdk_backs_off_on_its_own(
     assert second.arrived - first.completed >= 0.36
 
 
-async def test_429_forever_is_a_rate_limit_error(
+async def test_429_forever_is_a_rate_limit_error_at_the_wait_cap(
     fake_openai: FakeOpenAI, make_provider: MakeProvider
 ):
-    fake_openai.queue(Fault.rate_limited(retry_after_ms=1), times=3)
+    fake_openai.responder = lambda body: Fault.rate_limited(retry_after_ms=100)
+    started = time.monotonic()
     with pytest.raises(RateLimitError) as caught:
-        await make_provider(max_retries=2).complete(request())
-    assert caught.value.retries == 2
-    assert caught.value.status == 429
-    assert "asked to wait 1 ms" in caught.value.message
-    assert len(fake_openai.chat_requests) == 3
+        await make_provider(max_retries=1, max_rate_limit_wait_s=0.5).complete(request())
+    elapsed = time.monotonic() - started
+    assert (caught.value.retries, caught.value.status) == (0, 429)
+    # The waits (0.1 s each) went on past max_retries, until the next would pass the cap.
+    assert 0.35 <= elapsed < 1.5
+    assert 4 <= len(fake_openai.chat_requests) <= 6
+    message = caught.value.message
+    assert "the RPM limit (requests per minute, 3) of gpt-4o-mini was still reached" in message
+    assert "provider.max_rate_limit_wait_s: 0.5 s" in message
+    assert "max_rate_limit_wait_s" in (caught.value.hint or "")
 
 
 async def test_503_then_success(fake_openai: FakeOpenAI, make_provider: MakeProvider):

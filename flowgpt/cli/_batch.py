@@ -100,7 +100,7 @@ def batch(
             no_store=no_store,
         )
         return
-    from flowgpt.cli._progress import BatchProgress
+    from flowgpt.cli._progress import BatchProgress, rate_limit_summary
     from flowgpt.engine.data import BatchOutput, read_rows, scan_rows, workflow_version
     from flowgpt.engine.engine import Engine
     from flowgpt.spec.loader import load_workflow
@@ -132,7 +132,8 @@ def batch(
             err=True,
         )
     try:
-        progress = BatchProgress(max(total - len(output.done), 0))
+        progress = BatchProgress(max(total - len(output.done), 0), holds=engine.rate_limit_holds)
+        engine.on_event = progress.on_event
 
         async def go() -> None:
             # The engine's providers belong to this event loop: closed before it ends.
@@ -168,6 +169,8 @@ def batch(
     )
     if output.skipped:
         summary += f" · {output.skipped} already done"
+    if engine.rate_limits.rate_limited:
+        summary += f" · {rate_limit_summary(engine.rate_limits)}"
     click.echo(f"{summary} · results in {out}", err=True)
     if left > 0:
         click.echo(

@@ -241,9 +241,16 @@ def _provider_options(func: F) -> F:
 def _limit_options(func: F) -> F:
     """The request limits for everything one command sends, shared by run and batch."""
     func = click.option(
-        "--tpm", type=click.IntRange(min=1), help="Most tokens per minute (prompt + max_tokens)."
+        "--tpm",
+        type=click.IntRange(min=1),
+        help="Most tokens per minute, a request counting max(max_tokens, prompt); a cap "
+        "under the account's limit, which is learned from the API without it.",
     )(func)
-    func = click.option("--rpm", type=click.IntRange(min=1), help="Most requests per minute.")(func)
+    func = click.option(
+        "--rpm",
+        type=click.IntRange(min=1),
+        help="Most requests per minute; a cap under the account's limit.",
+    )(func)
     func = click.option(
         "--concurrency",
         type=click.IntRange(min=1, max=1000),

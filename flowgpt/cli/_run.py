@@ -80,7 +80,7 @@ def run(
 
     Every finished step is stored at once (see `flowgpt runs`), so a failed or
     interrupted run continues with --resume RUN_ID without paying again."""
-    from flowgpt.cli._progress import Progress
+    from flowgpt.cli._progress import Progress, rate_limit_summary
     from flowgpt.engine.engine import Engine
     from flowgpt.spec.inputs import parse_assignments
     from flowgpt.spec.loader import load_workflow
@@ -110,6 +110,7 @@ def run(
         rpm=rpm,
         tpm=tpm,
     )
+    progress.holds = engine.rate_limit_holds
     error: FlowgptError | None = None
     try:
         with progress:
@@ -147,6 +148,8 @@ def run(
             last = list(result.steps.values())[-1]
             _print_outputs({last.id: last.output}, secrets)
     progress.print_table(result)
+    if engine.rate_limits.rate_limited:
+        click.echo(rate_limit_summary(engine.rate_limits), err=True)
     if error is not None:
         finished = any(s.status in ("ok", "reused", "cached") for s in result.steps.values())
         then = []

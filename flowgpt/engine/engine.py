@@ -2,8 +2,10 @@
 
 An engine holds what its runs share, the way an HTTP client holds connections: one
 provider (SDK client, connection pool) per provider configuration, made on first use and
-reused by every run and batch; one request limiter per provider, so concurrent runs
-respect ``provider.concurrency`` together; the run store, the response cache, a cost limit.
+reused by every run and batch; one request limiter per account (base URL and key), which
+paces each model family to the account's rate limits, so concurrent runs respect
+``provider.concurrency`` and the limits together; the run store, the response cache, a
+cost limit.
 Each run (``flowgpt.engine.run``) schedules its steps, renders prompts, calls the
 provider, validates and repairs replies, and accounts for every token and dollar.
 
@@ -19,6 +21,7 @@ from collections.abc import (
     AsyncIterator,
     Callable,
     Collection,
+    Hashable,
     Iterable,
     Mapping,
 )
@@ -28,6 +31,7 @@ from types import TracebackType
 from typing import Any
 
 from flowgpt.accounting.budget import Budget
+from flowgpt.accounting.prices import is_local_url
 from flowgpt.engine.batch import run_rows
 from flowgpt.engine.batch_api import ROWS_AT_ONCE, BatchAPIRun, BatchAPIStatus, cancel_batches
 from flowgpt.engine.data import BatchRowResult, DataRow
@@ -40,6 +44,7 @@ from flowgpt.providers.base import Provider
 from flowgpt.providers.batches import BatchInfo
 from flowgpt.providers.factory import batch_api_of, make_provider
 from flowgpt.providers.limiter import RequestLimiter
+from flowgpt.providers.rate_limits import RateLimitHold, RateLimitStats
 from flowgpt.results import RunResult
 from flowgpt.spec.inputs import resolve_inputs
 from flowgpt.spec.loader import load_workflow
@@ -92,11 +97,13 @@ class Engine:
         self.on_event = on_event
         # The providers this engine made, one per configuration (see provider_for).
         self._providers: dict[tuple[str, str], Provider] = {}
-        # One request limiter per provider and event loop (asyncio primitives belong to a
+        # One request limiter per account and event loop (asyncio primitives belong to a
         # loop), shared by every run this engine makes at once.
         self._limiters: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, dict[int, tuple[Provider, RequestLimiter]]
+            asyncio.AbstractEventLoop, dict[Hashable, tuple[Provider, RequestLimiter]]
         ] = weakref.WeakKeyDictionary()
+        # 429s waited out, and the seconds requests were held for them, by all its runs.
+        self.rate_limits = RateLimitStats()
 
     # -- what runs share ----------------------------------------------------------------
 
@@ -113,16 +120,41 @@ class Engine:
             provider = self._providers[key] = make_provider(spec, base_dir)
         return provider
 
-    def limiter(self, provider: Provider, concurrency: int) -> RequestLimiter:
-        """The request limiter shared by every call to ``provider`` on this event loop;
-        ``concurrency`` applies when it is made, unless the engine has its own."""
+    def limiter(
+        self, provider: Provider, concurrency: int, account: Hashable | None = None
+    ) -> RequestLimiter:
+        """The request limiter shared by every call on this event loop to one account
+        (``account``, e.g. the base URL and the key's variable; None: ``provider``'s own).
+        It keeps each model family's rate limits; ``concurrency`` applies when it is made,
+        unless the engine has its own."""
         loop = asyncio.get_running_loop()
         per_loop = self._limiters.setdefault(loop, {})
-        entry = per_loop.get(id(provider))
-        if entry is None or entry[0] is not provider:
-            limiter = RequestLimiter(self.concurrency or concurrency, rpm=self.rpm, tpm=self.tpm)
-            entry = per_loop[id(provider)] = (provider, limiter)
+        key: Hashable = ("provider", id(provider)) if account is None else ("account", account)
+        entry = per_loop.get(key)
+        if entry is None or (account is None and entry[0] is not provider):
+            limiter = RequestLimiter(
+                self.concurrency or concurrency,
+                rpm=self.rpm,
+                tpm=self.tpm,
+                stats=self.rate_limits,
+                on_hold=self._on_hold,
+            )
+            entry = per_loop[key] = (provider, limiter)
         return entry[1]
+
+    def _on_hold(self, hold: RateLimitHold) -> None:
+        if self.on_event is not None:
+            self.on_event(EngineEvent("rate_limited", message=str(hold), hold=hold))
+
+    def rate_limit_holds(self) -> list[RateLimitHold]:
+        """What holds this engine's requests back now: a 429 being waited out, or pacing
+        below a rate limit, per model family (empty when nothing does)."""
+        return [
+            hold
+            for per_loop in list(self._limiters.values())
+            for _, limiter in list(per_loop.values())
+            for hold in limiter.holds()
+        ]
 
     async def aclose(self) -> None:
         """Close the providers this engine made (a given provider is the caller's)."""
@@ -178,19 +210,27 @@ class Engine:
                 # The original inputs, with any given now taken instead.
                 inputs = {**self.store.load_run(resume).inputs, **(inputs or {})}
         resolved = resolve_inputs(workflow.spec, inputs or {}, from_cli=inputs_from_cli)
-        provider = self.provider_for(workflow.spec.provider, workflow.base_dir)
-        # An HTTP provider's URL (the workflow's was checked when loaded: OPENAI_BASE_URL).
-        where = provider.resolved_base_url() if provider.name == "openai" else None
-        problem = None if where is None else base_url_problem(where)
-        if problem is not None:
-            raise SpecError(
-                f"the API base URL cannot be used: {problem}",
-                hint="check OPENAI_BASE_URL (or provider.base_url); write it like "
-                "https://host:8000/v1",
-            )
+        spec = workflow.spec.provider
+        provider = self.provider_for(spec, workflow.base_dir)
+        # Where an HTTP provider sends (the workflow's URL was checked when it was loaded;
+        # OPENAI_BASE_URL is checked here).
+        where = provider.resolved_base_url()
+        if where is not None and not is_local_url(where):
+            problem = base_url_problem(where)
+            if problem is not None:
+                raise SpecError(
+                    f"the API base URL cannot be used: {problem}",
+                    hint="check OPENAI_BASE_URL (or provider.base_url); write it like "
+                    "https://host:8000/v1",
+                )
+        # Rate limits belong to the account: configurations that differ only in, say,
+        # timeout_s share one limiter.
+        account = (
+            None if self.provider is not None else (provider.resolved_base_url(), spec.api_key_env)
+        )
         settings = RunSettings(
             provider=provider,
-            limiter=self.limiter(provider, workflow.spec.provider.concurrency),
+            limiter=self.limiter(provider, spec.concurrency, account),
             model=self.model,
             max_cost_usd=self.max_cost_usd,
             on_event=self.on_event,

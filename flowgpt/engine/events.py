@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from flowgpt.providers.rate_limits import RateLimitHold
 from flowgpt.results import StepResult
 
 __all__ = ["EngineEvent", "EventKind"]
@@ -17,6 +18,7 @@ EventKind = Literal[
     "step_failed",
     "attempt_rejected",
     "warning",
+    "rate_limited",
     "run_finished",
 ]
 
@@ -29,3 +31,4 @@ class EngineEvent:
     step: str | None = None
     result: StepResult | None = None
     message: str | None = None
+    hold: RateLimitHold | None = None  # rate_limited: the limit, the model, the wait

@@ -323,14 +323,7 @@ class Run:
                 reservation = self.preflight(step, request)
                 try:
                     # The call, inline (every request passes here: one coroutine fewer).
-                    tokens = 0
-                    if self.limiter.counts_tokens:
-                        # What tokens-per-minute limits count: the prompt plus the most it
-                        # may reply.
-                        tokens = count_tokens(request.messages, request.model) + (
-                            request.max_tokens or 0
-                        )
-                    async with self.limiter.slot(tokens):
+                    async with self.limiter.slot(request):
                         started = time.perf_counter()
                         # Which call this is, for providers that label what they send.
                         site = CALL_SITE.set(CallSite(result.id, len(result.attempts)))

@@ -31,6 +31,7 @@ from flowgpt.errors import (
     redact,
 )
 from flowgpt.providers.base import ChatRequest, endpoint_of
+from flowgpt.providers.rate_limits import AccountLimits, WaitCapReached
 from flowgpt.usage import Usage
 
 # o1, o3-mini, o4-mini, gpt-5, gpt-5-mini, ... (optionally "ft:" fine-tunes of them).
@@ -68,10 +69,13 @@ class _Call:
     earlier: int = 0  # HTTP attempts of the create() calls already finished
     current: int = 0  # HTTP attempts of the create() call in progress
     headers: Mapping[str, str] | None = None  # of the last response received
+    rate_limited: int = 0  # attempts refused by a rate limit and waited out
+    first_429: float | None = None  # when (time.monotonic()) the first of them came
 
     @property
     def retries(self) -> int:
-        return max(self.earlier + self.current - 1, 0)
+        """Error retries: attempts after the first, less the rate limits waited out."""
+        return max(self.earlier + self.current - 1 - self.rate_limited, 0)
 
     def next_create(self) -> None:
         self.earlier, self.current = self.earlier + self.current, 0
@@ -95,6 +99,98 @@ def _retry_after_s(headers: Mapping[str, str]) -> float | None:
         except (KeyError, ValueError):
             continue
     return None
+
+
+# OpenAI's durations, as in x-ratelimit-reset-* ("6m0s", "1.2s", "20ms") and in 429
+# messages ("Please try again in 1.2s.").
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_TRY_AGAIN_RE = re.compile(r"try again in ((?:\d+(?:\.\d+)?(?:ms|h|m|s))+)", re.I)
+# "Rate limit reached for gpt-4o-mini ... on tokens per min (TPM): Limit 120000, ..."
+_LIMIT_NAMED_RE = re.compile(r"\(([A-Z]{3})\): Limit (\d+)")
+_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+_RATELIMIT_HEADERS = (
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-remaining-tokens",
+)
+
+
+def parse_duration(text: str) -> float | None:
+    """Seconds in one of OpenAI's durations ("6m0s", "1.2s", "20ms", "1h2m3s", or a plain
+    number of seconds); None when it is not one."""
+    text = text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    parts = _DURATION_RE.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    return sum(float(n) * _UNITS[u] for n, u in parts)
+
+
+def _int_header(headers: Mapping[str, str], name: str) -> int | None:
+    try:
+        return int(float(headers[name]))
+    except (KeyError, ValueError, OverflowError):
+        return None
+
+
+def _account_limits(headers: Mapping[str, str]) -> AccountLimits | None:
+    """The limits a reply's x-ratelimit-* headers tell; None when it sent none."""
+    values = [_int_header(headers, name) for name in _RATELIMIT_HEADERS]
+    if values[0] is None and values[1] is None:
+        return None
+    return AccountLimits(*values)
+
+
+@dataclass(frozen=True)
+class _RateLimited:
+    """What a rate-limit 429 asks: ``wait`` seconds (None: it does not say), whether that
+    came as a Retry-After, the ``limit`` it names ("TPM", "RPM", ...) and its ``value``."""
+
+    wait: float | None
+    retry_after: bool
+    limit: str | None
+    value: int | None
+
+
+def _rate_limit_wait(headers: Mapping[str, str], message: str) -> _RateLimited:
+    """What a rate-limit 429 asks. The wait is retry-after-ms or Retry-After when sent,
+    else the x-ratelimit-reset-* header of the limit that was reached, else the message's
+    "try again in ..."."""
+    named = _LIMIT_NAMED_RE.search(message)
+    limit, value = (named.group(1), int(named.group(2))) if named else (None, None)
+    if limit is None:
+        # Not named: the limit with nothing left, as the headers tell.
+        for kind, name in (("tokens", "TPM"), ("requests", "RPM")):
+            if _int_header(headers, f"x-ratelimit-remaining-{kind}") == 0:
+                limit, value = name, _int_header(headers, f"x-ratelimit-limit-{kind}")
+                break
+    wait = _retry_after_s(headers)
+    if wait is not None and wait <= 0:
+        wait = None  # "now" is no directive (the SDK treats it so too)
+    retry_after = wait is not None
+    if wait is None:
+        kinds = ["tokens"] if limit and limit[0] == "T" else ["requests"] if limit else []
+        resets = [
+            parse_duration(headers.get(f"x-ratelimit-reset-{k}", ""))
+            for k in kinds or ["requests", "tokens"]
+        ]
+        known = [r for r in resets if r is not None]
+        wait = max(known) if known else None
+    if wait is None:
+        said = _TRY_AGAIN_RE.search(message)
+        wait = parse_duration(said.group(1)) if said else None
+    return _RateLimited(wait, retry_after, limit, value)
+
+
+def _rate_limit_floor(refused: int) -> float:
+    """The least wait before trying again after a request's ``refused``-th rate-limit 429,
+    whatever the server asks: 25 ms, doubling up to 1 s (no hot loop against a server
+    that keeps asking for 0 or 1 ms)."""
+    return min(0.025 * 2.0 ** (refused - 1), 1.0)
 
 
 def _reread_wait_s(headers: Mapping[str, str] | None) -> float:
@@ -324,6 +420,47 @@ def _status_error(
         status=status,
         retries=retries,
     )
+
+
+def _rate_limit_capped(
+    asked: _RateLimited, capped: WaitCapReached, endpoint: str, model: str, said: str, retries: int
+) -> RateLimitError:
+    """The error for a rate limit that outlasted the wait cap (provider.max_rate_limit_wait_s)."""
+    limit, value = asked.limit, asked.value
+    asked_s, limited_s, cap_s = capped.asked_s, capped.limited_s, capped.cap_s
+    what = {"TPM": "tokens per minute", "RPM": "requests per minute"}.get(limit or "")
+    named = f"the {limit} limit" if limit else "the rate limit"
+    if what:
+        named += f" ({what}{f', {value:,}' if value else ''})"
+    cap = f"the wait cap (provider.max_rate_limit_wait_s: {cap_s:g} s)"
+    if limited_s < 1 and asked_s > cap_s:
+        message = (
+            f"Rate limited by {endpoint} (429) on {named} of {model}: it asked to wait "
+            f"{_seconds(asked_s)}, longer than {cap}.{said}"
+        )
+    else:
+        message = (
+            f"Rate limited by {endpoint} (429): {named} of {model} was still reached after "
+            f"waiting {_seconds(limited_s)}, {cap}.{said}"
+        )
+    if limit == "TPM":
+        lower = "lower max_tokens, --concurrency or --tpm"
+    elif limit == "RPM":
+        lower = "lower --concurrency or --rpm"
+    else:
+        lower = "lower --concurrency"
+    return RateLimitError(
+        message,
+        hint=f"The account's limit for {model} is used up for now: {lower}, raise the "
+        "limit in your account's settings (OpenAI: Settings > Limits), raise "
+        "provider.max_rate_limit_wait_s to wait longer, or run again later.",
+        status=429,
+        retries=retries,
+    )
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.1f} s" if value < 10 else f"{value:,.0f} s"
 
 
 def _wait_asked(headers: Mapping[str, str]) -> str:

@@ -72,7 +72,7 @@ class ChatResponse:
     usage: Usage
     finish_reason: str | None = None
     model: str | None = None  # as reported by the API
-    retries: int = 0  # transport retries the provider took (429/5xx/connection)
+    retries: int = 0  # error retries the provider took (5xx/connection; not 429s waited out)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -30,6 +30,7 @@ def _openai(spec: ProviderSpec, base_dir: Path | None) -> Provider:
         api_key_env=spec.api_key_env,
         timeout_s=spec.timeout_s,
         max_retries=spec.max_retries,
+        max_rate_limit_wait_s=spec.max_rate_limit_wait_s,
     )
 
 

@@ -11,18 +11,21 @@ Retry-After, usage mapping, error wording) are in ``_openai_rules``. Decisions, 
   ``openai.DefaultAsyncHttpxClient(event_hooks=...)`` for the two hooks below. No
   subclass, no private module, no ``client.post()``: one call path, at the price of
   ``create()``'s parameter transform (about 0.5 ms of CPU per call on a 2-core VM).
-* Transport retries are the SDK's own (``max_retries``; 408/409/429/5xx, timeouts and
+* Error retries are the SDK's own (``max_retries``; 408/409/5xx, timeouts and
   connection errors; a server-directed wait, ``retry-after-ms`` then ``Retry-After``, is
   obeyed when 0 < wait <= 120 s, else exponential backoff 0.5 s doubling up to 8 s).
   flowgpt adds no backoff of its own and has no setting to shorten the SDK's: tests make
-  retries quick the way a server does, with ``retry-after-ms``. Two adjustments, both
-  through the httpx hooks and the SDK's documented server-directed behaviour rather than
-  a copy of its loop:
+  retries quick the way a server does, with ``retry-after-ms``. Adjustments, through the
+  httpx hooks and the SDK's documented server-directed behaviour (``x-should-retry``)
+  rather than a copy of its loop:
 
-  - a 429 whose error code/type is ``insufficient_quota`` (and a 5xx that is really a
-    refused request) is marked ``x-should-retry: false`` by the response hook, so the
-    SDK gives up at once (retrying cannot help); any other 429 tells the request limiter
-    to slow down before the SDK retries it;
+  - every response's ``x-ratelimit-*`` headers go to the request limiter, which paces
+    every request of that model to the account's limits;
+  - every 429 is marked ``x-should-retry: false``, so the SDK raises it at once:
+    ``insufficient_quota`` fails; any other 429 is waited out around ``create()`` with
+    the limiter (``wait_out_rate_limit``) for as long as it asks, outside ``max_retries``
+    (a limit asks for patience, not a retry), until ``max_rate_limit_wait_s`` ends it;
+  - a 5xx that is really a refused request is marked ``x-should-retry: false`` too;
   - every HTTP attempt is counted by the request hook into a per-call context variable,
     so ``ChatResponse.retries`` / ``ProviderError.retries`` are exact even with many
     calls in flight on one client.
@@ -47,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
 
@@ -55,18 +59,22 @@ import openai
 from openai.types.chat import ChatCompletion
 
 from flowgpt.errors import AuthenticationError, ConnectionError, ProviderError, ServerError
+from flowgpt.providers import limiter
 from flowgpt.providers._openai_rules import (
     _CALL,
     _REQUEST_INVALID_RE,
+    _account_limits,
     _after,
     _Call,
     _cause,
     _endpoint,
     _key_digest,
+    _rate_limit_capped,
+    _rate_limit_floor,
+    _rate_limit_wait,
     _Reply,
     _reply_of,
     _reread_wait_s,
-    _retry_after_s,
     _scrub,
     _settings,
     _status_error,
@@ -77,7 +85,7 @@ from flowgpt.providers._openai_rules import (
     uses_max_completion_tokens,
 )
 from flowgpt.providers.base import ChatRequest, ChatResponse, OnText
-from flowgpt.providers.limiter import note_rate_limited
+from flowgpt.providers.rate_limits import WaitCapReached
 
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletionMessageParam
@@ -91,6 +99,7 @@ async def _count_attempt(request: httpx2.Request) -> None:
     call = _CALL.get()
     if call is None:
         return
+    limiter.note_request_sent()
     # The SDK numbers its attempts in this header; unlike counting requests, it does not
     # mistake a followed redirect for a retry.
     try:
@@ -100,33 +109,27 @@ async def _count_attempt(request: httpx2.Request) -> None:
 
 
 async def _on_response(response: httpx2.Response) -> None:
-    """Every response, before the SDK reads it: its headers are kept for a re-read's wait.
-    Before the SDK decides to retry an error response: a 429 slows the limiter down (and
-    ``insufficient_quota`` is not retried); a 5xx that is really a refused request
-    (llama-cpp-python reports request-validation errors as 500) is not retried."""
+    """Every response, before the SDK reads it: its headers are kept for a re-read's wait
+    and its x-ratelimit-* told to the limiter. The SDK retries no 429 (``complete`` waits
+    them out) nor a 5xx that is really a refused request (llama-cpp-python's 500s)."""
     call = _CALL.get()
+    headers = response.headers
     if call is not None:
-        call.headers = response.headers
+        call.headers = headers
+    if limiter.wants_account_limits():
+        limits = _account_limits(headers)
+        if limits is not None:
+            limiter.note_account_limits(limits)
     status = response.status_code
     if status >= 500:
         await response.aread()
         if _refused_request(response):
             # Sending the same request again cannot help: the SDK obeys this header.
-            response.headers["x-should-retry"] = "false"
+            headers["x-should-retry"] = "false"
         return
-    if status != 429:
-        return
-    await response.aread()  # streamed requests have not read the body yet
-    try:
-        error = json.loads(response.content).get("error") or {}
-    except (ValueError, AttributeError):
-        error = {}
-    if isinstance(error, dict) and "insufficient_quota" in (error.get("code"), error.get("type")):
+    if status == 429:
         # The SDK obeys this header before its status-code rules.
-        response.headers["x-should-retry"] = "false"
-        return
-    # Seen here, before the SDK's own retry: every request sharing the limiter slows down.
-    note_rate_limited(_retry_after_s(response.headers))
+        headers["x-should-retry"] = "false"
 
 
 def _refused_request(response: httpx2.Response) -> bool:
@@ -154,16 +157,21 @@ class OpenAIProvider:
         timeout_s: float = 60,
         max_retries: int = 3,
         *,
+        max_rate_limit_wait_s: float = 300,
         environ: Mapping[str, str] | None = None,
     ) -> None:
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
         if timeout_s <= 0:
             raise ValueError("timeout_s must be > 0")
+        if max_rate_limit_wait_s < 0:
+            raise ValueError("max_rate_limit_wait_s must be >= 0")
         self.base_url = base_url
         self.api_key_env = api_key_env
         self.timeout_s = float(timeout_s)
         self.max_retries = max_retries
+        # The longest a model may stay rate limited (429s waited out) before a request fails.
+        self.max_rate_limit_wait_s = float(max_rate_limit_wait_s)
         self._environ = environ
         # (base_url, sha256 of the key) -> (client, the loop its connections belong to)
         self._clients: dict[
@@ -176,7 +184,8 @@ class OpenAIProvider:
     def __repr__(self) -> str:
         return (
             f"OpenAIProvider(base_url={self.base_url!r}, api_key_env={self.api_key_env!r}, "
-            f"timeout_s={self.timeout_s:g}, max_retries={self.max_retries})"
+            f"timeout_s={self.timeout_s:g}, max_retries={self.max_retries}, "
+            f"max_rate_limit_wait_s={self.max_rate_limit_wait_s:g})"
         )
 
     # -- configuration ---------------------------------------------------------------------
@@ -267,6 +276,14 @@ class OpenAIProvider:
                     await asyncio.sleep(wait)
                     sdk = client.with_options(max_retries=remaining - 1)
                     continue
+                except openai.RateLimitError as exc:
+                    if _is_quota(exc):
+                        raise self._translate(exc, key, request.model, call) from None
+                    await self._wait_out(exc, key, request.model, call)
+                    call.next_create()
+                    # The rest of the error-retry budget: a rate limit takes none of it.
+                    sdk = client.with_options(max_retries=max(self.max_retries - call.retries, 0))
+                    continue
                 except openai.OpenAIError as exc:
                     raise self._translate(exc, key, request.model, call) from None
                 return ChatResponse(
@@ -352,6 +369,34 @@ class OpenAIProvider:
         return _Reply(
             "".join(parts), _usage(usage, emitted=bool(parts)), finish_reason, model, extra
         )
+
+    async def _wait_out(
+        self, exc: openai.RateLimitError, key: str, model: str, call: _Call
+    ) -> None:
+        """Wait a rate-limit 429 out with the request limiter, or raise the error that
+        says the wait cap is reached."""
+        message = _api_message(exc)
+        asked = _rate_limit_wait(exc.response.headers, message)
+        call.rate_limited += 1
+        wait = asked.wait
+        if wait is not None:
+            wait = max(wait, _rate_limit_floor(call.rate_limited))
+        if call.first_429 is None:
+            call.first_429 = time.monotonic()
+        try:
+            await limiter.wait_out_rate_limit(
+                wait,
+                limit=asked.limit,
+                per_minute=asked.value,
+                retry_after=asked.retry_after,
+                cap_s=self.max_rate_limit_wait_s,
+                first_at=call.first_429,
+            )
+        except WaitCapReached as capped:
+            call.rate_limited -= 1  # the last attempt was not waited out
+            said = f" The API said: {_scrub(message, key)}" if message else ""
+            endpoint = _endpoint(self.resolved_base_url())
+            raise _rate_limit_capped(asked, capped, endpoint, model, said, call.retries) from None
 
     # -- errors ------------------------------------------------------------------------------
     def _translate(

@@ -116,7 +116,15 @@ class ProviderSpec(_Spec):
     )
     timeout_s: float = Field(60, gt=0, le=3600, description="Per-request timeout in seconds.")
     max_retries: int = Field(
-        3, ge=0, le=20, description="Transport retries (429, 5xx, connection errors)."
+        3, ge=0, le=20, description="Error retries (5xx, timeouts, connection errors)."
+    )
+    max_rate_limit_wait_s: float = Field(
+        300,
+        ge=0,
+        le=86400,
+        description="Rate limits (429 rate_limit_exceeded) are waited out, outside "
+        "max_retries, for at most this many seconds in a row; then the request fails with "
+        "an error naming the limit.",
     )
     concurrency: int = Field(8, ge=1, le=1000, description="Most requests in flight at once.")
     prices: PriceList = Field(
@@ -154,7 +162,10 @@ class ProviderSpec(_Spec):
     def _settings_fit_type(self) -> "ProviderSpec":
         given = self.model_fields_set
         if self.type == "local":
-            http_only = sorted(given & {"base_url", "api_key_env", "timeout_s", "max_retries"})
+            http_only = sorted(
+                given
+                & {"base_url", "api_key_env", "timeout_s", "max_retries", "max_rate_limit_wait_s"}
+            )
             if http_only:
                 raise ValueError(
                     f"{', '.join(http_only)}: not used by `type: local` (the model runs in "

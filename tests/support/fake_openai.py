@@ -18,6 +18,14 @@ As a separate process (benchmarks), the base URL is the first stdout line::
 
     python -m tests.support.fake_openai --port 0 --latency-ms 50
 
+An emulated account limit (``FakeOpenAI(account_limit=AccountLimit(rpm=3000,
+tpm=120_000))``, or ``--rpm``/``--tpm``) makes it behave like OpenAI's rate limiter: per
+model, requests and tokens per minute enforced over short windows, a request counting
+max(max_tokens, characters / 4) tokens; a request over the limit gets a 429 at once,
+worded as OpenAI's ("... on tokens per min (TPM): Limit 120000, Used 1900, Requested
+100. Please try again in 50ms. ..."), with ``x-ratelimit-*`` headers and no
+``retry-after``; every reply carries ``x-ratelimit-limit/remaining/reset-*``.
+
 Implementation: one asyncio loop in a background thread with a minimal HTTP/1.1 parser.
 A thread per connection (ThreadingHTTPServer) would also work, but an event loop keeps
 hundreds of idle keep-alive connections and per-request latency (``asyncio.sleep``) cheap.
@@ -28,9 +36,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import http
 import itertools
 import json
+import math
 import re
 import signal
 import sys
@@ -44,6 +54,7 @@ from typing import Any, Literal
 
 __all__ = [
     "FAST_RETRY_AFTER_MS",
+    "AccountLimit",
     "FakeOpenAI",
     "Fault",
     "RecordedRequest",
@@ -388,6 +399,68 @@ def _sse(payload: Any) -> bytes:
     return _chunk(f"data: {data}\n\n".encode())
 
 
+@dataclass(frozen=True)
+class AccountLimit:
+    """An account's rate limits, per model, the way OpenAI enforces them: ``rpm`` requests
+    and ``tpm`` tokens per minute (None: no such limit), each a bucket that refills
+    continuously and holds ``window_s`` seconds' worth (a short window: a minute's limit
+    cannot be spent in one burst). A request counts max(max_tokens, characters / 4)
+    tokens (OpenAI's estimate); one larger than the bucket goes when the bucket is full."""
+
+    rpm: float | None = None
+    tpm: float | None = None
+    window_s: float = 1.0
+
+
+def _duration(seconds: float) -> str:
+    """OpenAI's (Go's) way to write a duration: "20ms", "1.2s", "6m0s", "1h2m3s"."""
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    minutes, rest = divmod(seconds, 60)
+    text = f"{round(rest, 3):g}s"
+    if minutes >= 60:
+        return f"{int(minutes // 60)}h{int(minutes % 60)}m{text}"
+    return f"{int(minutes)}m{text}" if minutes else text
+
+
+def _request_tokens(body: dict[str, Any]) -> int:
+    """What a request counts against a TPM limit: max(max_tokens, characters / 4)."""
+    chars = sum(
+        len(_content_text(m.get("content")))
+        for m in body.get("messages") or []
+        if isinstance(m, dict)
+    )
+    limit = body.get("max_completion_tokens") or body.get("max_tokens") or 0
+    return max(limit if isinstance(limit, int) else 0, math.ceil(chars / 4))
+
+
+class _Meter:
+    """One limit of an emulated account (see ``AccountLimit``)."""
+
+    def __init__(self, per_minute: float, window_s: float) -> None:
+        self.limit = per_minute
+        self.rate = per_minute / 60
+        self.capacity = self.level = max(1.0, self.rate * window_s)
+        self.stamp = time.monotonic()
+
+    def wait(self, amount: float, now: float) -> float:
+        """Seconds until ``amount`` fits (0: it fits now)."""
+        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+        self.stamp = now
+        need = min(amount, self.capacity)
+        return 0.0 if self.level >= need else (need - self.level) / self.rate
+
+    def used(self) -> float:
+        return self.capacity - self.level
+
+    def headers(self, kind: str) -> dict[str, str]:
+        return {
+            f"x-ratelimit-limit-{kind}": f"{self.limit:g}",
+            f"x-ratelimit-remaining-{kind}": str(max(0, math.floor(self.limit - self.used()))),
+            f"x-ratelimit-reset-{kind}": _duration(max(0.0, self.used()) / self.rate),
+        }
+
+
 class FakeOpenAI:
     """The server; use it as a context manager (or call start() and stop())."""
 
@@ -401,6 +474,7 @@ class FakeOpenAI:
         models: Sequence[str] = DEFAULT_MODELS,
         api_key: str | None = None,
         record: bool = True,
+        account_limit: AccountLimit | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -419,6 +493,9 @@ class FakeOpenAI:
         self._thread: threading.Thread | None = None
         self._conn_tasks: set[asyncio.Task[None]] = set()
         self.handlers: list[Handler] = []  # extra routes, asked before the built-in ones
+        self.account_limit = account_limit  # emulate an account's rate limits
+        self.rate_limited = 0  # requests refused by the account limit (429)
+        self._meters: dict[str, tuple[_Meter | None, _Meter | None]] = {}
 
     # -- public API ----------------------------------------------------------------------
     @property
@@ -597,6 +674,8 @@ class FakeOpenAI:
             error = {"message": "We could not parse the JSON body of your request.", "type": "x"}
             return await self._send_json(writer, 400, {"error": error})
         rec.body = body
+        if self.account_limit is not None:
+            return await self._dispatch_limited(rec, body, writer)
         spec = self._next_spec(body)
         rec.reply = spec
         delay = self.latency_s + spec.delay_s
@@ -607,6 +686,72 @@ class FakeOpenAI:
                 return await self._send_stream(writer, body, spec)
             return await self._send_reply(writer, body, spec)
         return await self._send_fault(writer, rec, body, spec)
+
+    async def _dispatch_limited(
+        self, rec: RecordedRequest, body: dict[str, Any], writer: asyncio.StreamWriter
+    ) -> bool:
+        """A chat request under the account limit: a 429 at once when it is over the
+        limit, else the usual answer, with x-ratelimit-* headers."""
+        refused, headers = self._charge(body)
+        if refused is not None:
+            rec.reply = refused
+            with self._lock:
+                self.rate_limited += 1
+            return await self._send_fault(writer, rec, body, refused)
+        spec = self._next_spec(body)
+        spec = dataclasses.replace(spec, headers={**headers, **spec.headers})
+        rec.reply = spec
+        delay = self.latency_s + spec.delay_s
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if isinstance(spec, Reply):
+            if body.get("stream") is True:
+                return await self._send_stream(writer, body, spec)
+            return await self._send_reply(writer, body, spec)
+        return await self._send_fault(writer, rec, body, spec)
+
+    def _charge(self, body: dict[str, Any]) -> tuple[Fault | None, dict[str, str]]:
+        """Count a request against the account limit: (a 429 when it is over, or None;
+        the x-ratelimit-* headers). Runs on the server's one event loop: no lock."""
+        limit = self.account_limit
+        assert limit is not None
+        model = str(body.get("model") or "")
+        meters = self._meters.get(model)
+        if meters is None:
+            meters = self._meters[model] = (
+                _Meter(limit.rpm, limit.window_s) if limit.rpm else None,
+                _Meter(limit.tpm, limit.window_s) if limit.tpm else None,
+            )
+        tokens = _request_tokens(body)
+        now = time.monotonic()
+        refused = None
+        for meter, amount, kind, name in zip(
+            meters, (1, tokens), ("requests", "tokens"), ("RPM", "TPM"), strict=True
+        ):
+            if meter is not None and refused is None:
+                wait = meter.wait(amount, now)
+                if wait > 0:
+                    refused = (
+                        f"Rate limit reached for {model} in organization org-fake on {kind} per "
+                        f"min ({name}): Limit {meter.limit:g}, Used {math.ceil(meter.used())}, "
+                        f"Requested {amount}. Please try again in {_duration(wait)}. Visit "
+                        "https://platform.openai.com/account/rate-limits to learn more.",
+                        kind,
+                    )
+        if refused is None:
+            for meter, amount in zip(meters, (1, tokens), strict=True):
+                if meter is not None:
+                    meter.level -= amount
+        headers: dict[str, str] = {}
+        for meter, kind in zip(meters, ("requests", "tokens"), strict=True):
+            if meter is not None:
+                headers.update(meter.headers(kind))
+        if refused is None:
+            return None, headers
+        fault = Fault.status_error(
+            429, refused[0], type=refused[1], code="rate_limit_exceeded", headers=headers
+        )
+        return fault, headers
 
     def _next_spec(self, body: dict[str, Any]) -> Spec:
         with self._lock:
@@ -780,7 +925,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="delay before each reply")
     parser.add_argument("--record", action="store_true", help="keep every request in memory")
+    parser.add_argument("--rpm", type=float, help="emulate an account's requests per minute")
+    parser.add_argument("--tpm", type=float, help="emulate an account's tokens per minute")
+    parser.add_argument(
+        "--limit-window-s", type=float, default=1.0, help="the window --rpm/--tpm hold"
+    )
     args = parser.parse_args(argv)
+    account = None
+    if args.rpm or args.tpm:
+        account = AccountLimit(args.rpm, args.tpm, args.limit_window_s)
 
     stop = threading.Event()
 
@@ -790,12 +943,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     with FakeOpenAI(
-        host=args.host, port=args.port, latency_ms=args.latency_ms, record=args.record
+        host=args.host,
+        port=args.port,
+        latency_ms=args.latency_ms,
+        record=args.record,
+        account_limit=account,
     ) as server:
         print(server.base_url, flush=True)
         while not stop.wait(0.2):  # a timed wait lets the signal handler run promptly
             pass
         print(f"fake-openai: served {server.served} requests", file=sys.stderr)
+        if account is not None:
+            print(f"fake-openai: rate-limited {server.rate_limited} requests", file=sys.stderr)
     return 0
 
 
