@@ -189,8 +189,9 @@ class ProviderError(RunError):
         hint: str | None = None,
         status: int | None = None,
         retries: int = 0,
+        code: str | None = None,
     ) -> None:
-        super().__init__(message, hint=hint)
+        super().__init__(message, hint=hint, code=code)
         self.status = status
         self.retries = retries
 

@@ -41,6 +41,7 @@ USD = _Dollars(min=0)
 # The command line's own options for a kind of problem (an error's or a diagnostic's
 # `code`): the library's hints name no flags, the command adds these.
 _CLI_HINTS = {
+    "no_key": "or run with --mock to try the workflow without an API",
     "missing_input": "pass inputs with -i NAME=VALUE (-i NAME=@FILE reads a file) or --inputs-file",
     "no_model": "or pass --model",
     "no_store": "drop --no-store to use --resume",

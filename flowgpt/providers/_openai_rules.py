@@ -353,10 +353,10 @@ def _status_error(
         return AuthenticationError(
             f"Authentication failed (401): {endpoint} rejected the API key read from "
             f"the environment variable {env}.{said}",
-            hint=f"Check that {env} holds a valid key for {endpoint}, or run with "
-            "--mock to try the workflow without an API.",
+            hint=f"Check that {env} holds a valid key for {endpoint}.",
             status=status,
             retries=retries,
+            code="no_key",
         )
     if status == 403:
         return AuthenticationError(

@@ -61,7 +61,7 @@ def batch_api_of(provider: Provider) -> BatchAPI:
 
             return OpenAIBatches(provider)
     raise SpecError(
-        f"--batch-api: the {provider.name} provider has no Batch API",
+        f"the {provider.name} provider has no Batch API",
         hint="the Batch API is OpenAI's (or a server's with /v1/files and /v1/batches): "
-        "drop --mock/--local to use it, or run without --batch-api",
+        "use an OpenAI provider for it, or run without the Batch API",
     )

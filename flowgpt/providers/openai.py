@@ -202,7 +202,8 @@ class OpenAIProvider:
             raise AuthenticationError(
                 f"No API key: the environment variable {self.api_key_env} is not set.",
                 hint=f"Set {self.api_key_env} to your API key (the workflow names the variable, "
-                "never the key), or run with --mock to try the workflow without an API.",
+                "never the key).",
+                code="no_key",
             )
         return key
 
