@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("flowgpt.accounting",),
     ("flowgpt.providers",),
     ("flowgpt.store",),
+    ("flowgpt.tracing",),  # the engine calls into it; it never calls the engine
     ("flowgpt.engine",),
     ("flowgpt.chat",),
     ("flowgpt.cli",),
@@ -42,6 +43,7 @@ ROOMS: dict[str, tuple[str, ...]] = {
     "genai_prices": ("flowgpt.accounting.prices",),
     "llama_cpp": ("flowgpt.providers.local",),
     "sqlite3": ("flowgpt.store",),
+    "opentelemetry": ("flowgpt.tracing.otel",),
 }
 
 

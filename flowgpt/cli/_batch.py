@@ -16,6 +16,8 @@ from flowgpt.cli._common import (
     _limit_options,
     _make_provider,
     _provider_options,
+    _trace_option,
+    _tracing,
 )
 
 
@@ -42,6 +44,7 @@ from flowgpt.cli._common import (
 )
 @click.option("--model", help="Use this model for every step.")
 @_provider_options
+@_trace_option
 @_handle_errors
 def batch(
     workflow: str,
@@ -52,6 +55,7 @@ def batch(
     tpm: int | None,
     max_cost: float | None,
     model: str | None,
+    trace: bool,
     **provider_options: Any,
 ) -> None:
     """Run a workflow once per row of a data file, streaming results to --out.
@@ -71,6 +75,7 @@ def batch(
         concurrency=concurrency,
         rpm=rpm,
         tpm=tpm,
+        tracing=_tracing(trace),
     )
     command = _continue_command()
     budget = None if max_cost is None else str(max_cost)
@@ -104,6 +109,7 @@ def batch(
             )
             sys.exit(130)
     finally:
+        engine.tracing.flush()  # spans are sent before the command ends
         output.close()
     left = total - skipped - progress.done
     summary = (

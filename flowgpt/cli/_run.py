@@ -19,6 +19,8 @@ from flowgpt.cli._common import (
     _provider_options,
     _read_inputs_file,
     _store_options,
+    _trace_option,
+    _tracing,
 )
 from flowgpt.errors import FlowgptError, InputError
 
@@ -53,6 +55,7 @@ from flowgpt.errors import FlowgptError, InputError
 )
 @_limit_options
 @_provider_options
+@_trace_option
 @_handle_errors
 def run(
     workflow: str,
@@ -72,6 +75,7 @@ def run(
     store_path: str | None,
     no_store: bool,
     cache: bool,
+    trace: bool,
 ) -> None:
     """Run a workflow: progress on stderr, outputs on stdout, then the cost table.
 
@@ -106,6 +110,7 @@ def run(
         concurrency=concurrency,
         rpm=rpm,
         tpm=tpm,
+        tracing=_tracing(trace),
     )
     error: FlowgptError | None = None
     try:
@@ -128,6 +133,7 @@ def run(
             click.echo("interrupted", err=True)
         sys.exit(130)
     finally:
+        engine.tracing.flush()  # spans are sent before the command ends
         if store is not None:
             store.close()
     if out_file:

@@ -43,6 +43,8 @@ from flowgpt.spec.loader import load_workflow
 from flowgpt.spec.models import ProviderSpec, WorkflowSpec
 from flowgpt.spec.workflow import Workflow
 from flowgpt.store.run_store import RunStore, new_run_id
+from flowgpt.tracing.base import BatchTrace, Tracing
+from flowgpt.tracing.setup import make_tracing
 
 __all__ = ["Engine"]
 
@@ -56,6 +58,11 @@ class Engine:
     by all its runs; ``async with Engine() as engine:`` (or ``await engine.aclose()``)
     closes them, and ``run_sync`` closes them when its event loop ends. When a run fails,
     the error raised carries the partial result as ``error.result``.
+
+    Tracing (OpenTelemetry spans and metrics, docs/tracing.md) is on when
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) is set, or
+    with ``tracing=True``, or when a ``tracer_provider`` / ``meter_provider`` is given;
+    ``tracing=False`` turns it off. It needs the otel extra.
     """
 
     def __init__(
@@ -70,6 +77,9 @@ class Engine:
         concurrency: int | None = None,
         rpm: float | None = None,
         tpm: float | None = None,
+        tracing: bool | None = None,
+        tracer_provider: object | None = None,
+        meter_provider: object | None = None,
     ) -> None:
         self.provider = provider
         # Request limits for everything this engine runs at once; `concurrency` overrides
@@ -83,6 +93,10 @@ class Engine:
         self.max_cost_usd = None if max_cost_usd is None else Decimal(str(max_cost_usd))
         self.model = model  # overrides every step's model
         self.on_event = on_event
+        # Spans and metrics of every run (NO_TRACING, a no-op, when tracing is off).
+        self.tracing: Tracing = make_tracing(
+            tracing, tracer_provider=tracer_provider, meter_provider=meter_provider
+        )
         # The providers this engine made, one per configuration (see provider_for).
         self._providers: dict[tuple[str, str], Provider] = {}
         # One request limiter per provider and event loop (asyncio primitives belong to a
@@ -145,12 +159,14 @@ class Engine:
         run_id: str | None = None,
         resume: str | None = None,
         outer_budget: Budget | None = None,
+        tracing: Tracing | None = None,
     ) -> Run:
         """A run of ``workflow`` ready to ``execute`` (inside an event loop).
 
         ``resume`` names an earlier run in the engine's store: its finished steps whose
         request is unchanged are reused at $0, and its inputs are used where none are
-        given. ``outer_budget`` is a budget the run shares with others (a batch's)."""
+        given. ``outer_budget`` is a budget the run shares with others (a batch's);
+        ``tracing`` traces the run elsewhere than the engine's tracing does (a batch row's)."""
         Plan.of(workflow)  # static errors are refused before anything runs
         previous = None
         if resume is not None:
@@ -172,6 +188,7 @@ class Engine:
             on_event=self.on_event,
             store=self.store,
             cache=self.cache,
+            tracing=tracing or self.tracing,
         )
         return Run(
             workflow,
@@ -244,11 +261,18 @@ class Engine:
         """
         wf = _as_workflow(workflow)
         Plan.of(wf)  # static errors before anything runs
+        batch = self.tracing.start_batch(wf.spec.name)
 
         def start(row: DataRow, shared: Budget) -> Run:
-            return self.start(wf, row.inputs, inputs_from_cli=row.from_text, outer_budget=shared)
+            return self.start(
+                wf,
+                row.inputs,
+                inputs_from_cli=row.from_text,
+                outer_budget=shared,
+                tracing=batch.row(row.number),
+            )
 
-        return run_rows(
+        rows_run = run_rows(
             start,
             rows,
             concurrency=concurrency or self.concurrency or wf.spec.provider.concurrency,
@@ -256,6 +280,25 @@ class Engine:
             skip=skip,
             inputs_from_cli=inputs_from_cli,
         )
+        return _traced(rows_run, batch) if self.tracing.enabled else rows_run
+
+
+async def _traced(
+    rows: AsyncIterator[BatchRowResult], batch: BatchTrace
+) -> AsyncIterator[BatchRowResult]:
+    """A batch's results as they come, each counted in the batch's span, which ends
+    with the batch."""
+    try:
+        async for row in rows:
+            batch.row_done(row.status == "ok", row.usage, row.cost_usd)
+            yield row
+    finally:
+        close = getattr(rows, "aclose", None)
+        try:
+            if close is not None:  # stopped early: the batch's workers stop first
+                await close()
+        finally:
+            batch.end()
 
 
 def _as_workflow(workflow: Workflow | WorkflowSpec | str | Path) -> Workflow:

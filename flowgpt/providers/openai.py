@@ -77,6 +77,7 @@ from flowgpt.providers._openai_rules import (
 )
 from flowgpt.providers.base import ChatRequest, ChatResponse, OnText
 from flowgpt.providers.limiter import note_rate_limited
+from flowgpt.providers.observe import note
 
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletionMessageParam
@@ -96,6 +97,8 @@ async def _count_attempt(request: httpx2.Request) -> None:
         call.current = max(call.current, int(request.headers["x-stainless-retry-count"]) + 1)
     except (KeyError, ValueError):
         call.current += 1
+    if call.retries:
+        note("flowgpt.retry", **{"http.request.resend_count": call.retries})
 
 
 async def _on_response(response: httpx2.Response) -> None:
@@ -125,7 +128,9 @@ async def _on_response(response: httpx2.Response) -> None:
         response.headers["x-should-retry"] = "false"
         return
     # Seen here, before the SDK's own retry: every request sharing the limiter slows down.
-    note_rate_limited(_retry_after_s(response.headers))
+    wait = _retry_after_s(response.headers)
+    note_rate_limited(wait)
+    note("flowgpt.rate_limited", **({} if wait is None else {"flowgpt.retry_after_s": wait}))
 
 
 def _refused_request(response: httpx2.Response) -> bool:
