@@ -605,3 +605,22 @@ def test_trace_flag_without_the_variable_uses_the_traces_endpoint_variable(
     assert proc.returncode == 0, proc.stderr
     assert len([s for s in receiver.spans() if s.name.startswith("chat ")]) == 5
     assert receiver.metrics() == {}  # a traces-only endpoint: no metrics sent anywhere
+
+
+def test_the_tracing_benchmark_runs() -> None:
+    # Tiny counts, no timings checked: it runs both modes and the receiver gets every span.
+    args = ["--chains-seq", "2", "--chains-conc", "4", "--concurrency", "2", "--latency-ms", "1"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.benchmarks.bench_tracing", *args, "--repeat", "1"],
+        cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "OPENAI_"))},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.strip()}
+    assert rows["sequential"][1] == "2" and rows["concurrent"][1] == "4"
+    received, expected = rows["Spans"][2], rows["Spans"][4].rstrip(".")
+    assert received == expected and int(received) > 0

@@ -119,10 +119,14 @@ async def measure(args: argparse.Namespace, urls: dict[str, str]) -> tuple[list[
                 if a != b:
                     raise AssertionError(f"the two sides disagree on chain {i}: {a!r} != {b!r}")
             if mode == "sequential":
-                await sequential_pair(off.chain(workflow), on.chain(workflow), 20)
+                await sequential_pair(
+                    off.chain(workflow), on.chain(workflow), min(args.chains_seq, 20)
+                )
             else:
                 for side in (off, on):
-                    await run_concurrent(side.chain(workflow), 2 * width, width)
+                    await run_concurrent(
+                        side.chain(workflow), min(args.chains_conc, 2 * width), width
+                    )
         for r in range(args.repeat):
             if "sequential" in sides:
                 off, on = sides["sequential"]
