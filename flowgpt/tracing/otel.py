@@ -28,6 +28,7 @@ headers, timeout, compression), ``OTEL_BSP_*`` are read by the SDK itself;
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import threading
@@ -196,7 +197,6 @@ class _BatchTrace:
     def __init__(self, telemetry: _Telemetry, span: Span) -> None:
         self._telemetry = telemetry
         self._span = span
-        self._lock = threading.Lock()  # rows may finish on any thread of a caller's
         self._rows = self._failed = 0
         self._usage = Usage()
         self._cost: Decimal | None = Decimal(0)
@@ -205,11 +205,10 @@ class _BatchTrace:
         return OtelTracing(self._telemetry, self._span, number)
 
     def row_done(self, ok: bool, usage: Usage, cost_usd: Decimal | None) -> None:
-        with self._lock:
-            self._rows += 1
-            self._failed += not ok
-            self._usage = self._usage + usage
-            self._cost = None if self._cost is None or cost_usd is None else self._cost + cost_usd
+        self._rows += 1
+        self._failed += not ok
+        self._usage = self._usage + usage
+        self._cost = None if self._cost is None or cost_usd is None else self._cost + cost_usd
 
     def end(self) -> None:
         span = self._span
@@ -317,7 +316,7 @@ class _ChatTrace:
         self._span: Span | None = None
         self._context_token: object = None
         self._listener_token: Token[CallListener | None] | None = None
-        self._response_model: str | None = None
+        self._metric: dict[str, Any] = {}  # the metrics' attributes, once known
         self._started = 0.0
 
     def __enter__(self) -> _ChatTrace:
@@ -355,7 +354,9 @@ class _ChatTrace:
         span = self._span
         if span is None:
             return
-        self._response_model = response.model
+        metric = self._metric = self._metric_attributes()
+        if response.model:
+            metric["gen_ai.response.model"] = response.model
         usage = None if response.extra.get("usage_missing") else response.usage
         if usage is not None:
             self._record_tokens(usage)
@@ -397,18 +398,15 @@ class _ChatTrace:
         span.set_attributes(attributes)
 
     def _metric_attributes(self) -> dict[str, Any]:
-        attributes: dict[str, Any] = {
+        return {
             "gen_ai.operation.name": "chat",
             "gen_ai.provider.name": self._scope.provider,
             "gen_ai.request.model": self._request.model,
             **self._scope.server,
         }
-        if self._response_model:
-            attributes["gen_ai.response.model"] = self._response_model
-        return attributes
 
     def _record_tokens(self, usage: Usage) -> None:
-        attributes = self._metric_attributes()
+        attributes = self._metric
         histogram = self._scope.telemetry.token_usage
         histogram.record(usage.prompt_tokens, {**attributes, "gen_ai.token.type": "input"})
         histogram.record(usage.completion_tokens, {**attributes, "gen_ai.token.type": "output"})
@@ -426,7 +424,7 @@ class _ChatTrace:
         if self._listener_token is not None:
             stop_listening(self._listener_token)
         otel_context.detach(self._context_token)  # type: ignore[arg-type]
-        attributes = self._metric_attributes()
+        attributes = self._metric or self._metric_attributes()
         if exc is not None:
             attributes["error.type"] = _set_error(span, exc)
         span.end()
@@ -522,7 +520,8 @@ def _set_error(span: Span, error: BaseException) -> str:
     return error_type
 
 
-def _server(base_url: str | None) -> dict[str, str | int]:
+@functools.lru_cache(maxsize=64)
+def _server(base_url: str | None) -> Mapping[str, str | int]:
     """server.address and server.port of an HTTP base URL (nothing for in-process ones)."""
     if base_url is None or not base_url.startswith(("http://", "https://")):
         return {}
