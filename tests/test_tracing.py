@@ -459,6 +459,24 @@ def test_without_the_extra_the_variable_warns_and_trace_fails(
         Engine(tracing=True)
 
 
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}, (["otlp"], ["otlp"])),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4318/v1/traces"}, (["otlp"], [])),
+        ({}, (["otlp"], ["otlp"])),  # --trace alone: the SDK's default endpoint for both
+        ({"OTEL_METRICS_EXPORTER": "none", "OTEL_TRACES_EXPORTER": "console"}, (["console"], [])),
+        ({"OTEL_TRACES_EXPORTER": "otlp,console"}, (["otlp", "console"], ["otlp"])),
+    ],
+)
+def test_which_exporters_flowgpts_own_providers_use(
+    environ: dict[str, str], expected: tuple[list[str], list[str]]
+) -> None:
+    from flowgpt.tracing.setup import exporters
+
+    assert exporters(environ) == expected
+
+
 # -- end to end: the CLI, the OTLP/HTTP exporter, a loopback receiver ----------------------
 
 

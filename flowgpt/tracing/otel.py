@@ -28,9 +28,6 @@ headers, timeout, compression), ``OTEL_BSP_*`` are read by the SDK itself;
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
 import threading
 import time
 from collections.abc import Collection, Mapping, Sequence
@@ -39,18 +36,18 @@ from dataclasses import dataclass
 from decimal import Decimal
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import Histogram, Meter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
-from flowgpt.errors import FlowgptError, ProviderError, redact
-from flowgpt.providers.base import ChatRequest, ChatResponse, Message
+from flowgpt.errors import redact
+from flowgpt.providers.base import ChatRequest, ChatResponse
 from flowgpt.providers.observe import CallListener, listen, stop_listening
 from flowgpt.results import RunResult, StepResult
 from flowgpt.spec.workflow import Workflow
+from flowgpt.tracing import _attributes as attrs
 from flowgpt.tracing.base import ContentCapture, PriceOf
 from flowgpt.usage import Usage
 
@@ -104,10 +101,11 @@ class OtelTracing:
         tracer_provider: Any = None,
         meter_provider: Any = None,
         capture: ContentCapture,
-        environ: Mapping[str, str],
+        exporters: tuple[Sequence[str], Sequence[str]] = ((), ()),
     ) -> OtelTracing:
         """Tracing through the given providers; without any, through the application's
-        global SDK providers if it set them, else through flowgpt's own."""
+        global SDK providers if it set them, else through flowgpt's own, sending to
+        ``exporters`` (the traces', the metrics')."""
         from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
         from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 
@@ -115,14 +113,14 @@ class OtelTracing:
             tracer_provider = trace.get_tracer_provider()
             meter_provider = metrics.get_meter_provider()
             if not isinstance(tracer_provider, SdkTracerProvider):
-                tracer_provider, own_meters = _own_providers(environ)
+                tracer_provider, own_meters = _own_providers(exporters)
                 if not isinstance(meter_provider, SdkMeterProvider):
                     meter_provider = own_meters
         elif tracer_provider is None:
             tracer_provider = trace.get_tracer_provider()
         elif meter_provider is None:
             meter_provider = metrics.get_meter_provider()
-        version = _version()
+        version = attrs.version()
         meter: Meter = meter_provider.get_meter(SCOPE, version)
         telemetry = _Telemetry(
             tracer=tracer_provider.get_tracer(SCOPE, version),
@@ -161,7 +159,7 @@ class OtelTracing:
             "gen_ai.operation.name": "invoke_workflow",
             "gen_ai.workflow.name": name,
             "flowgpt.run.id": run_id,
-            "flowgpt.workflow.digest": _digest(workflow),
+            "flowgpt.workflow.digest": attrs.digest(workflow),
             "flowgpt.inputs": sorted(inputs),
         }
         if workflow.path is not None:
@@ -176,7 +174,7 @@ class OtelTracing:
             kind=SpanKind.INTERNAL,
             attributes=attributes,
         )
-        scope = _RunScope(self._telemetry, provider, _server(base_url), price_of)
+        scope = _RunScope(self._telemetry, provider, attrs.server(base_url), price_of)
         return _RunTrace(scope, span)
 
     def start_batch(self, workflow: str) -> _BatchTrace:
@@ -217,7 +215,7 @@ class _BatchTrace:
                 {
                     "flowgpt.batch.rows": self._rows,
                     "flowgpt.batch.failed": self._failed,
-                    **_totals(self._usage, self._cost),
+                    **attrs.totals(self._usage, self._cost),
                 }
             )
         span.end()
@@ -242,7 +240,7 @@ class _RunTrace:
         span = self._span
         if span.is_recording():
             span.set_attributes(
-                {"flowgpt.run.status": result.status, **_totals(result.usage, result.cost_usd)}
+                {"flowgpt.run.status": result.status, **attrs.totals(result.usage, result.cost_usd)}
             )
             if failure is not None:
                 _set_error(span, failure)
@@ -291,12 +289,12 @@ class _StepTrace:
             attributes: dict[str, Any] = {
                 "flowgpt.step.status": result.status,
                 "flowgpt.step.attempts": result.n_attempts,
-                **_totals(result.usage, result.cost_usd),
+                **attrs.totals(result.usage, result.cost_usd),
             }
             retries = result.retries
             if retries:
                 attributes["flowgpt.step.retries"] = retries
-            verdict = _verdict(result)
+            verdict = attrs.verdict(result)
             if verdict is not None:
                 attributes["flowgpt.step.validation"] = verdict
             span.set_attributes(attributes)
@@ -326,11 +324,11 @@ class _ChatTrace:
             "gen_ai.provider.name": scope.provider,
             "gen_ai.request.model": request.model,
             **scope.server,
-            **_request_settings(request),
+            **attrs.request_settings(request),
         }
         capture = scope.telemetry.capture
         if capture.spans:
-            attributes["gen_ai.input.messages"] = _input_messages(request.messages)
+            attributes["gen_ai.input.messages"] = attrs.input_messages(request.messages)
         span = self._span = scope.telemetry.tracer.start_span(
             f"chat {request.model}", context=self._parent, kind=SpanKind.CLIENT,
             attributes=attributes,
@@ -338,7 +336,7 @@ class _ChatTrace:
         if capture.events and span.is_recording():
             span.add_event(
                 "gen_ai.client.inference.operation.details",
-                {"gen_ai.input.messages": _input_messages(request.messages)},
+                {"gen_ai.input.messages": attrs.input_messages(request.messages)},
             )
         # Current while in flight: spans of the HTTP layer (if instrumented) nest here.
         self._context_token = otel_context.attach(trace.set_span_in_context(span))
@@ -387,7 +385,7 @@ class _ChatTrace:
             attributes["flowgpt.cost_usd"] = float(cost_usd)
         capture = self._scope.telemetry.capture
         if capture.any:
-            output = _output_messages(response)
+            output = attrs.output_messages(response)
             if capture.spans:
                 attributes["gen_ai.output.messages"] = output
             if capture.events:
@@ -431,129 +429,13 @@ class _ChatTrace:
         self._scope.telemetry.duration.record(seconds, attributes)
 
 
-# -- attributes ----------------------------------------------------------------------------
-
-
-def _request_settings(request: ChatRequest) -> dict[str, Any]:
-    attributes: dict[str, Any] = {}
-    for name, value in (
-        ("max_tokens", request.max_tokens),
-        ("temperature", request.temperature),
-        ("top_p", request.top_p),
-        ("seed", request.seed),
-        ("presence_penalty", request.presence_penalty),
-        ("frequency_penalty", request.frequency_penalty),
-    ):
-        if value is not None:
-            attributes[f"gen_ai.request.{name}"] = value
-    if request.stop is not None:
-        stop = [request.stop] if isinstance(request.stop, str) else list(request.stop)
-        attributes["gen_ai.request.stop_sequences"] = stop
-    if request.response_format is not None:
-        attributes["gen_ai.output.type"] = "json"
-    return attributes
-
-
-def _verdict(result: StepResult) -> str | None:
-    """Whether the step's last reply (each item's, for a for_each step) passed its output
-    contract; None when nothing was asked."""
-    parts = result.items or [result]
-    lasts = [p.attempts[-1] for p in parts if p.attempts]
-    if not lasts:
-        return None
-    return "failed" if any(a.failures for a in lasts) else "passed"
-
-
-def _input_messages(messages: Sequence[Message]) -> str:
-    """The conventions' input-messages JSON (role, text parts, name), keys redacted."""
-    shaped = []
-    for m in messages:
-        message: dict[str, Any] = {
-            "role": m["role"],
-            "parts": [{"type": "text", "content": redact(m["content"])}],
-        }
-        if "name" in m:
-            message["name"] = m["name"]
-        shaped.append(message)
-    return json.dumps(shaped, ensure_ascii=False)
-
-
-def _output_messages(response: ChatResponse) -> str:
-    message = {
-        "role": "assistant",
-        "parts": [{"type": "text", "content": redact(response.text)}],
-        "finish_reason": response.finish_reason or "",
-    }
-    return json.dumps([message], ensure_ascii=False)
-
-
-def _totals(usage: Usage, cost_usd: Decimal | None) -> dict[str, Any]:
-    """flowgpt's totals for a run, step or batch (not gen_ai.usage.*: backends add those
-    up over the request spans, which would count them twice)."""
-    totals: dict[str, Any] = {
-        "flowgpt.usage.input_tokens": usage.prompt_tokens,
-        "flowgpt.usage.output_tokens": usage.completion_tokens,
-    }
-    if usage.cached_tokens:
-        totals["flowgpt.usage.cached_tokens"] = usage.cached_tokens
-    if usage.reasoning_tokens:
-        totals["flowgpt.usage.reasoning_tokens"] = usage.reasoning_tokens
-    if cost_usd is None:
-        totals["flowgpt.unpriced"] = True  # never a made-up $0
-    else:
-        totals["flowgpt.cost_usd"] = float(cost_usd)
-    return totals
-
-
 def _set_error(span: Span, error: BaseException) -> str:
     """Mark ``span`` failed by ``error``: its class as ``error.type``, its message (keys
     redacted) as the status."""
-    error_type = type(error).__name__
-    message = error.message if isinstance(error, FlowgptError) else redact(str(error))
-    attributes: dict[str, Any] = {"error.type": error_type}
-    if isinstance(error, ProviderError):
-        attributes["flowgpt.retries"] = error.retries
-        if error.status is not None:
-            attributes["http.response.status_code"] = error.status
+    error_type, message, attributes = attrs.error_attributes(error)
     span.set_attributes(attributes)
     span.set_status(Status(StatusCode.ERROR, message))
     return error_type
-
-
-@functools.lru_cache(maxsize=64)
-def _server(base_url: str | None) -> Mapping[str, str | int]:
-    """server.address and server.port of an HTTP base URL (nothing for in-process ones)."""
-    if base_url is None or not base_url.startswith(("http://", "https://")):
-        return {}
-    try:
-        parts = urlsplit(base_url)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        return {}
-    if not parts.hostname:
-        return {}
-    return {"server.address": parts.hostname, "server.port": port}
-
-
-def _digest(workflow: Workflow) -> str:
-    """sha256 of the workflow file as written (of its spec when it was made in Python),
-    worked out once per workflow."""
-    digest = workflow.cache.get("trace_digest")
-    if digest is None:
-        text = workflow.source if workflow.source is not None else workflow.spec.model_dump_json()
-        digest = workflow.cache["trace_digest"] = (
-            "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
-        )
-    return str(digest)
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("flowgpt")
-    except PackageNotFoundError:
-        return "0"
 
 
 # -- flowgpt's own SDK providers ------------------------------------------------------------
@@ -562,17 +444,18 @@ _OWN: tuple[Any, Any] | None = None
 _OWN_LOCK = threading.Lock()
 
 
-def _own_providers(environ: Mapping[str, str]) -> tuple[Any, Any]:
+def _own_providers(exporters: tuple[Sequence[str], Sequence[str]]) -> tuple[Any, Any]:
     """One tracer and one meter provider per process, configured from the ``OTEL_*``
-    variables by the SDK itself; shut down (flushing them) when the process exits."""
+    variables by the SDK itself, sending to ``exporters`` (for traces, for metrics: see
+    ``setup.exporters``); shut down (flushing them) when the process exits."""
     global _OWN
     with _OWN_LOCK:
         if _OWN is None:
-            _OWN = _make_providers(environ)
+            _OWN = _make_providers(*exporters)
         return _OWN
 
 
-def _make_providers(environ: Mapping[str, str]) -> tuple[Any, Any]:
+def _make_providers(traces: Sequence[str], metric_exporters: Sequence[str]) -> tuple[Any, Any]:
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import (
         ConsoleMetricExporter,
@@ -588,22 +471,15 @@ def _make_providers(environ: Mapping[str, str]) -> tuple[Any, Any]:
         # Neither OTEL_SERVICE_NAME nor OTEL_RESOURCE_ATTRIBUTES named the service.
         resource = resource.merge(Resource({SERVICE_NAME: "flowgpt"}))
     tracer_provider = TracerProvider(resource=resource)
-    for name in _exporters(environ, "OTEL_TRACES_EXPORTER", default=True):
+    for name in traces:
         if name == "otlp":
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
             tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         elif name == "console":
             tracer_provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
-    # Metrics go to the general OTLP endpoint (or their own); a traces-only endpoint says
-    # nothing about where metrics should go, so none are sent then.
-    metrics_default = bool(
-        environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-        or environ.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
-        or not environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-    )
     readers: list[MetricReader] = []
-    for name in _exporters(environ, "OTEL_METRICS_EXPORTER", default=metrics_default):
+    for name in metric_exporters:
         if name == "otlp":
             from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
                 OTLPMetricExporter,
@@ -613,10 +489,3 @@ def _make_providers(environ: Mapping[str, str]) -> tuple[Any, Any]:
         elif name == "console":
             readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter()))
     return tracer_provider, MeterProvider(resource=resource, metric_readers=readers)
-
-
-def _exporters(environ: Mapping[str, str], variable: str, *, default: bool) -> list[str]:
-    value = environ.get(variable, "").strip().lower()
-    if not value:
-        return ["otlp"] if default else []
-    return [name.strip() for name in value.split(",") if name.strip() not in ("", "none")]

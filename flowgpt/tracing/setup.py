@@ -23,6 +23,7 @@ __all__ = [
     "ENDPOINT_VARIABLES",
     "INSTALL_HINT",
     "content_capture",
+    "exporters",
     "make_tracing",
     "otel_installed",
     "tracing_requested",
@@ -103,8 +104,33 @@ def make_tracing(
         tracer_provider=tracer_provider,
         meter_provider=meter_provider,
         capture=content_capture(env),
-        environ=env,
+        exporters=exporters(env),
     )
+
+
+def exporters(environ: Mapping[str, str] | None = None) -> tuple[list[str], list[str]]:
+    """The exporters flowgpt's own providers use, for traces and for metrics: what
+    ``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER`` name (``otlp``, ``console``;
+    ``none`` for nothing), by default ``otlp``. Metrics go to the general OTLP endpoint
+    or their own; a traces-only endpoint says nothing about where metrics should go, so
+    then none are sent by default."""
+    env = os.environ if environ is None else environ
+    metrics = bool(
+        env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or env.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+        or not env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    )
+    return (
+        _named(env.get("OTEL_TRACES_EXPORTER", ""), default=True),
+        _named(env.get("OTEL_METRICS_EXPORTER", ""), default=metrics),
+    )
+
+
+def _named(value: str, *, default: bool) -> list[str]:
+    names = [name.strip() for name in value.lower().split(",") if name.strip()]
+    if not names:
+        return ["otlp"] if default else []
+    return [name for name in names if name != "none"]
 
 
 def untraced_warning(environ: Mapping[str, str] | None = None) -> str | None:
