@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,9 @@ def _isolated_caches(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]
     mp.setenv("FLOWGPT_STORE", str(root / "runs.sqlite3"))
     mp.delenv("OPENAI_API_KEY", raising=False)
     mp.delenv("OPENAI_BASE_URL", raising=False)
+    for name in list(os.environ):
+        if name.startswith("OTEL_"):  # tracing is on only where a test turns it on
+            mp.delenv(name)
     yield
     mp.undo()
 

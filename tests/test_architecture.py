@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("flowgpt.accounting",),
     ("flowgpt.providers",),
     ("flowgpt.store",),
+    ("flowgpt.tracing",),  # the engine calls into it; it never calls the engine
     ("flowgpt.engine",),
     ("flowgpt.testing",),  # tests of workflows: they run through the engine
     ("flowgpt.chat",),
@@ -48,6 +49,7 @@ ROOMS: dict[str, tuple[str, ...]] = {
     "llama_cpp": ("flowgpt.providers.local",),
     "sqlite3": ("flowgpt.store",),
     "pytest": ("flowgpt.testing.pytest_plugin",),  # the opt-in plugin for users' suites
+    "opentelemetry": ("flowgpt.tracing.otel",),
 }
 
 

@@ -1,6 +1,7 @@
 """What the fast commands load: ``flowgpt --help``, ``schema``, ``validate`` and
 ``estimate`` must start quickly (issue 13's targets), so none of them imports the openai
-SDK, rich or the engine, and none imports genai-prices once its prices are cached. Beyond
+SDK, rich, OpenTelemetry or the engine, and none imports genai-prices once its prices are
+cached. A run imports OpenTelemetry only when tracing is on. Beyond
 that each loads only what its job needs: jsonschema for the output schemas ``validate``
 checks, tiktoken for the tokens ``estimate`` counts. Timings live in
 tests/benchmarks/bench_startup.py, not here.
@@ -31,6 +32,7 @@ HEAVY = [
     "jsonschema",
     "starlette",  # the web stack of `flowgpt ui` (an extra)
     "uvicorn",
+    "opentelemetry",
 ]
 
 # Runs the CLI in a fresh interpreter, then reports which of the heavy modules it loaded.
@@ -50,10 +52,12 @@ print("\\nPROBE " + json.dumps({"code": code, "loaded": loaded}), file=sys.stder
 """
 
 
-def probe(args: list[str], cache: Path) -> tuple[int, list[str], str]:
-    """(exit code, heavy modules loaded, stderr) of one CLI run in a new process."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+def probe(args: list[str], cache: Path, **variables: str) -> tuple[int, list[str], str]:
+    """(exit code, heavy modules loaded, stderr) of one CLI run in a new process, with
+    the environment variables ``variables`` added."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "OTEL_"))}
     env["FLOWGPT_CACHE_DIR"] = str(cache)
+    env.update(variables)
     proc = subprocess.run(
         [sys.executable, "-c", _PROBE, json.dumps(args), json.dumps(HEAVY)],
         capture_output=True,
@@ -104,6 +108,20 @@ def test_cold_commands_still_avoid_openai_rich_and_the_engine(
     code, loaded, err = probe(args, tmp_path / "empty-cache")
     assert code == 0, err
     assert not {"openai", "rich", "flowgpt.engine.engine", "flowgpt.engine.run"} & set(loaded)
+
+
+def test_a_run_imports_opentelemetry_only_when_tracing_is_on(tmp_path: Path) -> None:
+    args = ["run", ARTICLE, "-i", "topic=green tea", "--mock", "--no-store"]
+    code, loaded, err = probe(args, tmp_path)
+    assert code == 0, err
+    assert "opentelemetry" not in loaded
+    # The same run with the variable set (exporting nowhere) does load it: the probe sees it.
+    off = {"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"}
+    code, loaded, err = probe(
+        args, tmp_path, OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9", **off
+    )
+    assert code == 0, err
+    assert "opentelemetry" in loaded
 
 
 def _workflow(path: Path, schema: str) -> Path:

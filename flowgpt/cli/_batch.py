@@ -20,6 +20,8 @@ from flowgpt.cli._common import (
     _provider_options,
     _secrets,
     _store_options,
+    _trace_option,
+    _tracing,
 )
 
 
@@ -59,6 +61,7 @@ from flowgpt.cli._common import (
     "--cancel", is_flag=True, help="With --batch-api: cancel this batch's batches in flight."
 )
 @_provider_options
+@_trace_option
 @_handle_errors
 def batch(
     workflow: str,
@@ -74,6 +77,7 @@ def batch(
     batch_api: bool,
     no_wait: bool,
     cancel: bool,
+    trace: bool,
     **provider_options: Any,
 ) -> None:
     """Run a workflow once per row of a data file, streaming results to --out.
@@ -115,6 +119,7 @@ def batch(
         rpm=rpm,
         tpm=tpm,
         store=store,
+        tracing=_tracing(trace),
     )
     command = _continue_command()
     budget = None if max_cost is None else str(max_cost)
@@ -159,6 +164,7 @@ def batch(
             )
             sys.exit(130)
     finally:
+        engine.tracing.flush()  # spans are sent before the command ends
         output.close()
         if store is not None:
             store.close()

@@ -260,6 +260,31 @@ def _limit_options(func: F) -> F:
     return func
 
 
+def _trace_option(func: F) -> F:
+    """``--trace``, shared by run and batch."""
+    return click.option(
+        "--trace",
+        is_flag=True,
+        help="Send OpenTelemetry spans and metrics (OTLP/HTTP, where the OTEL_* variables "
+        "say; on anyway when OTEL_EXPORTER_OTLP_ENDPOINT is set; needs the otel extra).",
+    )(func)
+
+
+def _tracing(trace: bool) -> bool | None:
+    """The engine's ``tracing`` for ``--trace``: on when given, else as the environment
+    says; off, with a warning, when the environment asks for tracing that is not
+    installed (a run does not fail for want of its traces)."""
+    if trace:
+        return True
+    from flowgpt.tracing.setup import untraced_warning
+
+    warning = untraced_warning()
+    if warning is not None:
+        click.echo(f"warning: {warning}", err=True)
+        return False
+    return None
+
+
 def _store_options(what: str) -> Callable[[F], F]:
     """``--store`` and ``--no-store`` for a command that records ``what`` (a run, a chat)."""
 

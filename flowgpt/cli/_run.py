@@ -22,6 +22,8 @@ from flowgpt.cli._common import (
     _scrub,
     _secrets,
     _store_options,
+    _trace_option,
+    _tracing,
 )
 from flowgpt.errors import FlowgptError, InputError
 
@@ -56,6 +58,7 @@ from flowgpt.errors import FlowgptError, InputError
 )
 @_limit_options
 @_provider_options
+@_trace_option
 @_handle_errors
 def run(
     workflow: str,
@@ -75,6 +78,7 @@ def run(
     store_path: str | None,
     no_store: bool,
     cache: bool,
+    trace: bool,
 ) -> None:
     """Run a workflow: progress on stderr, outputs on stdout, then the cost table.
 
@@ -109,6 +113,7 @@ def run(
         concurrency=concurrency,
         rpm=rpm,
         tpm=tpm,
+        tracing=_tracing(trace),
     )
     progress.holds = engine.rate_limit_holds
     error: FlowgptError | None = None
@@ -132,6 +137,7 @@ def run(
             click.echo("interrupted", err=True)
         sys.exit(130)
     finally:
+        engine.tracing.flush()  # spans are sent before the command ends
         if store is not None:
             store.close()
     secrets = _secrets(wf)  # a reply echoing the key is scrubbed, as in errors

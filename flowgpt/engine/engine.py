@@ -52,6 +52,8 @@ from flowgpt.spec.models import ProviderSpec, WorkflowSpec
 from flowgpt.spec.urls import base_url_problem
 from flowgpt.spec.workflow import Workflow
 from flowgpt.store.run_store import RunStore, new_run_id
+from flowgpt.tracing.base import BatchTrace, Tracing
+from flowgpt.tracing.setup import make_tracing
 
 __all__ = ["Engine"]
 
@@ -68,6 +70,11 @@ class Engine:
     by all its runs; ``async with Engine() as engine:`` (or ``await engine.aclose()``)
     closes them, and ``run_sync`` closes them when its event loop ends. When a run fails,
     the error raised carries the partial result as ``error.result``.
+
+    Tracing (OpenTelemetry spans and metrics, docs/tracing.md) is on when
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) is set, or
+    with ``tracing=True``, or when a ``tracer_provider`` / ``meter_provider`` is given;
+    ``tracing=False`` turns it off. It needs the otel extra.
     """
 
     def __init__(
@@ -82,6 +89,9 @@ class Engine:
         concurrency: int | None = None,
         rpm: float | None = None,
         tpm: float | None = None,
+        tracing: bool | None = None,
+        tracer_provider: object | None = None,
+        meter_provider: object | None = None,
     ) -> None:
         self.provider = provider
         # Request limits for everything this engine runs at once; `concurrency` overrides
@@ -95,6 +105,10 @@ class Engine:
         self.max_cost_usd = usd_limit(max_cost_usd)
         self.model = model  # overrides every step's model
         self.on_event = on_event
+        # Spans and metrics of every run (NO_TRACING, a no-op, when tracing is off).
+        self.tracing: Tracing = make_tracing(
+            tracing, tracer_provider=tracer_provider, meter_provider=meter_provider
+        )
         # The providers this engine made, one per configuration (see provider_for).
         self._providers: dict[tuple[str, str], Provider] = {}
         # One request limiter per account and event loop (asyncio primitives belong to a
@@ -187,6 +201,7 @@ class Engine:
         batch: str | None = None,
         batch_row: int | None = None,
         resume_inputs: bool = True,
+        tracing: Tracing | None = None,
     ) -> Run:
         """A run of ``workflow`` ready to ``execute`` (inside an event loop).
 
@@ -194,7 +209,8 @@ class Engine:
         request is unchanged are reused at $0, and (unless ``resume_inputs`` is false) its
         inputs are used where none are given. ``outer_budget`` is a budget the run shares
         with others (a batch's); ``batch`` and ``batch_row`` name the batch and row the
-        run is, for the store."""
+        run is, for the store; ``tracing`` traces the run elsewhere than the engine's
+        tracing does (a batch row's)."""
         Plan.of(workflow)  # static errors are refused before anything runs
         previous = None
         if resume is not None:
@@ -238,6 +254,7 @@ class Engine:
             cache=self.cache,
             batch=batch,
             batch_row=batch_row,
+            tracing=tracing or self.tracing,
         )
         return Run(
             workflow,
@@ -316,6 +333,7 @@ class Engine:
         wf = _as_workflow(workflow)
         Plan.of(wf)  # static errors before anything runs
         store = self.store
+        batch_span = self.tracing.start_batch(wf.spec.name)
 
         def start(row: DataRow, shared: Budget) -> Run:
             earlier = None
@@ -330,9 +348,10 @@ class Engine:
                 batch_row=row.number,
                 resume=earlier,
                 resume_inputs=False,  # a row's inputs are its row's, as the data says now
+                tracing=batch_span.row(row.number),
             )
 
-        return run_rows(
+        rows_run = run_rows(
             start,
             rows,
             concurrency=concurrency or self.concurrency or wf.spec.provider.concurrency,
@@ -340,6 +359,7 @@ class Engine:
             skip=skip,
             inputs_from_cli=inputs_from_cli,
         )
+        return _traced(rows_run, batch_span) if self.tracing.enabled else rows_run
 
     def run_batch_api(
         self,
@@ -419,6 +439,24 @@ class Engine:
             raise SpecError("cancelling Batch API batches needs the run store")
         api = batch_api_of(self.provider_for(wf.spec.provider, wf.base_dir))
         return await cancel_batches(api, self.store.path, job)
+
+
+async def _traced(
+    rows: AsyncIterator[BatchRowResult], batch: BatchTrace
+) -> AsyncIterator[BatchRowResult]:
+    """A batch's results as they come, each counted in the batch's span, which ends
+    with the batch."""
+    try:
+        async for row in rows:
+            batch.row_done(row.status == "ok", row.usage, row.cost_usd)
+            yield row
+    finally:
+        close = getattr(rows, "aclose", None)
+        try:
+            if close is not None:  # stopped early: the batch's workers stop first
+                await close()
+        finally:
+            batch.end()
 
 
 def _as_workflow(workflow: Workflow | WorkflowSpec | str | Path) -> Workflow:

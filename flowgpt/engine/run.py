@@ -56,6 +56,7 @@ from flowgpt.spec.output import FEEDBACK_MAX_TOKENS, repair_message, validate_re
 from flowgpt.spec.workflow import Workflow
 from flowgpt.store.fingerprint import request_fingerprint
 from flowgpt.store.run_store import RunStore
+from flowgpt.tracing.base import NO_TRACING, RunTrace, StepTrace, Tracing
 
 __all__ = ["Run", "RunSettings"]
 
@@ -79,6 +80,7 @@ class RunSettings:
     batch: str | None = None  # the batch this run is a row of (recorded with the run)
     batch_row: int | None = None
     batch_rates: bool = False  # priced at Batch API rates (the calls go through batches)
+    tracing: Tracing = NO_TRACING  # spans of the run, its steps and requests
 
 
 class Run:
@@ -125,6 +127,7 @@ class Run:
         # response_format types the endpoint refused (then not sent again this run).
         self.refused_formats: frozenset[str] = frozenset()
         self.failure: FlowgptError | None = None
+        self.trace: RunTrace = NO_TRACING  # the run's span, from execute() on
         self.tasks: list[asyncio.Future[None]] = []  # steps running in tasks of their own
         self.result = RunResult(
             workflow=self.spec.name, inputs=inputs, steps=self.results, run_id=run_id
@@ -309,7 +312,7 @@ class Run:
     # -- one step ----------------------------------------------------------------------
 
     async def attempt_loop(
-        self, step: StepSpec, messages: list[Message], result: StepResult
+        self, step: StepSpec, messages: list[Message], result: StepResult, trace: StepTrace
     ) -> None:
         spec = step.output
         retries = spec.retries if spec is not None else 0
@@ -324,14 +327,17 @@ class Run:
                 try:
                     # The call, inline (every request passes here: one coroutine fewer).
                     async with self.limiter.slot(request):
-                        started = time.perf_counter()
-                        # Which call this is, for providers that label what they send.
-                        site = CALL_SITE.set(CallSite(result.id, len(result.attempts)))
-                        try:
-                            response = await self.provider.complete(request)
-                        finally:
-                            CALL_SITE.reset(site)
-                        latency = time.perf_counter() - started
+                        with trace.chat(request) as call:
+                            started = time.perf_counter()
+                            # Which call this is, for providers that label what they send.
+                            site = CALL_SITE.set(CallSite(result.id, len(result.attempts)))
+                            try:
+                                response = await self.provider.complete(request)
+                            finally:
+                                CALL_SITE.reset(site)
+                            latency = time.perf_counter() - started
+                            cost = self.cost(request, response)
+                            call.answered(response, cost)
                     break
                 except BadRequestError as exc:
                     if reservation is not None:
@@ -345,14 +351,13 @@ class Run:
                         # A call that failed was not billed.
                         self.budget.settle(reservation, 0, Decimal(0))
                     raise
-            cost: Decimal | None
             if hit is not None:
                 response, latency, cost = hit, 0.0, Decimal(0)
                 worth = self.cost(request, hit)
                 if worth is not None:
                     result.saved_usd = (result.saved_usd or Decimal(0)) + worth
+                trace.cache_hit()
             else:
-                cost = self.cost(request, response)
                 if reservation is not None:
                     self.budget.settle(reservation, response.usage.total_tokens, cost)
             verdict = validate_reply(response.text, spec, response.finish_reason)
@@ -385,6 +390,7 @@ class Run:
                     )
                 return
             failures = verdict.failures
+            trace.rejected(failures)
             if response.finish_reason == "length" and spec is not None and spec.is_json:
                 # JSON cut off at max_tokens is incomplete, and asking again with the same
                 # limit is cut off again: a repair cannot help (a text reply that breaks
@@ -430,6 +436,7 @@ class Run:
 
     async def run_step(self, step: StepSpec) -> None:
         result = self.results[step.id]
+        trace = self.trace.step(step.id)
         try:
             ctx = self.context()
             if step.when is not None and not templating.evaluate(step.when, ctx, step=step.id):
@@ -440,7 +447,7 @@ class Run:
             started = time.perf_counter()
             if step.for_each is not None:
                 try:
-                    await self.run_items(step, ctx, result)
+                    await self.run_items(step, ctx, result, trace)
                 finally:
                     result.latency_s = time.perf_counter() - started
                 result.status = "ok"
@@ -457,7 +464,7 @@ class Run:
                     self.emit("step_finished", step.id, result=result)
                     return
             try:
-                await self.attempt_loop(step, messages, result)
+                await self.attempt_loop(step, messages, result, trace)
             finally:
                 result.latency_s = time.perf_counter() - started
             cached = bool(result.attempts) and all(a.cached for a in result.attempts)
@@ -468,8 +475,10 @@ class Run:
             result.error = exc.message
             if self.failure is None:
                 self.failure = exc
+            trace.failed(exc)
             self.emit("step_failed", step.id, result=result, message=exc.message)
         finally:
+            trace.end(result)
             self.views[step.id] = result.template_view()
             # A step cut off by Ctrl-C in flight has no result to keep.
             if self.store is not None and result.status in _FINISHED:
@@ -481,7 +490,9 @@ class Run:
                     price=self.price_of(result.model),
                 )
 
-    async def run_items(self, step: StepSpec, ctx: dict[str, Any], result: StepResult) -> None:
+    async def run_items(
+        self, step: StepSpec, ctx: dict[str, Any], result: StepResult, trace: StepTrace
+    ) -> None:
         """A for_each step: one call per item, all at once within the request limit; the
         output is the list of the items' outputs, in item order."""
         items = templating.evaluate(step.for_each or "", ctx, step=step.id, where="for_each")
@@ -502,21 +513,27 @@ class Run:
             StepResult(id=f"{step.id}[{i}]", model=result.model) for i in range(len(items))
         ]
 
-        async def one(sub: StepResult, item: Any) -> None:
+        async def one(index: int, sub: StepResult, item: Any) -> None:
             messages = self.messages_for(step, {**ctx, name: item})
             sub.messages = [dict(m) for m in messages]
+            item_trace = trace.item(index)
             started = time.perf_counter()
             try:
-                await self.attempt_loop(step, messages, sub)
+                await self.attempt_loop(step, messages, sub, item_trace)
                 sub.status = "ok"
             except FlowgptError as exc:
                 sub.status, sub.error = "failed", exc.message
+                item_trace.failed(exc)
                 raise
             finally:
                 sub.latency_s = time.perf_counter() - started
+                item_trace.end(sub)
 
         outcomes = await asyncio.gather(
-            *(one(sub, item) for sub, item in zip(result.items, items, strict=True)),
+            *(
+                one(i, sub, item)
+                for i, (sub, item) in enumerate(zip(result.items, items, strict=True))
+            ),
             return_exceptions=True,
         )
         for outcome in outcomes:
@@ -556,6 +573,15 @@ class Run:
     async def execute(self) -> RunResult:
         started = time.perf_counter()
         run_id = self.result.run_id or ""
+        self.trace = self.settings.tracing.start_run(
+            self.workflow,
+            run_id,
+            inputs=self.inputs.keys(),
+            provider=self.provider.name,
+            base_url=self.provider.resolved_base_url(),
+            price_of=self.price_of,
+            resumed_from=self.resumed_from,
+        )
         if self.store is not None:
             self.store.start_run(
                 run_id,
@@ -617,6 +643,7 @@ class Run:
         return result
 
     def finish(self) -> None:
+        self.trace.end(self.result, self.failure)
         if self.store is None:
             return
         r = self.result

@@ -85,6 +85,7 @@ from flowgpt.providers._openai_rules import (
     uses_max_completion_tokens,
 )
 from flowgpt.providers.base import ChatRequest, ChatResponse, OnText
+from flowgpt.providers.observe import note
 from flowgpt.providers.rate_limits import WaitCapReached
 
 if TYPE_CHECKING:
@@ -106,6 +107,8 @@ async def _count_attempt(request: httpx2.Request) -> None:
         call.current = max(call.current, int(request.headers["x-stainless-retry-count"]) + 1)
     except (KeyError, ValueError):
         call.current += 1
+    if call.retries:
+        note("flowgpt.retry", **{"http.request.resend_count": call.retries})
 
 
 async def _on_response(response: httpx2.Response) -> None:
@@ -380,6 +383,8 @@ class OpenAIProvider:
         asked = _rate_limit_wait(exc.response.headers, message)
         call.rate_limited += 1
         wait = asked.wait
+        # For whoever listens to this call (tracing): a 429 and the wait the server asked.
+        note("flowgpt.rate_limited", **({} if wait is None else {"flowgpt.retry_after_s": wait}))
         if wait is not None:
             wait = max(wait, _rate_limit_floor(call.rate_limited))
         if call.first_429 is None:
