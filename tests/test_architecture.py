@@ -39,7 +39,7 @@ ROOMS: dict[str, tuple[str, ...]] = {
     "click": ("flowgpt.cli",),
     "rich": ("flowgpt.cli", "flowgpt.results"),  # the cost table is part of the result
     # The prompt sandbox; and the UI's own HTML templates, escaped, apart from the sandbox.
-    "jinja2": ("flowgpt.templating", "flowgpt.ui._render"),
+    "jinja2": ("flowgpt.templating",),
     "starlette": ("flowgpt.ui.app",),
     "uvicorn": ("flowgpt.ui.server",),
     "yaml": ("flowgpt.spec.loader",),
