@@ -15,6 +15,7 @@ There is one async core (``Engine.run``); ``Engine.run_sync`` wraps it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import weakref
 from collections.abc import (
     AsyncIterable,
@@ -111,6 +112,9 @@ class Engine:
         )
         # The providers this engine made, one per configuration (see provider_for).
         self._providers: dict[tuple[str, str], Provider] = {}
+        # id(workflow) -> (a weak reference to it, its provider); an entry goes with its
+        # workflow, so an app that loads a new workflow for every run does not fill it.
+        self._by_workflow: dict[int, tuple[weakref.ref[Workflow], Provider]] = {}
         # One request limiter per account and event loop (asyncio primitives belong to a
         # loop), shared by every run this engine makes at once.
         self._limiters: weakref.WeakKeyDictionary[
@@ -132,6 +136,20 @@ class Engine:
         provider = self._providers.get(key)
         if provider is None:
             provider = self._providers[key] = make_provider(spec, base_dir)
+        return provider
+
+    def _provider_of(self, workflow: Workflow) -> Provider:
+        """``provider_for`` a workflow's own ``provider:``, remembered per workflow object
+        so that a run of the same workflow finds it without working out the key again."""
+        if self.provider is not None:
+            return self.provider
+        key = id(workflow)
+        found = self._by_workflow.get(key)
+        if found is not None and found[0]() is workflow:
+            return found[1]
+        provider = self.provider_for(workflow.spec.provider, workflow.base_dir)
+        entries = self._by_workflow
+        self._by_workflow[key] = (weakref.ref(workflow, lambda _: entries.pop(key, None)), provider)
         return provider
 
     def limiter(
@@ -173,6 +191,7 @@ class Engine:
     async def aclose(self) -> None:
         """Close the providers this engine made (a given provider is the caller's)."""
         providers, self._providers = list(self._providers.values()), {}
+        self._by_workflow.clear()
         for provider in providers:
             await provider.aclose()
 
@@ -227,12 +246,12 @@ class Engine:
                 inputs = {**self.store.load_run(resume).inputs, **(inputs or {})}
         resolved = resolve_inputs(workflow.spec, inputs or {}, from_cli=inputs_from_cli)
         spec = workflow.spec.provider
-        provider = self.provider_for(spec, workflow.base_dir)
+        provider = self._provider_of(workflow)
         # Where an HTTP provider sends (the workflow's URL was checked when it was loaded;
         # OPENAI_BASE_URL is checked here).
         where = provider.resolved_base_url()
-        if where is not None and not is_local_url(where):
-            problem = base_url_problem(where)
+        if where is not None:
+            problem = _url_problem(where)
             if problem is not None:
                 raise SpecError(
                     f"the API base URL cannot be used: {problem}",
@@ -457,6 +476,13 @@ async def _traced(
                 await close()
         finally:
             batch.end()
+
+
+@functools.lru_cache(maxsize=64)
+def _url_problem(where: str) -> str | None:
+    """What makes a provider's base URL unusable (None for the in-process local model's
+    "local:..."); the same few URLs are asked about for every run."""
+    return None if is_local_url(where) else base_url_problem(where)
 
 
 def _as_workflow(workflow: Workflow | WorkflowSpec | str | Path) -> Workflow:

@@ -10,6 +10,7 @@ A run takes what it shares with other runs from its engine as one small object,
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -268,8 +269,8 @@ class Run:
     def price_note(self) -> str | None:
         """Says where prices came from when they are not the endpoint's own: OpenAI's list
         prices for requests that went to another host (a relay, a proxy, a local server)."""
-        endpoint = endpoint_of(self.provider.resolved_base_url())
-        if endpoint is None or is_openai_url(endpoint) or is_local_url(endpoint):
+        endpoint = _relay(self.provider.resolved_base_url())
+        if endpoint is None:
             return None
         listed = any(
             (price := self.price_of(r.model)) is not None and price.source == "genai-prices"
@@ -656,3 +657,14 @@ class Run:
             usage=r.usage,
             latency_s=r.latency_s,
         )
+
+
+@functools.lru_cache(maxsize=64)
+def _relay(base_url: str | None) -> str | None:
+    """Where requests go when that is neither OpenAI nor the in-process model (a relay, a
+    proxy, a local server): the endpoint to name under the cost table; else None. The same
+    few URLs are asked about for every run."""
+    endpoint = endpoint_of(base_url)
+    if endpoint is None or is_openai_url(endpoint) or is_local_url(endpoint):
+        return None
+    return endpoint
