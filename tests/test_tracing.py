@@ -28,8 +28,10 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from flowgpt import AuthenticationError, Engine, MockProvider, parse_workflow
 from flowgpt.providers.openai import OpenAIProvider
+from flowgpt.store.run_store import RunStore
 from flowgpt.tracing import NO_TRACING
 from flowgpt.tracing.otel import DURATION_BUCKETS, TOKEN_BUCKETS
+from tests.support.fake_batches import FakeBatches
 from tests.support.fake_openai import FakeOpenAI, Fault, Reply
 from tests.support.otlp_receiver import OtlpReceiver, Span
 
@@ -437,6 +439,63 @@ async def test_batch_rows_are_runs_under_one_batch_span(otel: Otel) -> None:
     assert a["flowgpt.usage.input_tokens"] == sum(r.usage.prompt_tokens for r in results)
 
 
+async def test_batch_api_rows_and_batches_are_traced(
+    otel: Otel, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    batches = FakeBatches(fake_openai)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_openai.base_url)
+    workflow = parse_workflow(
+        "version: 1\nname: staged\ndefaults: {model: gpt-4o-mini, max_tokens: 20}\n"
+        "inputs: {topic: {type: string}}\nsteps:\n"
+        "  - {id: first, prompt: 'About {{ inputs.topic }}'}\n"
+        "  - {id: second, prompt: 'More on {{ steps.first.text }}'}\n"
+    )
+    engine = Engine(
+        store=RunStore(tmp_path / "runs.sqlite3"),
+        tracer_provider=otel.tracer_provider,
+        meter_provider=otel.meter_provider,
+    )
+    async with engine:
+        run = engine.run_batch_api(
+            workflow, [{"topic": "tea"}, {"topic": "milk"}], job="traced", poll_interval_s=0.005
+        )
+        results = [r async for r in run]
+    assert [r.status for r in results] == ["ok", "ok"]
+
+    (batch,) = otel.named("batch ")
+    assert batch.name == "batch staged" and batch.parent is None
+    a = dict(batch.attributes or {})
+    assert (a["flowgpt.batch.rows"], a["flowgpt.batch.failed"]) == (2, 0)
+    # One Batch API batch per stage, each submitted and ended, as events of the batch span.
+    made = {str(e.attributes["flowgpt.batch_api.batch_id"]) for e in batch.events
+            if e.name == "flowgpt.batch_api.submitted" and e.attributes}  # fmt: skip
+    ended = [dict(e.attributes or {}) for e in batch.events if e.name == "flowgpt.batch_api.ended"]
+    assert made == set(batches.batches) and len(made) == 2
+    assert {e["flowgpt.batch_api.batch_id"] for e in ended} == made
+    assert all(e["flowgpt.batch_api.status"] == "completed" for e in ended)
+    # Rows are runs under it; every request is a chat span naming its line and batch.
+    runs = otel.named("invoke_workflow")
+    assert sorted((r.attributes or {})["flowgpt.batch.row"] for r in runs) == [1, 2]
+    assert all(otel.parent(r) is batch for r in runs)
+    chats = otel.named("chat ")
+    assert len(chats) == 4
+    lines = {
+        str((e.attributes or {})["flowgpt.batch_api.custom_id"]): (e.attributes or {}).get(
+            "flowgpt.batch_api.batch_id"
+        )
+        for c in chats
+        for e in c.events
+        if e.name == "flowgpt.batch_api.line"
+    }
+    assert sorted(lines) == sorted(batches.sent()) and set(lines.values()) == made
+    # usage as the batch's answers said, adding up to what the rows report
+    for kind, name in (("input", "prompt_tokens"), ("output", "completion_tokens")):
+        traced = [(c.attributes or {})[f"gen_ai.usage.{kind}_tokens"] for c in chats]
+        assert all(isinstance(n, int) and n > 0 for n in traced)
+        assert sum(traced) == sum(getattr(r.usage, name) for r in results)  # type: ignore[misc]
+
+
 def test_tracing_is_off_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Engine().tracing is NO_TRACING
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
@@ -587,8 +646,9 @@ def test_flowgpt_run_with_capture_on_sends_messages_never_the_key(
     assert KEY.encode() not in b"".join(receiver.bodies)
 
 
+@pytest.mark.parametrize("via", ["chat", "batch-api"])
 def test_flowgpt_batch_sends_a_span_per_row(
-    fake_openai: FakeOpenAI, receiver: OtlpReceiver, tmp_path: Path
+    fake_openai: FakeOpenAI, receiver: OtlpReceiver, tmp_path: Path, via: str
 ) -> None:
     (tmp_path / "wf.yaml").write_text(
         f"version: 1\nname: rows\ndefaults: {{model: gpt-4o-mini, max_tokens: 20}}\n"
@@ -596,9 +656,17 @@ def test_flowgpt_batch_sends_a_span_per_row(
         "inputs: {topic: {type: string}}\nsteps:\n  - id: a\n    prompt: 'On {{ inputs.topic }}'\n"
     )
     (tmp_path / "rows.jsonl").write_text('{"topic": "tea"}\n{"topic": "coffee"}\n')
+    batches = FakeBatches(fake_openai)
+    env = cli_env(
+        fake_openai,
+        receiver,
+        FLOWGPT_STORE=str(tmp_path / "runs.sqlite3"),
+        FLOWGPT_BATCH_POLL_S="0.005",
+    )
+    api = ["--batch-api"] if via == "batch-api" else []
     proc = flowgpt(
-        "batch", "wf.yaml", "--data", "rows.jsonl", "--out", "out.jsonl",
-        cwd=tmp_path, env=cli_env(fake_openai, receiver),
+        "batch", "wf.yaml", "--data", "rows.jsonl", "--out", "out.jsonl", *api,
+        cwd=tmp_path, env=env,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     spans = receiver.spans()
@@ -607,6 +675,8 @@ def test_flowgpt_batch_sends_a_span_per_row(
     runs = [s for s in spans if s.parent_id == batch.span_id]
     assert sorted(r.attributes["flowgpt.batch.row"] for r in runs) == [1, 2]
     assert len([s for s in spans if s.name == "chat gpt-4o-mini"]) == 2
+    submitted = [e for e in batch.events if e.name == "flowgpt.batch_api.submitted"]
+    assert len(submitted) == len(batches.batches) == (1 if api else 0)
 
 
 def test_trace_flag_without_the_variable_uses_the_traces_endpoint_variable(

@@ -102,6 +102,7 @@ def batch(
             provider_options=provider_options,
             store_path=store_path,
             no_store=no_store,
+            trace=trace,
         )
         return
     from flowgpt.cli._progress import BatchProgress, rate_limit_summary

@@ -19,7 +19,13 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from flowgpt.cli._common import EXIT_OK, EXIT_RUN_FAILED, _continue_command, _open_store
+from flowgpt.cli._common import (
+    EXIT_OK,
+    EXIT_RUN_FAILED,
+    _continue_command,
+    _open_store,
+    _tracing,
+)
 from flowgpt.errors import ProviderError
 from flowgpt.money import format_usd
 
@@ -46,6 +52,7 @@ def batch_api_command(
     provider_options: dict[str, Any],
     store_path: str | None = None,
     no_store: bool = False,
+    trace: bool = False,
 ) -> None:
     """The --batch-api side of ``flowgpt batch`` (see docs/batch-api.md)."""
     if no_wait and cancel:
@@ -70,7 +77,7 @@ def batch_api_command(
     # The journal of what was submitted lives in the store: without it, a crash would
     # submit (and pay for) everything again.
     with _open_store(store_path, no_store, needed_by="--batch-api") as store:
-        engine = Engine(model=model, store=store)
+        engine = Engine(model=model, store=store, tracing=_tracing(trace))
         if cancel:
             _cancel(engine, wf, job, out)
             return
@@ -116,6 +123,7 @@ def batch_api_command(
             )
             sys.exit(130)
         finally:
+            engine.tracing.flush()  # spans are sent before the command ends
             output.close()
     _summary(run, progress, out, output.skipped, total, max_cost, command)
 

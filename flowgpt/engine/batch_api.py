@@ -44,9 +44,11 @@ from flowgpt.engine.run import Run
 from flowgpt.errors import BadRequestError, BudgetExceededError, ProviderError, ServerError
 from flowgpt.providers.base import ChatRequest, ChatResponse, OnText, Provider
 from flowgpt.providers.batches import BatchAPI, BatchInfo, LineResult, split_lines
+from flowgpt.providers.observe import note
 from flowgpt.spec.workflow import Workflow
 from flowgpt.store.batch_journal import BatchJournal, LineRecord, SubmissionRecord
 from flowgpt.store.fingerprint import request_fingerprint
+from flowgpt.tracing.base import NO_TRACING, BatchTrace
 
 __all__ = ["ROWS_AT_ONCE", "BatchAPIRun", "BatchAPIStatus", "StartBatchRow", "cancel_batches"]
 
@@ -211,6 +213,7 @@ class BatchAPIRun:
         inputs_from_cli: bool = False,
         on_status: Callable[[BatchAPIStatus], None] | None = None,
         rows_at_once: int = ROWS_AT_ONCE,
+        trace: BatchTrace = NO_TRACING,
     ) -> None:
         self.workflow = workflow
         self.rows_at_once = rows_at_once
@@ -226,6 +229,7 @@ class BatchAPIRun:
         self._store_path = store_path
         self._skip = skip
         self._inputs_from_cli = inputs_from_cli
+        self._trace = trace  # its span ends with the iteration
         spec = workflow.spec
         self._max_retries = spec.provider.max_retries
         self._pricing = spec.pricing
@@ -285,11 +289,22 @@ class BatchAPIRun:
     # -- the run --------------------------------------------------------------------------
 
     async def _run(self) -> AsyncIterator[BatchRowResult]:
+        try:
+            async for result in self._rounds():
+                yield result
+        finally:
+            self._trace.end()
+
+    async def _rounds(self) -> AsyncIterator[BatchRowResult]:
         with BatchJournal(self._store_path) as journal:
             self._journal = journal
             job = journal.open_job(self.job_key, self.workflow.spec.name)
             self.job_id, self._created_unix = job.job_id, job.created_unix
             self.round = journal.last_round(job.job_id)
+            self._trace.event(
+                "flowgpt.batch_api.job",
+                {"flowgpt.batch_api.job": job.job_id, "flowgpt.batch_api.round": self.round},
+            )
             self._load(journal.lines(job.job_id))
             await self._recover(journal.open_submissions(job.job_id))
             rows = await _listed(self._rows_in)
@@ -398,6 +413,7 @@ class BatchAPIRun:
                     self.message = run.failure.message
                 continue
             taken.append(result)
+            self._trace.row_done(result.ok, result.usage, result.cost_usd)
             self.done += 1
             self.rows_cost_usd = _add(self.rows_cost_usd, result.cost_usd)
             self.rows_sync_usd = _add(self.rows_sync_usd, state.sync_usd if state else None)
@@ -443,6 +459,7 @@ class BatchAPIRun:
                 position = len(known)
             if line.status in ("new", "pending"):
                 await self._wait_for(row, line)
+            self._note_line(line)
             if line.response is not None:
                 self._account(row, line.response, request.model)
                 return line.response
@@ -485,6 +502,14 @@ class BatchAPIRun:
             if row.waiting == 0:
                 self._busy += 1
             self._activity += 1
+
+    def _note_line(self, line: _Line) -> None:
+        """Tell the request's span (if traced) which line of which batch answered it."""
+        info = self._infos.get(line.submission_id) if line.submission_id else None
+        attributes: dict[str, str] = {"flowgpt.batch_api.custom_id": line.custom_id}
+        if info is not None:
+            attributes["flowgpt.batch_api.batch_id"] = info.id
+        note("flowgpt.batch_api.line", **attributes)
 
     def _account(self, row: _Row, response: ChatResponse, model: str) -> None:
         cost = cost_of(
@@ -624,6 +649,15 @@ class BatchAPIRun:
         self._infos[submission.submission_id] = info
         self._in_flight[submission.submission_id] = submission
         self.submitted.append(info)
+        self._trace.event(
+            "flowgpt.batch_api.submitted",
+            {
+                "flowgpt.batch_api.batch_id": info.id,
+                "gen_ai.request.model": submission.model,
+                "flowgpt.batch_api.lines": submission.lines,
+                "flowgpt.batch_api.round": submission.round,
+            },
+        )
 
     async def _poll(self) -> bool:
         """Look at every batch in flight once; record the results of those that ended.
@@ -652,6 +686,15 @@ class BatchAPIRun:
             ):
                 self._status("batch")
             if info.ended:
+                self._trace.event(
+                    "flowgpt.batch_api.ended",
+                    {
+                        "flowgpt.batch_api.batch_id": info.id,
+                        "flowgpt.batch_api.status": info.status,
+                        "flowgpt.batch_api.completed": info.completed,
+                        "flowgpt.batch_api.failed": info.failed,
+                    },
+                )
                 results = await self.api.results(info, submission.model)
                 self._record(submission, info, results)
                 del self._in_flight[sid]

@@ -417,6 +417,7 @@ class Engine:
         provider = self.provider_for(wf.spec.provider, wf.base_dir)
         api = batch_api_of(provider)
         limiter = RequestLimiter(_NO_LIMIT)
+        batch_span = self.tracing.start_batch(wf.spec.name)
 
         def start(row: DataRow, shared: Budget, via: Provider) -> Run:
             settings = RunSettings(
@@ -426,6 +427,7 @@ class Engine:
                 max_cost_usd=self.max_cost_usd,
                 on_event=self.on_event,
                 batch_rates=True,
+                tracing=batch_span.row(row.number),
             )
             inputs = resolve_inputs(wf.spec, row.inputs, from_cli=row.from_text)
             return Run(wf, inputs, new_run_id(), settings, outer_budget=shared)
@@ -445,6 +447,7 @@ class Engine:
             inputs_from_cli=inputs_from_cli,
             on_status=on_status,
             rows_at_once=rows_at_once,
+            trace=batch_span,
         )
 
     async def cancel_batch_api(

@@ -20,7 +20,7 @@ with it, and ``flowgpt.tracing.setup`` chooses between the two.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from types import TracebackType
@@ -112,6 +112,11 @@ class BatchTrace(Protocol):
 
     def row_done(self, ok: bool, usage: Usage, cost_usd: Decimal | None) -> None: ...
 
+    def event(self, name: str, attributes: Mapping[str, str | int]) -> None:
+        """Something that happened to the batch as a whole (a Batch API batch submitted
+        or ended)."""
+        ...
+
     def end(self) -> None: ...
 
 
@@ -185,6 +190,9 @@ class NoTracing:
         return None
 
     def row_done(self, ok: bool, usage: Usage, cost_usd: Decimal | None) -> None:
+        return None
+
+    def event(self, name: str, attributes: Mapping[str, str | int]) -> None:
         return None
 
     def end(self, *args: Any) -> None:

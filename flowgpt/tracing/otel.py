@@ -3,7 +3,10 @@ imports ``opentelemetry`` (imported only when tracing is on).
 
 Spans (all but the request spans are INTERNAL)::
 
-    batch {workflow}                      flowgpt batch: one per batch
+    batch {workflow}                      flowgpt batch: one per batch (with --batch-api:
+                                          per process that works on the job; its
+                                          events say which Batch API batches were
+                                          submitted and how they ended)
     └── invoke_workflow {workflow}        one per run (gen_ai.operation.name invoke_workflow)
         └── step {id}                     one per step
             └── step {id}[i]              one per item of a for_each step
@@ -13,7 +16,9 @@ A request span holds what the conventions name (``gen_ai.operation.name``,
 ``gen_ai.provider.name``, ``gen_ai.request.*``, ``server.*``, ``gen_ai.response.*``,
 ``gen_ai.usage.*`` exactly as the server reported it) and flowgpt's own ``flowgpt.*``
 (cost, price source, retries); transport retries and 429s are its events, repairs and
-cache hits its step's. Errors set the span status and ``error.type`` (the error's class).
+cache hits its step's. A request sent as a line of a Batch API batch lasts until its
+batch ended, and an event names the line and the batch. Errors set the span status and
+``error.type`` (the error's class).
 Metrics: ``gen_ai.client.token.usage`` and ``gen_ai.client.operation.duration``, with the
 conventions' bucket boundaries. Message content only with the opt-in (see ``setup``), and
 then with anything key-shaped redacted; API keys never reach a span: nothing here reads
@@ -207,6 +212,9 @@ class _BatchTrace:
         self._failed += not ok
         self._usage = self._usage + usage
         self._cost = None if self._cost is None or cost_usd is None else self._cost + cost_usd
+
+    def event(self, name: str, attributes: Mapping[str, str | int]) -> None:
+        self._span.add_event(name, dict(attributes))
 
     def end(self) -> None:
         span = self._span
