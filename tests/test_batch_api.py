@@ -419,8 +419,19 @@ def test_a_refused_line_fails_its_row_the_others_go_on_and_running_again_retries
     assert second.exit_code == 0, second.output
     assert "2 already done" in second.output
     assert _out(tmp_path)[2]["status"] == "ok"
-    # the failed row was asked afresh (its lines retired), the others not again
-    assert Counter(c.split("/")[0] for c in batches.sent()) == Counter({"1": 3, "3": 3, "2": 6})
+    # the failed row went on from its failed step, as a synchronous batch's row does (the
+    # steps it finished reused at $0 from its run in the store); the others not again
+    assert Counter(c.split("/")[0] for c in batches.sent()) == Counter({"1": 3, "3": 3, "2": 4})
+    assert [c for c in batches.sent() if c.startswith("2/")][-1].startswith("2/long/")
+    with RunStore(cli_env["FLOWGPT_STORE"]) as store:
+        latest = store.latest_batch_run(str(tmp_path / "out.jsonl"), 2)
+        assert latest is not None
+        steps = store.load_run(latest).steps
+    assert {sid: s.status for sid, s in steps.items()} == {
+        "plan": "reused",
+        "short": "reused",
+        "long": "ok",
+    }
 
 
 def test_a_refused_batch_fails_its_rows_with_the_reason_and_a_full_queue_is_tried_again(
@@ -630,3 +641,25 @@ def test_a_finished_batch_run_again_sends_nothing(
     again = _batch(tmp_path, "--batch-api")
     assert again.exit_code == 0 and "2 already done" in again.output
     assert len(server[1].batches) == made
+
+
+def test_batch_api_rows_are_recorded_as_runs_of_the_batch(
+    tmp_path: Path, server: tuple[FakeOpenAI, FakeBatches], cli_env: dict[str, str]
+) -> None:
+    _files(tmp_path, rows=3)
+    assert _batch(tmp_path, "--batch-api").exit_code == 0
+    by_row = _out(tmp_path)
+    out = str(tmp_path / "out.jsonl")
+    with RunStore(cli_env["FLOWGPT_STORE"]) as store:
+        runs = store.list_runs(batch=out)
+        (summary,) = store.list_entries()
+        # each row a run, priced as --out says (at Batch API rates), its messages kept
+        assert [(r.status, r.steps_done) for r in runs] == [("ok", 3)] * 3
+        assert [r.cost_usd for r in runs] == [Decimal(by_row[n]["cost_usd"]) for n in (1, 2, 3)]
+        record = store.load_run(runs[0].run_id)
+        assert list(record.steps) == list(STEPS)
+        assert all(s.messages for s in record.steps.values())
+    assert summary.batch == str(Path(out).resolve()) and summary.rows == 3
+    assert summary.cost_usd == sum(Decimal(d["cost_usd"]) for d in by_row.values())
+    listed = CliRunner().invoke(main, ["runs", "list"])
+    assert listed.exit_code == 0 and "out.jsonl" in listed.output, listed.output

@@ -92,6 +92,7 @@ def batch_api_command(
                     wf,
                     output.pending(read_rows(data)),
                     job=job,
+                    batch=str(Path(out).resolve()),  # as `flowgpt batch` names its rows
                     wait=not no_wait,
                     max_cost_usd=None if max_cost is None else str(max_cost),
                     poll_interval_s=_poll_interval(),

@@ -419,7 +419,8 @@ class BatchAPIRun:
             self.rows_sync_usd = _add(self.rows_sync_usd, state.sync_usd if state else None)
             if not result.ok:
                 self.failed += 1
-                # Running the batch again asks this row afresh, as a synchronous batch does.
+                # Running the batch again goes on from the row's run in the store (its
+                # finished steps reused) and asks the rest afresh, not its failed lines.
                 self._retire(result.row)
         if taken:
             self._status("rows")

@@ -386,6 +386,7 @@ class Engine:
         rows: Iterable[Mapping[str, Any] | DataRow] | AsyncIterable[Mapping[str, Any] | DataRow],
         *,
         job: str,
+        batch: str | None = None,
         wait: bool = True,
         max_cost_usd: Decimal | float | str | None = None,
         skip: Collection[int] = (),
@@ -400,10 +401,13 @@ class Engine:
 
         ``job`` names the job in the engine's run store (which it needs): the same job
         run again continues where it stopped, without sending or paying for a request
-        twice. ``wait=False`` submits the current stage and returns. ``max_cost_usd`` is
-        one budget for every row, at Batch API rates: a stage whose worst case could pass
-        it is not submitted. ``poll_interval_s``: how often to look at batches in flight
-        (default: after 2 s, then 1.5 times longer each time, up to a minute).
+        twice. Each row's run is recorded in the store as a row of ``batch`` (default: the
+        job's name; ``flowgpt batch`` uses its output file), and a row run again goes on
+        from its latest run there, as ``run_batch``'s rows do. ``wait=False`` submits the
+        current stage and returns. ``max_cost_usd`` is one budget for every row, at Batch
+        API rates: a stage whose worst case could pass it is not submitted.
+        ``poll_interval_s``: how often to look at batches in flight (default: after 2 s,
+        then 1.5 times longer each time, up to a minute).
         ``rows_at_once`` bounds memory: rows beyond it start as others finish (in later
         rounds, so with more waiting).
         """
@@ -419,6 +423,8 @@ class Engine:
         limiter = RequestLimiter(_NO_LIMIT)
         batch_span = self.tracing.start_batch(wf.spec.name)
 
+        store, rows_of = self.store, batch or job
+
         def start(row: DataRow, shared: Budget, via: Provider) -> Run:
             settings = RunSettings(
                 provider=via,
@@ -427,10 +433,26 @@ class Engine:
                 max_cost_usd=self.max_cost_usd,
                 on_event=self.on_event,
                 batch_rates=True,
+                store=store,
+                batch=rows_of,
+                batch_row=row.number,
                 tracing=batch_span.row(row.number),
             )
             inputs = resolve_inputs(wf.spec, row.inputs, from_cli=row.from_text)
-            return Run(wf, inputs, new_run_id(), settings, outer_budget=shared)
+            # A row stopped earlier (a crash, a failure, a budget stop) goes on from its
+            # latest run, as run_batch's rows do: its finished steps are reused at $0
+            # (and not counted twice in the store), the rest asked through batches.
+            earlier = store.latest_batch_run(rows_of, row.number, wf.spec.name)
+            previous = None if earlier is None else store.finished_steps(earlier)
+            return Run(
+                wf,
+                inputs,
+                new_run_id(),
+                settings,
+                previous=previous,
+                outer_budget=shared,
+                resumed_from=earlier,
+            )
 
         return BatchAPIRun(
             workflow=wf,
