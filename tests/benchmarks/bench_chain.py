@@ -106,8 +106,10 @@ KEY = "bench-not-a-real-key"
 CALLS = 3  # per chain: a, b, c
 
 # The workflow and raw_chain() below must stay the same chain: same messages, same
-# settings. The prices are an override so that flowgpt's cost path runs: the loopback
-# base_url is not OpenAI's, so the model would otherwise be "unpriced" and skip it.
+# settings. As a user writes it first, it has no `pricing:` section: the model is priced
+# at OpenAI's list prices (genai-prices' calc_price, about 70 us a call) wherever the
+# loopback server is. `--pricing workflow` adds a `pricing:` entry instead (flowgpt then
+# multiplies the workflow's rates itself), which shows what calc_price costs.
 WORKFLOW = f"""\
 version: 1
 name: bench-chain
@@ -121,9 +123,7 @@ provider:
   timeout_s: {TIMEOUT_S:g}
   max_retries: {MAX_RETRIES}
   concurrency: CONCURRENCY
-pricing:
-  {MODEL}: {{input: 0.15, cached_input: 0.075, output: 0.60}}
-inputs:
+PRICINGinputs:
   topic: {{type: string}}
 steps:
   - id: a
@@ -144,10 +144,17 @@ outputs:
 """
 
 
-def workflow(base_url: str, concurrency: int = 50) -> Workflow:
-    """The chain as a workflow whose ``provider:`` sends to ``base_url``."""
+PRICES = {
+    "openai": "",
+    "workflow": f"pricing:\n  {MODEL}: {{input: 0.15, cached_input: 0.075, output: 0.60}}\n",
+}
+
+
+def workflow(base_url: str, concurrency: int = 50, pricing: str = "openai") -> Workflow:
+    """The chain as a workflow whose ``provider:`` sends to ``base_url``; ``pricing``:
+    "openai" (no ``pricing:`` section, OpenAI's list prices) or "workflow" (its own)."""
     text = WORKFLOW.replace("BASE_URL", base_url).replace("CONCURRENCY", str(concurrency))
-    return parse_workflow(text)
+    return parse_workflow(text.replace("PRICING", PRICES[pricing]))
 
 
 def topic(i: int) -> str:
@@ -209,13 +216,13 @@ class Sides:
         await self.engine.aclose()
 
 
-def make_sides(base_url: str, concurrency: int = 50) -> Sides:
+def make_sides(base_url: str, concurrency: int = 50, pricing: str = "openai") -> Sides:
     os.environ[KEY_ENV] = KEY  # flowgpt reads the key from the environment, as users do
     client = openai.AsyncOpenAI(
         api_key=KEY, base_url=base_url, timeout=TIMEOUT_S, max_retries=MAX_RETRIES
     )
     limit = asyncio.Semaphore(concurrency)
-    chain = workflow(base_url, concurrency)
+    chain = workflow(base_url, concurrency, pricing)
     engine = Engine()  # no provider: the workflow's `provider:` says where requests go
     return Sides(
         raw=lambda i: raw_chain(client, limit, i),
@@ -303,7 +310,7 @@ async def _same_output(sides: Sides) -> None:
 
 
 async def measure(args: argparse.Namespace, urls: dict[str, str]) -> list[Row]:
-    sides = {mode: make_sides(url, args.concurrency) for mode, url in urls.items()}
+    sides = {mode: make_sides(url, args.concurrency, args.pricing) for mode, url in urls.items()}
     n_seq, n_conc, width = args.chains_seq, args.chains_conc, args.concurrency
     try:
         # Warm-up: same output on both sides, tokenizer loaded, connection pools filled.
@@ -397,7 +404,7 @@ def _instructions_child(args: argparse.Namespace) -> dict[str, Any]:
     side, shape = args.instructions_child, args.instructions_shape
     n, width = _instr_chains(args, shape), args.concurrency
     loop = asyncio.new_event_loop()
-    sides = make_sides(args.base_url, width)
+    sides = make_sides(args.base_url, width, args.pricing)
     chain = sides.raw if side == "raw" else sides.flowgpt
 
     def run(k: int) -> Awaitable[list[str]]:
@@ -479,6 +486,7 @@ def measure_instructions(
             *(sys.executable, "-m", "tests.benchmarks.bench_chain"),
             *("--instructions-child", side, "--instructions-shape", shape),
             *("--base-url", base_url, "--concurrency", str(args.concurrency)),
+            *("--pricing", args.pricing),
             *("--instr-chains-seq", str(args.instr_chains_seq)),
             *("--instr-chains-conc", str(args.instr_chains_conc)),
         ]
@@ -550,7 +558,12 @@ def table(rows: Sequence[Row], args: argparse.Namespace) -> str:
         f"raw: {RAW_CALL}. 3 calls per chain. sequential: no server "
         "latency, the sides alternate chain by "
         f"chain. concurrent: {args.latency_ms:g} ms server latency, all chains at once, "
-        f"{args.concurrency} requests in flight.",
+        f"{args.concurrency} requests in flight. Prices: "
+        + (
+            "OpenAI's list prices (no pricing: section; genai-prices' calc_price)."
+            if args.pricing == "openai"
+            else "the workflow's pricing: entry."
+        ),
         f"Seconds: medians of {args.repeat} repeats. ratio: flowgpt / raw, the median of the "
         "per-repeat ratios; cpu ratio: the same for this process's CPU time.",
         "Targets: sequential <= 1.10 (issues 3, 14), concurrent <= 1.05 (issue 3; issue 14 "
@@ -612,6 +625,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         default=100,
         help="concurrent chains per side in --mode instructions",
+    )
+    parser.add_argument(
+        "--pricing",
+        choices=tuple(PRICES),
+        default="openai",
+        help="how the workflow prices its model: openai (no pricing: section, OpenAI's list "
+        "prices through genai-prices, as a user writes it first; the default) or workflow "
+        "(its own pricing: entry)",
     )
     parser.add_argument("--profile", metavar="FILE", help="also cProfile flowgpt into FILE")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every repeat")
