@@ -172,9 +172,21 @@ class TemplateError(SpecError):
 
 
 class RunError(FlowgptError):
-    """The run could not finish; what was spent so far is reported."""
+    """The run could not finish; what was spent so far is reported. ``step``: the step it
+    happened at, when one did."""
 
     exit_code = 1
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        step: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint, code=code)
+        self.step = step
 
 
 class ProviderError(RunError):
@@ -251,8 +263,7 @@ class OutputValidationError(RunError):
         usage: Any = None,
         cost_usd: Any = None,
     ) -> None:
-        super().__init__(message, hint=hint)
-        self.step = step
+        super().__init__(message, hint=hint, step=step)
         self.failures = failures
         self.last_output = last_output
         self.attempts = attempts
@@ -270,31 +281,9 @@ class OutputValidationError(RunError):
 class BudgetExceededError(RunError):
     """The next call could break the run's budget, so it was not made."""
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        hint: str | None = None,
-        step: str | None = None,
-        code: str | None = None,
-    ) -> None:
-        super().__init__(message, hint=hint, code=code)
-        self.step = step
-
 
 class ContextWindowError(RunError):
     """The prompt plus max_tokens does not fit the model's context window."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        hint: str | None = None,
-        step: str | None = None,
-        code: str | None = None,
-    ) -> None:
-        super().__init__(message, hint=hint, code=code)
-        self.step = step
 
 
 class CassetteMissError(RunError):
@@ -304,8 +293,7 @@ class CassetteMissError(RunError):
     def __init__(
         self, message: str, *, step: str | None, changes: str = "", hint: str | None = None
     ) -> None:
-        super().__init__(message, hint=hint)
-        self.step = step
+        super().__init__(message, hint=hint, step=step)
         self.changes = redact(changes)
 
     def format(self) -> str:

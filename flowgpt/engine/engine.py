@@ -112,9 +112,6 @@ class Engine:
         )
         # The providers this engine made, one per configuration (see provider_for).
         self._providers: dict[tuple[str, str], Provider] = {}
-        # id(workflow) -> (a weak reference to it, its provider); an entry goes with its
-        # workflow, so an app that loads a new workflow for every run does not fill it.
-        self._by_workflow: dict[int, tuple[weakref.ref[Workflow], Provider]] = {}
         # One request limiter per account and event loop (asyncio primitives belong to a
         # loop), shared by every run this engine makes at once.
         self._limiters: weakref.WeakKeyDictionary[
@@ -131,25 +128,25 @@ class Engine:
         ``base_dir`` is where a relative ``model_path`` starts (the workflow's folder)."""
         if self.provider is not None:
             return self.provider
-        # `concurrency` is the limiter's business, not the provider's.
-        key = (spec.model_dump_json(exclude={"concurrency"}), str(base_dir or ""))
+        return self._provider_by_key((_configuration(spec), str(base_dir or "")), spec, base_dir)
+
+    def _provider_of(self, workflow: Workflow) -> Provider:
+        """``provider_for`` a workflow's own ``provider:``, its configuration written out
+        once per workflow (kept with it, the spec being frozen), not for every run."""
+        if self.provider is not None:
+            return self.provider
+        spec, base_dir = workflow.spec.provider, workflow.base_dir
+        configuration = workflow.cache.get("provider_configuration")
+        if configuration is None:
+            configuration = workflow.cache["provider_configuration"] = _configuration(spec)
+        return self._provider_by_key((configuration, str(base_dir)), spec, base_dir)
+
+    def _provider_by_key(
+        self, key: tuple[str, str], spec: ProviderSpec, base_dir: Path | None
+    ) -> Provider:
         provider = self._providers.get(key)
         if provider is None:
             provider = self._providers[key] = make_provider(spec, base_dir)
-        return provider
-
-    def _provider_of(self, workflow: Workflow) -> Provider:
-        """``provider_for`` a workflow's own ``provider:``, remembered per workflow object
-        so that a run of the same workflow finds it without working out the key again."""
-        if self.provider is not None:
-            return self.provider
-        key = id(workflow)
-        found = self._by_workflow.get(key)
-        if found is not None and found[0]() is workflow:
-            return found[1]
-        provider = self.provider_for(workflow.spec.provider, workflow.base_dir)
-        entries = self._by_workflow
-        self._by_workflow[key] = (weakref.ref(workflow, lambda _: entries.pop(key, None)), provider)
         return provider
 
     def limiter(
@@ -191,7 +188,6 @@ class Engine:
     async def aclose(self) -> None:
         """Close the providers this engine made (a given provider is the caller's)."""
         providers, self._providers = list(self._providers.values()), {}
-        self._by_workflow.clear()
         for provider in providers:
             await provider.aclose()
 
@@ -501,6 +497,12 @@ async def _traced(
                 await close()
         finally:
             batch.end()
+
+
+def _configuration(spec: ProviderSpec) -> str:
+    """What makes providers differ (a provider per configuration and folder): not
+    `concurrency`, which is the limiter's business."""
+    return spec.model_dump_json(exclude={"concurrency"})
 
 
 @functools.lru_cache(maxsize=64)

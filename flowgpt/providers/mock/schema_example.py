@@ -15,7 +15,7 @@ no valid instance was found (an unsatisfiable schema, or constructs beyond this 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from jsonschema import Draft202012Validator
@@ -172,22 +172,14 @@ class _Generator:
         self, schema: dict[str, Any], key: str, *, hint: str | None, index: int | None, depth: int
     ) -> Any:
         base = {k: v for k, v in schema.items() if k != key}
-        first: Any = _NOTHING
-        for branch in schema[key]:
-            try:
-                branch_schema = self.expand(branch, depth)
-                candidate = self.generate(
-                    _merge(base, branch_schema), hint=hint, index=index, depth=depth + 1
-                )
-            except _Unsatisfiable:
-                continue
-            if self.valid(candidate, schema):
-                return candidate
-            if first is _NOTHING:
-                first = candidate
-        if first is _NOTHING:
-            raise _Unsatisfiable(f"no `{key}` branch can be satisfied")
-        return first
+
+        def make(branch: Any) -> Callable[[], Any]:
+            return lambda: self.generate(
+                _merge(base, self.expand(branch, depth)), hint=hint, index=index, depth=depth + 1
+            )
+
+        makers = [make(branch) for branch in schema[key]]
+        return self.first_valid(makers, schema, f"no `{key}` branch can be satisfied")
 
     def from_condition(
         self, schema: dict[str, Any], *, hint: str | None, index: int | None, depth: int
@@ -203,10 +195,21 @@ class _Generator:
     def from_types(
         self, schema: dict[str, Any], *, hint: str | None, index: int | None, depth: int
     ) -> Any:
+        def make(kind: str) -> Callable[[], Any]:
+            return lambda: self.of_type(kind, schema, hint=hint, index=index, depth=depth)
+
+        makers = [make(kind) for kind in _types(schema)]
+        return self.first_valid(makers, schema, "no type in the schema can be satisfied")
+
+    def first_valid(
+        self, makers: list[Callable[[], Any]], schema: dict[str, Any], none: str
+    ) -> Any:
+        """The first candidate that satisfies ``schema``, else the first that could be made
+        at all; ``none`` says why when no maker could make one."""
         first: Any = _NOTHING
-        for kind in _types(schema):
+        for make in makers:
             try:
-                candidate = self.of_type(kind, schema, hint=hint, index=index, depth=depth)
+                candidate = make()
             except _Unsatisfiable:
                 continue
             if self.valid(candidate, schema):
@@ -214,7 +217,7 @@ class _Generator:
             if first is _NOTHING:
                 first = candidate
         if first is _NOTHING:
-            raise _Unsatisfiable("no type in the schema can be satisfied")
+            raise _Unsatisfiable(none)
         return first
 
     def of_type(
