@@ -204,6 +204,35 @@ def test_cost_of_equals_genai_prices(model: str) -> None:
     assert cost == by_hand
 
 
+def _openai_models() -> list[str]:
+    snapshot = genai_prices.data_snapshot.get_snapshot()
+    (openai,) = [p for p in snapshot.providers if p.id == "openai"]
+    return [m.id for m in openai.models]
+
+
+def test_every_openai_model_is_priced_as_genai_prices_reads_the_reply() -> None:
+    """Whatever the model (reasoning, audio, image, search, tiered), cost_of gives the
+    price genai-prices gives when it reads the raw Chat Completions reply itself."""
+    models = _openai_models()
+    assert len(models) > 50
+    priced = 0
+    for model in models:
+        try:
+            expected = (
+                genai_prices.extract_usage(
+                    _raw_response(model, USAGE), provider_id="openai", api_flavor="chat"
+                )
+                .calc_price()
+                .total_price
+            )
+        except LookupError:  # a name genai-prices lists but does not price
+            assert cost_of(USAGE, model) is None
+            continue
+        assert cost_of(USAGE, model) == expected, model
+        priced += 1
+    assert priced > 50
+
+
 def test_cost_of_gpt_4o_mini_figure() -> None:
     usage = Usage(
         prompt_tokens=1000, completion_tokens=500, cached_tokens=400, reasoning_tokens=200

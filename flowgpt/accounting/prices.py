@@ -297,6 +297,9 @@ def worst_case_cost(
 _CACHE_FORMAT = 2
 
 
+# Where genai-prices is installed does not change while a process runs (an upgrade
+# rewrites data.py in place, which rule 1 catches), and finding it takes ~35 us.
+@functools.lru_cache(maxsize=1)
 def _genai_prices_dir() -> str | None:
     import importlib.util
 
@@ -312,11 +315,19 @@ def _genai_prices_dir() -> str | None:
 def _signature(package_dir: str) -> str | None:
     """The installed price data's fingerprint (rule 1): the cache format, and the size
     and mtime of data.py, read with one stat instead of importing genai-prices."""
+    stamp = _data_stamp(package_dir)
+    return None if stamp is None else f"v{_CACHE_FORMAT}:{stamp}"
+
+
+# Read once a process: a process prices with the genai-prices data it imported, so a
+# newer install under a long-running process is for the next process to use.
+@functools.lru_cache(maxsize=8)
+def _data_stamp(package_dir: str) -> str | None:
     try:
         st = os.stat(os.path.join(package_dir, "data.py"))
     except OSError:
         return None
-    return f"v{_CACHE_FORMAT}:{st.st_size}:{st.st_mtime_ns}"
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def _today() -> date:
@@ -331,6 +342,9 @@ class _PriceCache:
         self.path = path
         self.signature = signature
         self.entries: dict[str, Any] = self._read() if path and signature else {}
+        # (model, batch) -> its price, for entries without a "valid_until" day (rule 2
+        # needs today's date for those): parsed once, not on every lookup.
+        self.prices: dict[tuple[str, bool], ModelPrice | None] = {}
 
     def _read(self) -> dict[str, Any]:
         assert self.path is not None
@@ -345,12 +359,22 @@ class _PriceCache:
         return models if isinstance(models, dict) else {}
 
     def get(self, model: str, batch: bool = False) -> ModelPrice | None:
+        if (model, batch) in self.prices:
+            return self.prices[(model, batch)]
         if model in self.entries:
             fresh, price = _entry_to_price(self.entries[model], batch)
             if fresh:
+                self._keep(model, batch, price)
                 return price
         self._fill(model)
-        return _entry_to_price(self.entries[model], batch)[1]
+        price = _entry_to_price(self.entries[model], batch)[1]
+        self._keep(model, batch, price)
+        return price
+
+    def _keep(self, model: str, batch: bool, price: ModelPrice | None) -> None:
+        entry = self.entries.get(model)
+        if not isinstance(entry, dict) or entry.get("valid_until") is None:
+            self.prices[(model, batch)] = price
 
     def _fill(self, model: str) -> None:
         """Price ``model`` with genai-prices, plus every exact OpenAI model name, so later
@@ -401,17 +425,21 @@ def _entry_to_price(entry: Any, batch: bool = False) -> tuple[bool, ModelPrice |
 _caches: dict[tuple[str | None, str | None], _PriceCache] = {}
 
 
-def _price_cache() -> _PriceCache:
-    """This process's view of the disk cache; read again when the cache folder or the
-    installed data change (a test's folder, an upgrade under a long-running process)."""
+@functools.lru_cache(maxsize=8)
+def _install_id(package_dir: str) -> str:
     import hashlib
 
+    return hashlib.sha1(package_dir.encode()).hexdigest()[:12]
+
+
+def _price_cache() -> _PriceCache:
+    """This process's view of the disk cache; read again when the cache folder changes
+    (a test's, say)."""
     package_dir = _genai_prices_dir()
     signature = _signature(package_dir) if package_dir else None
     path = None
     if package_dir is not None:
-        install = hashlib.sha1(package_dir.encode()).hexdigest()[:12]
-        path = os.path.join(user_cache_dir(), f"genai-prices-{install}.json")
+        path = os.path.join(user_cache_dir(), f"genai-prices-{_install_id(package_dir)}.json")
     key = (path, signature)
     cache = _caches.get(key)
     if cache is None:

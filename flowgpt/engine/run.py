@@ -117,6 +117,7 @@ class Run:
         # Prices follow where requests really go: OPENAI_BASE_URL pointing at a local
         # server makes "gpt-4o" unpriced, not billed at OpenAI's rate.
         self.price_base_url = self.provider.resolved_base_url() or self.spec.provider.price_base_url
+        self.prices: dict[str, ModelPrice | None] = {}  # model -> its price (price_of)
         self.results: dict[str, StepResult] = {
             s.id: StepResult(id=s.id, model=self._model(s)) for s in self.spec.steps
         }
@@ -258,13 +259,15 @@ class Run:
     def price_of(self, model: str | None) -> ModelPrice | None:
         if model is None:
             return None
-        return resolve_price(
-            model,
-            base_url=self.price_base_url,
-            overrides=self.spec.pricing,
-            prices=self.spec.provider.prices,
-            batch=self.settings.batch_rates,
-        )
+        if model not in self.prices:  # asked for by every step: looked up once a run
+            self.prices[model] = resolve_price(
+                model,
+                base_url=self.price_base_url,
+                overrides=self.spec.pricing,
+                prices=self.spec.provider.prices,
+                batch=self.settings.batch_rates,
+            )
+        return self.prices[model]
 
     def price_note(self) -> str | None:
         """Says where prices came from when they are not the endpoint's own: OpenAI's list
