@@ -285,6 +285,7 @@ def worst_case_cost(
 # 1. The whole file is ignored, and rewritten on the next miss, when its signature is not
 #    the installed data's: installing or upgrading genai-prices writes a new data.py (a
 #    new size or mtime), and bumping _CACHE_FORMAT below changes every signature too.
+#    A process reads the signature once: it prices with the data it imported.
 # 2. One entry is recomputed from its "valid_until" day on: genai-prices already knows
 #    some future price changes, so today's price of such a model has an end date.
 # A damaged file or entry counts as missing. Every miss prices the requested model and
