@@ -26,6 +26,29 @@ def test_bench_chain_runs_both_modes(capsys: pytest.CaptureFixture[str]) -> None
 
 
 @pytest.mark.timeout(60)
+def test_bench_chain_breakdown_times_the_parts_and_puts_them_back(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parts = [owner.__dict__[name] for owner, name, _ in bench_chain.PARTS]
+    args = ["--mode", "sequential", "--chains-seq", "3", "--repeat", "1", "--breakdown"]
+    assert bench_chain.main(args) == 0
+    err = capsys.readouterr().err
+    rows = {
+        line.rsplit(None, 1)[0].strip(): float(line.rsplit(None, 1)[1])
+        for line in err.splitlines()
+        if line.startswith(("raw:", "flowgpt:", "  "))
+    }
+    # Every part was reached on the flowgpt side, and the SDK's calls on both sides.
+    assert all(rows[label.strip()] > 0 for _, _, label in bench_chain.PARTS)
+    assert rows["raw: the SDK's create() calls"] > 0
+    assert rows["the SDK's create() calls"] > 0
+    whole = rows["flowgpt: Engine.run, the whole chain"]
+    assert rows["provider.complete()"] < whole
+    # The clocks are gone afterwards: the classes have their own methods back.
+    assert [owner.__dict__[name] for owner, name, _ in bench_chain.PARTS] == parts
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="operator.call is Python 3.11+")
 def test_bench_chain_instructions_children_run(capsys: pytest.CaptureFixture[str]) -> None:
     # --mode instructions itself needs valgrind and minutes (each child spends about a

@@ -62,6 +62,14 @@ Run it from the repository root::
 
 ``--profile FILE`` runs flowgpt once more per mode under cProfile (this run is not
 measured), writes the stats to FILE and prints the flowgpt functions that took longest.
+
+``--breakdown`` says where a flowgpt chain's time goes inside real runs, in microseconds
+per chain: after the measurement, ``--chains-seq`` more chains per side (unmeasured; the
+sides alternate chain by chain, as in sequential mode) run with a clock around each part
+of flowgpt's run (starting it, rendering, preflight, the provider call, pricing...) and
+around the SDK's ``create()`` on both sides. cProfile slows Python code several times
+over; these clocks cost about a microsecond each, and show that flowgpt's code runs
+several times slower between two SDK calls than in a loop that stays in the CPU's caches.
 """
 
 from __future__ import annotations
@@ -69,7 +77,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import contextvars
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -93,6 +103,8 @@ import openai  # noqa: E402  (the raw side uses the SDK directly, as an app woul
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam  # noqa: E402
 
 from flowgpt import Engine, parse_workflow  # noqa: E402
+from flowgpt.engine.run import Run  # noqa: E402  (--breakdown times its parts)
+from flowgpt.providers.openai import OpenAIProvider  # noqa: E402
 from flowgpt.spec.workflow import Workflow  # noqa: E402
 
 MODEL = "gpt-4o-mini"
@@ -342,6 +354,8 @@ async def measure(args: argparse.Namespace, urls: dict[str, str]) -> list[Row]:
 
         if args.profile:
             await _profile(args, sides)
+        if args.breakdown and "sequential" in sides:
+            print(await breakdown(sides["sequential"], args.chains_seq), file=sys.stderr)
         return [rows[m] for m in sides]
     finally:
         for s in sides.values():
@@ -372,6 +386,115 @@ async def _profile(args: argparse.Namespace, sides: dict[str, Sides]) -> None:
     stats = pstats.Stats(profiler, stream=out)
     stats.sort_stats("cumulative").print_stats(r"flowgpt[/\\]", 30)
     print(out.getvalue(), file=sys.stderr)
+
+
+# -- where the time goes (--breakdown) ----------------------------------------------------
+
+# The parts of a flowgpt run that --breakdown times: (class, method, label).
+PARTS: tuple[tuple[type, str, str], ...] = (
+    (Engine, "run", "flowgpt: Engine.run, the whole chain"),
+    (Engine, "start", "  Engine.start: inputs, provider, the run set up"),
+    (Run, "messages_for", "  rendering the messages (Jinja's sandbox)"),
+    (Run, "request_for", "  building the requests"),
+    (Run, "preflight", "  preflight: prompt tokens counted, budget"),
+    (OpenAIProvider, "complete", "  provider.complete()"),
+    (Run, "cost", "  pricing each reply (cost_of)"),
+    (Run, "price_note", "  the price note (where prices came from)"),
+    (Run, "compute_outputs", "  the workflow's outputs"),
+)
+_SIDE: contextvars.ContextVar[str] = contextvars.ContextVar("bench_side", default="raw")
+
+
+@contextlib.contextmanager
+def _clocks(spent: dict[str, int]) -> Iterator[None]:
+    """A clock around each part in PARTS and around the SDK's create() (per side, told
+    apart by the task's context); nanoseconds are added to ``spent``."""
+    from openai.resources.chat.completions import AsyncCompletions
+
+    def clocked(label: str, func: Any) -> Any:
+        if inspect.iscoroutinefunction(func):
+
+            async def timed_async(*args: Any, **kwargs: Any) -> Any:
+                started = time.perf_counter_ns()
+                try:
+                    return await func(*args, **kwargs)
+                finally:
+                    spent[label] = spent.get(label, 0) + time.perf_counter_ns() - started
+
+            return timed_async
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter_ns()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                spent[label] = spent.get(label, 0) + time.perf_counter_ns() - started
+
+        return timed
+
+    create = AsyncCompletions.create
+
+    async def sdk_create(self: Any, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter_ns()
+        try:
+            return await create(self, *args, **kwargs)
+        finally:
+            label = f"{_SIDE.get()}: the SDK's create() calls"
+            spent[label] = spent.get(label, 0) + time.perf_counter_ns() - started
+
+    originals = [(owner, name, owner.__dict__[name]) for owner, name, _ in PARTS]
+    try:
+        for owner, name, label in PARTS:
+            setattr(owner, name, clocked(label, owner.__dict__[name]))
+        AsyncCompletions.create = sdk_create  # type: ignore[method-assign]
+        yield
+    finally:
+        AsyncCompletions.create = create  # type: ignore[method-assign]
+        for owner, name, original in originals:
+            setattr(owner, name, original)
+
+
+async def breakdown(sides: Sides, n: int) -> str:
+    """``n`` more chains per side, unmeasured, with clocks on (see ``--breakdown``);
+    returns the table of microseconds per chain."""
+    spent: dict[str, int] = {}
+
+    async def flowgpt(i: int) -> str:
+        _SIDE.set("flowgpt")  # this chain's task only: the raw side's stays "raw"
+        return await sides.flowgpt(i)
+
+    async def raw(i: int) -> str:
+        return await sides.raw(i)
+
+    with _clocks(spent):
+        wall = [0, 0]
+        for i in range(n):
+            for k, chain in enumerate((raw, flowgpt)):
+                started = time.perf_counter_ns()
+                # A task of its own: _SIDE set by the flowgpt side stays in its task.
+                await asyncio.ensure_future(chain(i))
+                wall[k] += time.perf_counter_ns() - started
+    spent["raw: the whole chain"] = wall[0]
+
+    def us(label: str) -> float:
+        return spent.get(label, 0) / n / 1000
+
+    rows = [
+        ("raw: the whole chain", us("raw: the whole chain")),
+        ("raw: the SDK's create() calls", us("raw: the SDK's create() calls")),
+    ]
+    rows += [(label, us(label)) for _, _, label in PARTS[:6]]
+    rows.append(("    the SDK's create() calls", us("flowgpt: the SDK's create() calls")))
+    rows += [(label, us(label)) for _, _, label in PARTS[6:]]
+    width = max(len(label) for label, _ in rows)
+    lines = [f"{'where a chain spends its time':<{width}} {'us/chain':>9}", "-" * (width + 10)]
+    lines += [f"{label:<{width}} {value:>9.1f}" for label, value in rows]
+    extra = us(PARTS[0][2]) - us("raw: the whole chain")
+    lines.append(
+        f"flowgpt - raw: {extra:.1f} us per chain ({CALLS} calls; {n} chains per side, "
+        "sides alternating; clocks cost about 1 us each)"
+    )
+    return "\n".join(lines)
 
 
 # -- instructions -------------------------------------------------------------------------
@@ -635,6 +758,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "(its own pricing: entry)",
     )
     parser.add_argument("--profile", metavar="FILE", help="also cProfile flowgpt into FILE")
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="then time each part of flowgpt's run inside real sequential runs (us per chain)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="print every repeat")
     # --mode instructions calls this module again, one process per side under callgrind.
     parser.add_argument("--instructions-child", choices=("raw", "flowgpt"), help=argparse.SUPPRESS)
