@@ -106,6 +106,22 @@ def test_plain_text_renders_as_itself(ctx: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize(
+    ("source", "text"),
+    [
+        ("You are a careful editor.\n", "You are a careful editor."),
+        ("Be brief.{# a note to the author #}", "Be brief."),
+        ("Write {% raw %}{{ name }}{% endraw %} as is.", "Write {{ name }} as is."),
+        ("", ""),
+    ],
+)
+def test_text_without_tags_is_the_same_whatever_the_context(source: str, text: str) -> None:
+    # Rendered by Jinja once and kept (a system prompt is sent on every call): the next
+    # render, with another context, gives the same Jinja output.
+    assert render(source, make_context({"name": "a"}, {})) == text
+    assert render(source, make_context({"name": "b"}, {})) == text
+
+
+@pytest.mark.parametrize(
     ("inputs", "source"),
     [
         ({}, "{{ inputs.topic }}"),  # missing input

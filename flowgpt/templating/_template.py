@@ -82,6 +82,14 @@ class Template:
         self._multiline = "\n" in source.strip()
         self._uses: tuple[_Use, ...] | None = None
         self._free: frozenset[str] | None = None
+        # Plain text (a system prompt, mostly): no tag, no expression, so the same output
+        # whatever the context. Jinja renders it once, on first use, not on every call.
+        self._constant = not expression and all(
+            isinstance(node, nodes.Output)
+            and all(isinstance(part, nodes.TemplateData) for part in node.nodes)
+            for node in ast.body
+        )
+        self._text: str | None = None
 
     def __repr__(self) -> str:
         kind = "expression" if self.expression else "template"
@@ -129,7 +137,11 @@ class Template:
         try:
             if self.expression:
                 return str(_finalize_text(self._run(context)))
-            return _render_bounded(self._compiled, context)
+            if not self._constant:
+                return _render_bounded(self._compiled, context)
+            if self._text is None:
+                self._text = _render_bounded(self._compiled, {})
+            return self._text
         except Exception as exc:
             raise self._problem(exc, context, step, where) from exc
 
