@@ -443,6 +443,19 @@ def test_an_entry_is_used_until_its_valid_until_day(cache_dir: Path) -> None:
     assert price is not None and price.input == 99
 
 
+def test_a_price_with_an_end_day_is_not_kept_past_it(
+    cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A long-running process asks again after the day a scheduled price change happens.
+    _poison(cache_dir, signature=None, valid_until="2030-01-01")
+    monkeypatch.setattr(pricing, "_today", lambda: dt.date(2029, 12, 31))
+    first = resolve_price("gpt-4o-mini")
+    assert first is not None and first.input == 99
+    monkeypatch.setattr(pricing, "_today", lambda: dt.date(2030, 1, 1))
+    later = resolve_price("gpt-4o-mini")
+    assert later is not None and later.input == D("0.15")
+
+
 def test_each_genai_prices_install_keeps_its_own_file(
     cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -299,7 +299,7 @@ _CACHE_FORMAT = 2
 
 
 # Where genai-prices is installed does not change while a process runs (an upgrade
-# rewrites data.py in place, which rule 1 catches), and finding it takes ~35 us.
+# rewrites data.py in place), and finding it takes ~35 us.
 @functools.lru_cache(maxsize=1)
 def _genai_prices_dir() -> str | None:
     import importlib.util
@@ -343,8 +343,9 @@ class _PriceCache:
         self.path = path
         self.signature = signature
         self.entries: dict[str, Any] = self._read() if path and signature else {}
-        # (model, batch) -> its price, for entries without a "valid_until" day (rule 2
-        # needs today's date for those): parsed once, not on every lookup.
+        # (model, batch) -> its price, parsed once (a run looks its models up once each,
+        # ~25 us a lookup between API calls); not for entries with a "valid_until" day,
+        # which rule 2 checks against today's date at every lookup.
         self.prices: dict[tuple[str, bool], ModelPrice | None] = {}
 
     def _read(self) -> dict[str, Any]:
@@ -426,21 +427,17 @@ def _entry_to_price(entry: Any, batch: bool = False) -> tuple[bool, ModelPrice |
 _caches: dict[tuple[str | None, str | None], _PriceCache] = {}
 
 
-@functools.lru_cache(maxsize=8)
-def _install_id(package_dir: str) -> str:
-    import hashlib
-
-    return hashlib.sha1(package_dir.encode()).hexdigest()[:12]
-
-
 def _price_cache() -> _PriceCache:
     """This process's view of the disk cache; read again when the cache folder changes
     (a test's, say)."""
+    import hashlib
+
     package_dir = _genai_prices_dir()
     signature = _signature(package_dir) if package_dir else None
     path = None
     if package_dir is not None:
-        path = os.path.join(user_cache_dir(), f"genai-prices-{_install_id(package_dir)}.json")
+        install = hashlib.sha1(package_dir.encode()).hexdigest()[:12]
+        path = os.path.join(user_cache_dir(), f"genai-prices-{install}.json")
     key = (path, signature)
     cache = _caches.get(key)
     if cache is None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 import weakref
 from collections.abc import (
     AsyncIterable,
@@ -129,29 +128,24 @@ class Engine:
         ``base_dir`` is where a relative ``model_path`` starts (the workflow's folder)."""
         if self.provider is not None:
             return self.provider
-        folder = None if base_dir is None else str(base_dir)
-        return self._provider_by_key(_configuration(spec), folder, spec)
+        return self._provider_by_key((_configuration(spec), str(base_dir or "")), spec, base_dir)
 
     def _provider_of(self, workflow: Workflow) -> Provider:
         """``provider_for`` a workflow's own ``provider:``, its configuration written out
         once per workflow (kept with it, the spec being frozen), not for every run."""
         if self.provider is not None:
             return self.provider
-        spec = workflow.spec.provider
+        spec, base_dir = workflow.spec.provider, workflow.base_dir
         configuration = workflow.cache.get("provider_configuration")
         if configuration is None:
             configuration = workflow.cache["provider_configuration"] = _configuration(spec)
-        # Workflow.base_dir as a string: no Path made for every run.
-        folder = str(workflow.path.parent) if workflow.path is not None else os.getcwd()
-        return self._provider_by_key(configuration, folder, spec)
+        return self._provider_by_key((configuration, str(base_dir)), spec, base_dir)
 
     def _provider_by_key(
-        self, configuration: str, folder: str | None, spec: ProviderSpec
+        self, key: tuple[str, str], spec: ProviderSpec, base_dir: Path | None
     ) -> Provider:
-        key = (configuration, folder or "")
         provider = self._providers.get(key)
         if provider is None:
-            base_dir = None if folder is None else Path(folder)
             provider = self._providers[key] = make_provider(spec, base_dir)
         return provider
 

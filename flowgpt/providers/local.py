@@ -387,23 +387,10 @@ def _context_hint(n_ctx: int | None) -> str:
 
 def _arguments(request: ChatRequest) -> dict[str, Any]:
     """create_chat_completion's keyword arguments for ``request``."""
-    args: dict[str, Any] = {
-        # Names are dropped: chat templates have no place for them.
-        "messages": [{"role": m["role"], "content": m["content"]} for m in request.messages],
-    }
-    for key in (
-        "temperature",
-        "top_p",
-        "max_tokens",
-        "seed",
-        "stop",
-        "presence_penalty",
-        "frequency_penalty",
-    ):
-        value = getattr(request, key)
-        if value is not None:  # None: llama-cpp-python's own default
-            args[key] = value
-    fmt = request.response_format
+    args = request.params()  # the settings that are set; unset: llama-cpp-python's default
+    fmt = args.pop("response_format", None)
+    # Names are dropped: chat templates have no place for them.
+    args["messages"] = [{"role": m["role"], "content": m["content"]} for m in request.messages]
     if fmt is not None:
         kind = fmt.get("type")
         if kind == "json_schema":
