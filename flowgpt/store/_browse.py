@@ -89,7 +89,7 @@ class RunFacets:
     last_day: date | None
 
 
-def _utc_midnight(day: date) -> str:
+def utc_midnight(day: date) -> str:
     """Local midnight of ``day`` as the UTC text run times are stored in."""
     midnight = datetime.combine(day, datetime.min.time()).astimezone()
     return midnight.astimezone(timezone.utc).isoformat(timespec="milliseconds")
@@ -137,15 +137,15 @@ def filter_sql(
         args.append(where.status)
     if where.since is not None:
         conditions.append("r.started_at >= ?")
-        args.append(_utc_midnight(where.since))
+        args.append(utc_midnight(where.since))
     if where.until is not None:
         conditions.append("r.started_at < ?")
-        args.append(_utc_midnight(where.until + timedelta(days=1)))
+        args.append(utc_midnight(where.until + timedelta(days=1)))
     return " AND ".join(conditions) or "1", args
 
 
 # Whole numbers are added up by SQLite; dollars (exact decimal text) by stats_row.
-_SUMS = (
+SUMS = (
     "COUNT(DISTINCT s.run_id), SUM(s.prompt_tokens), SUM(s.completion_tokens),"
     " SUM(CASE WHEN s.cost_usd IS NULL THEN s.prompt_tokens + s.completion_tokens"
     " ELSE 0 END), group_concat(s.cost_usd)"
@@ -160,13 +160,13 @@ def spending(conn: sqlite3.Connection, condition: str, args: list[Any]) -> Spend
     )
     mock = "(r.provider IS NOT NULL AND r.provider = 'mock')"
     runs = conn.execute(f"SELECT COUNT(*) FROM runs r WHERE {condition}", args).fetchone()[0]
-    total = stats_row("total", *conn.execute(f"SELECT {_SUMS} {scope}", args).fetchone())
-    mocked = stats_row("mock", *conn.execute(f"SELECT {_SUMS} {scope} AND {mock}", args).fetchone())
+    total = stats_row("total", *conn.execute(f"SELECT {SUMS} {scope}", args).fetchone())
+    mocked = stats_row("mock", *conn.execute(f"SELECT {SUMS} {scope} AND {mock}", args).fetchone())
     daily = [
         DailySpend(day, model, bool(is_mock), stats_row(model, *sums))
         for day, model, is_mock, *sums in conn.execute(
             "SELECT date(s.finished_at, 'localtime') AS d, COALESCE(s.model, '-') AS m,"
-            f" {mock} AS k, {_SUMS} {scope} GROUP BY d, m, k ORDER BY d, m, k",
+            f" {mock} AS k, {SUMS} {scope} GROUP BY d, m, k ORDER BY d, m, k",
             args,
         )
     ]

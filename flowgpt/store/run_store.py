@@ -56,7 +56,7 @@ import random
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
-from datetime import date, datetime, timezone
+from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
@@ -66,6 +66,7 @@ from flowgpt.errors import redact
 from flowgpt.providers.base import ChatResponse
 from flowgpt.results import AttemptResult, RunResult, StepResult
 from flowgpt.store._browse import (
+    SUMS,
     DailySpend,
     RunFacets,
     RunFilter,
@@ -73,6 +74,7 @@ from flowgpt.store._browse import (
     facets,
     filter_sql,
     spending,
+    utc_midnight,
 )
 from flowgpt.store._db import SCHEMA_VERSION, StoreDatabase, StoreError, default_store_path
 from flowgpt.store._rows import (
@@ -556,32 +558,24 @@ class RunStore(StoreDatabase):
         left out (their dollars were never billed) unless ``include_mock``."""
         where, args = ["s.finished_at IS NOT NULL"], []
         if since is not None:
-            # Local midnight of that day, as the UTC text the steps' times are stored in.
-            midnight = datetime.combine(since, datetime.min.time()).astimezone()
             where.append("s.finished_at >= ?")
-            args.append(midnight.astimezone(timezone.utc).isoformat(timespec="milliseconds"))
+            args.append(utc_midnight(since))
         mock = " AND ".join([*where, "r.provider = 'mock'"])
         if not include_mock:
             where.append("(r.provider IS NULL OR r.provider != 'mock')")
         scope = f"FROM steps s JOIN runs r ON r.run_id = s.run_id WHERE {' AND '.join(where)}"
-        # Whole numbers are added up by SQLite; dollars (exact decimal text) in Python.
-        sums = (
-            "COUNT(DISTINCT s.run_id), SUM(s.prompt_tokens), SUM(s.completion_tokens),"
-            " SUM(CASE WHEN s.cost_usd IS NULL THEN s.prompt_tokens + s.completion_tokens"
-            " ELSE 0 END), group_concat(s.cost_usd)"
-        )
         groups = {
             "day": "date(s.finished_at, 'localtime')",  # SQLite reads the "+00:00"
             "model": "COALESCE(s.model, '-')",
             "workflow": "r.workflow",
         }
         with self._guard("read the runs"), self._tx(write=False) as conn:
-            total = stats_row("total", *conn.execute(f"SELECT {sums} {scope}", args).fetchone())
+            total = stats_row("total", *conn.execute(f"SELECT {SUMS} {scope}", args).fetchone())
             by = {
                 name: [
                     stats_row(*row)
                     for row in conn.execute(
-                        f"SELECT {key} AS k, {sums} {scope} GROUP BY k ORDER BY k", args
+                        f"SELECT {key} AS k, {SUMS} {scope} GROUP BY k ORDER BY k", args
                     )
                 ]
                 for name, key in groups.items()
