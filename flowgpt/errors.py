@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 __all__ = [
+    "API_KEY_RE",
     "AuthenticationError",
     "BadRequestError",
     "BudgetExceededError",
@@ -54,8 +55,11 @@ __all__ = [
     "redact",
 ]
 
-# OpenAI keys (sk-..., sk-proj-..., sk-svcacct-...) and bearer tokens.
-_KEY_RE = re.compile(r"(sk-[A-Za-z0-9_\-]{16,}|Bearer\s+[A-Za-z0-9_\-\.]{16,})")
+# An OpenAI key (sk-..., sk-proj-..., sk-svcacct-...): what redact removes, and what the
+# workflow checks (flowgpt.spec) refuse in a file.
+API_KEY_RE = re.compile(r"sk-[A-Za-z0-9_\-]{16,}")
+# Keys and bearer tokens.
+_KEY_RE = re.compile(rf"({API_KEY_RE.pattern}|Bearer\s+[A-Za-z0-9_\-\.]{{16,}})")
 # The user:password@ of a URL (scheme://user:password@host).
 _URL_CREDENTIALS_RE = re.compile(r"(?<=://)[^/\s:@]+:[^/\s@]*@")
 

@@ -8,7 +8,7 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation, localcontext
 
 from flowgpt.errors import InputError
 
-__all__ = ["format_usd", "sum_costs", "usd_limit"]
+__all__ = ["format_spend", "format_usd", "sum_costs", "usd_limit"]
 
 
 def usd_limit(value: Decimal | float | str | None, what: str = "max_cost_usd") -> Decimal | None:
@@ -61,3 +61,13 @@ def format_usd(amount: Decimal | None) -> str:
             whole, _, frac = f"{rounded:f}".partition(".")
             text = f"{whole}.{frac.rstrip('0').ljust(2, '0')}"
     return f"{sign}${text}"
+
+
+def format_spend(priced: Decimal, unpriced: bool) -> str:
+    """What some calls spent, for people to read, when some of them may have no price:
+    the dollars of the priced ones, with "+ unpriced" when others are not ("$0.50 +
+    unpriced"), or just "unpriced" when nothing priced cost anything. Never a smaller,
+    wrong amount: what has no price is said, not added in as $0."""
+    if not unpriced:
+        return format_usd(priced)
+    return f"{format_usd(priced)} + unpriced" if priced else "unpriced"

@@ -15,6 +15,7 @@ from flowgpt.money import format_usd, sum_costs
 from flowgpt.usage import Usage
 
 __all__ = [
+    "STATUS_WORDS",
     "AttemptResult",
     "FirstFit",
     "RunResult",
@@ -22,6 +23,7 @@ __all__ = [
     "StepStatus",
     "attempt_to_dict",
     "cost_table",
+    "pretty",
     "render_table",
     "render_transcript",
     "result_to_dict",
@@ -457,20 +459,28 @@ def render_transcript(result: RunResult) -> str:
     return "\n".join(out).rstrip("\n") + "\n"
 
 
-_STATUS_WORDS = {
+# What a step's status means, for people (the run page and the transcript).
+STATUS_WORDS = {
     "ok": "ok",
-    "failed": "FAILED",
-    "skipped": "skipped (its `when:` was false)",
+    "failed": "failed",
+    "skipped": "skipped (its when: was false)",
     "reused": "reused from the run it resumed",
     "cached": "answered from the response cache",
     "pending": "not run",
+}
+
+# The transcript is Markdown-like text: a failure stands out, `when:` is code.
+_TRANSCRIPT_WORDS = {
+    **STATUS_WORDS,
+    "failed": "FAILED",
+    "skipped": "skipped (its `when:` was false)",
 }
 
 
 def _step_transcript(step: StepResult, out: list[str]) -> None:
     title = step.id + (f" ×{len(step.items)}" if step.items else "")
     usage = step.usage
-    facts = [step.model or "-", _STATUS_WORDS.get(step.status, step.status)]
+    facts = [step.model or "-", _TRANSCRIPT_WORDS.get(step.status, step.status)]
     if step.attempts or step.items:
         facts.append(f"{usage.prompt_tokens:,} → {usage.completion_tokens:,} tokens")
         facts.append(format_usd(step.cost_usd))
@@ -525,13 +535,21 @@ def _fenced(text: str, lang: str = "") -> str:
     return f"{fence}{lang}\n{text}\n{fence}"
 
 
-def _reply_text(text: str) -> str:
-    """A reply as shown: JSON pretty-printed in a fenced block, anything else as it is."""
-    stripped = text.strip()
+def pretty(value: Any) -> tuple[str, bool]:
+    """A value as shown to people, and whether that is JSON: data, and text that is a JSON
+    object or array, pretty-printed; any other text as it is."""
+    if not isinstance(value, str):
+        return _json_text(value), True
+    stripped = value.strip()
     if stripped[:1] in ("{", "["):
         try:
-            value = json.loads(stripped)
+            return _json_text(json.loads(stripped)), True
         except ValueError:
-            return text
-        return _fenced(_json_text(value), "json")
-    return text
+            pass
+    return value, False
+
+
+def _reply_text(text: str) -> str:
+    """A reply as shown: JSON pretty-printed in a fenced block, anything else as it is."""
+    shown, is_json = pretty(text)
+    return _fenced(shown, "json") if is_json else text

@@ -27,10 +27,22 @@ from click.testing import CliRunner, Result
 from flowgpt import Engine, parse_workflow
 from flowgpt.accounting.estimate import estimate
 from flowgpt.cli import main
-from flowgpt.engine.data import BatchRowResult
-from flowgpt.errors import SpecError
-from flowgpt.providers.batches import split_lines
+from flowgpt.engine.batch_api import cancel_batches
+from flowgpt.engine.data import BatchRowResult, workflow_version
+from flowgpt.errors import (
+    InputError,
+    MalformedResponseError,
+    QuotaExceededError,
+    RateLimitError,
+    SpecError,
+)
+from flowgpt.providers.base import ChatRequest
+from flowgpt.providers.batches import BatchInfo, split_lines
+from flowgpt.providers.openai import OpenAIProvider
+from flowgpt.providers.openai_batches import OpenAIBatches
+from flowgpt.spec.loader import load_workflow
 from flowgpt.spec.output import repair_message
+from flowgpt.store.batch_journal import BatchJournal, LineRecord, SubmissionRecord
 from flowgpt.store.run_store import RunStore
 from tests.support.fake_batches import FakeBatches
 from tests.support.fake_openai import FakeOpenAI, Fault, Reply
@@ -67,6 +79,8 @@ outputs:
   long: "{{ steps.long.text }}"
 """
 STEPS = ("plan", "short", "long")
+# The key read from another variable than OPENAI_API_KEY (set by the test).
+_GATEWAY = "provider: {api_key_env: GATEWAY_KEY}\n"
 
 
 @pytest.fixture
@@ -373,7 +387,11 @@ def test_killed_after_the_second_stage_is_submitted_the_same_command_finishes_ex
     round_2 = [b for b in batches.batches.values() if b["metadata"]["flowgpt_round"] == "2"]
     assert killed[0] in {b["id"] for b in round_2}
     assert len(round_2) == 2  # one per model: gpt-4o-mini (retries + short), gpt-4o (long)
-    assert len(batches.batches) >= made_before
+    # Killed while creating round 2's first batch (gpt-4o), or once both were made; the
+    # second run made only the rest: round 2's other batch if missing, and round 3 (short
+    # and long of rows 2 and 3, whose plans were sent again in round 2). None twice.
+    assert made_before == (2 if when == "creating" else 3)
+    assert _made(batches) == [*STAGED, ("3", "gpt-4o"), ("3", "gpt-4o-mini")]
     assert len(fake.chat_requests) == 0
 
 
@@ -632,6 +650,12 @@ def test_the_library_needs_the_run_store() -> None:
         Engine().run_batch_api(parse_workflow(WF), [{"topic": "x"}], job="j")
 
 
+def test_a_budget_that_is_not_an_amount_is_refused(tmp_path: Path) -> None:
+    engine = Engine(store=RunStore(tmp_path / "runs.sqlite3"))
+    with pytest.raises(InputError, match="max_cost_usd must be an amount of dollars"):
+        engine.run_batch_api(parse_workflow(WF), [{"topic": "x"}], job="j", max_cost_usd="nan")
+
+
 def test_a_finished_batch_run_again_sends_nothing(
     tmp_path: Path, server: tuple[FakeOpenAI, FakeBatches], cli_env: dict[str, str]
 ) -> None:
@@ -663,3 +687,133 @@ def test_batch_api_rows_are_recorded_as_runs_of_the_batch(
     assert summary.cost_usd == sum(Decimal(d["cost_usd"]) for d in by_row.values())
     listed = CliRunner().invoke(main, ["runs", "list"])
     assert listed.exit_code == 0 and "out.jsonl" in listed.output, listed.output
+
+
+def test_batch_api_rows_carry_the_workflow_version_and_no_key(
+    tmp_path: Path,
+    server: tuple[FakeOpenAI, FakeBatches],
+    cli_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--out is written as `flowgpt batch` writes it: each row tagged with the workflow's
+    version, the key in use (of any shape) scrubbed from echoed replies."""
+    fake, _ = server
+    key = "my-gateway-token-4f9d1c2b7e"  # not sk-...: only the key in use is known
+    monkeypatch.setenv("GATEWAY_KEY", key)
+    workflow = WF.replace("pricing:", _GATEWAY + "pricing:")
+    _files(tmp_path, rows=2, workflow=workflow)
+    fake.responder = lambda body: Reply(
+        json.dumps({"echo": f"called with {key}"})
+        if body.get("response_format")
+        else f"again {key}"
+    )
+    done = _batch(tmp_path, "--batch-api")
+    assert done.exit_code == 0, done.output
+    written = (tmp_path / "out.jsonl").read_text(encoding="utf-8")
+    assert key not in written and "again [redacted key]" in written
+    version = workflow_version(load_workflow(str(tmp_path / "wf.yaml")))
+    assert [d["workflow_version"] for d in _out(tmp_path).values()] == [version] * 2
+
+    # Rows done by another version are pointed out, as by `flowgpt batch`.
+    _files(tmp_path, rows=3, workflow=workflow.replace("Short note", "Brief note"))
+    again = _batch(tmp_path, "--batch-api")
+    assert again.exit_code == 0, again.output
+    out = tmp_path / "out.jsonl"
+    assert f"note: 2 rows of {out} were done with another version" in again.output
+
+
+_NOT_A_COMPLETION = "batch batch_x holds a reply that is not a valid chat completion: "
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        ({"object": "error", "message": "oops"}, "the reply has no choices"),
+        ({"id": "c1", "choices": []}, "the reply has no choices"),
+        ({"id": "c1", "choices": [{"index": 0}]}, "the first choice has no message"),
+        ("<html>bad gateway</html>", "the reply has no choices"),
+        (None, "the reply has no choices"),
+    ],
+)
+def test_a_reply_in_a_batch_that_is_not_a_chat_completion_is_sent_again(
+    body: Any, why: str
+) -> None:
+    api = OpenAIBatches(OpenAIProvider(base_url="http://127.0.0.1:9/v1"))
+    info = BatchInfo(id="batch_x", status="completed", input_file_id="file-1")
+    result = api._answer("1/plan/0/0", body, info)
+    assert result.custom_id == "1/plan/0/0" and result.response is None
+    assert isinstance(result.error, MalformedResponseError)
+    assert result.error.message == _NOT_A_COMPLETION + why
+    assert result.error.retryable and result.error.hint == "it is sent again in the next round"
+    # the same through a line of the output file
+    line = {"custom_id": "1/plan/0/0", "response": {"status_code": 200, "body": body}}
+    read = api._line(json.dumps(line).encode(), info, "gpt-4o-mini", KEY)
+    assert read is not None and read.error is not None
+    assert read.error.message == _NOT_A_COMPLETION + why
+
+
+def test_a_refused_line_in_a_batch_says_what_the_same_call_would() -> None:
+    api = OpenAIBatches(OpenAIProvider(base_url="http://127.0.0.1:9/v1"))
+    info = BatchInfo(id="batch_x", status="completed", input_file_id="file-1")
+
+    def error_of(status: int, error: dict[str, Any]) -> Any:
+        body = {"status_code": status, "body": {"error": error}}
+        line = json.dumps({"custom_id": "1/a/0/0", "response": body}).encode()
+        result = api._line(line, info, "gpt-4o-mini", KEY)
+        assert result is not None and result.response is None
+        return result.error
+
+    # insufficient_quota as the error's type (no code), as the synchronous call reads it
+    quota = error_of(429, {"message": f"  No credit for {KEY}.  ", "type": "insufficient_quota"})
+    assert isinstance(quota, QuotaExceededError) and not quota.retryable
+    assert quota.message.endswith(
+        "(429 insufficient_quota). The API said: No credit for [redacted key]."
+    )
+    limited = error_of(429, {"message": "Slow down", "code": "rate_limit_exceeded"})
+    assert isinstance(limited, RateLimitError)
+    assert limited.message.endswith("The API said: Slow down")
+
+
+def test_cancel_finds_a_batch_whose_id_was_never_recorded(
+    tmp_path: Path, server: tuple[FakeOpenAI, FakeBatches]
+) -> None:
+    """A crash between creating a batch and recording its id: --cancel finds the batch by
+    the job and submission in its metadata, and cancels that one only."""
+    fake, batches = server
+    batches.hold = True
+    store = tmp_path / "runs.sqlite3"
+    request = ChatRequest(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    with BatchJournal(store) as journal:
+        job_id = journal.open_job("the-job", "stages").job_id
+    provider = OpenAIProvider(base_url=fake.base_url, environ={"OPENAI_API_KEY": KEY})
+    api = OpenAIBatches(provider)
+
+    async def make(job: str, submission: str) -> tuple[str, str]:
+        """A batch of ``job``'s ``submission``: its file id and batch id."""
+        file_id = await api.upload("f.jsonl", api.encode("1/a/0/0", request))
+        tags = {"flowgpt_job": job, "flowgpt_submission": submission}
+        return file_id, (await api.create(file_id, tags)).id
+
+    async def go() -> tuple[list[BatchInfo], list[str]]:
+        try:
+            file_id, ours = await make(job_id, "s-open")
+            _, other_job = await make("job-other", "s-open")
+            _, not_open = await make(job_id, "s-not-recorded")
+            with BatchJournal(store) as journal:  # the file, not the batch: as at a crash
+                journal.add_submission(
+                    SubmissionRecord("s-open", job_id, 1, request.model, 1, 1, file_id),
+                    [LineRecord("1/a/0/0", "s-open", 1, "a", 0, 0, "fingerprint")],
+                )
+                (open_one,) = journal.open_submissions(job_id)
+            assert open_one.batch_id is None
+            return await cancel_batches(api, store, "the-job"), [ours, other_job, not_open]
+        finally:
+            await provider.aclose()
+
+    cancelled, (ours, other_job, not_open) = asyncio.run(go())
+    assert [(i.id, i.status) for i in cancelled] == [(ours, "cancelling")]
+    assert [batches.batches[b]["status"] for b in (ours, other_job, not_open)] == [
+        "cancelling",
+        "in_progress",  # listed while looking for the job's: not cancelled
+        "in_progress",
+    ]

@@ -158,6 +158,24 @@ def test_alias_bomb_refused_quickly() -> None:
     assert d.line is not None and 5 <= d.line <= 11
 
 
+def test_aliases_that_expand_to_too_much_text_are_refused() -> None:
+    # Few values (under the values limit), but a long text repeated: 100,000 characters
+    # x 10 x 11 = 11 million, over the 10 million a workflow may expand to.
+    text = (
+        "version: 1\nname: t\n"
+        f"a: &a {'x' * 100_000}\n"
+        "b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+        "c: [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\n"
+    )
+    d = one(text)
+    assert d.message == (
+        "YAML aliases here expand to more than 10,000,000 characters, flowgpt's limit for "
+        "one workflow"
+    )
+    assert d.hint == "this looks like an alias bomb; write the values out or use fewer aliases"
+    assert d.line == 5
+
+
 def test_recursive_alias_refused() -> None:
     d = one("version: 1\nname: t\nx: &x [*x]\n")
     assert "alias" in d.message

@@ -378,6 +378,40 @@ def test_importing_pricing_does_not_import_genai_prices(cache_dir: Path) -> None
     ) == ("False")
 
 
+VALIDATE_CHECK = """
+import sys
+from click.testing import CliRunner
+from flowgpt.cli import main
+result = CliRunner().invoke(main, ["validate", sys.argv[1]])
+print(result.exit_code, "no known price" in result.output, "did you mean" in result.output,
+      "genai_prices" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("prices", ["pricing", "none"])
+def test_validate_without_openai_prices_does_not_read_the_price_list(
+    prices: str, cache_dir: Path, tmp_path: Path
+) -> None:
+    # `provider.prices: pricing` (or none): OpenAI's list is not this endpoint's, so a
+    # did-you-mean from it is not offered, and not computed either (no genai-prices import,
+    # no cache file written), even for a name close to one OpenAI lists.
+    workflow = tmp_path / "relay.yaml"
+    workflow.write_text(
+        f"version: 1\nname: relay\nprovider: {{prices: {prices}}}\n"
+        "defaults: {model: gpt-4o-minii}\nsteps:\n  - id: a\n    prompt: hi\n"
+    )
+    env = {**os.environ, "FLOWGPT_CACHE_DIR": str(cache_dir)}
+    out = subprocess.run(
+        [sys.executable, "-c", VALIDATE_CHECK, str(workflow)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    ).stdout.strip()
+    assert out == "0 True False False"
+    assert not _cache_files(cache_dir)
+
+
 def _poison(cache_dir: Path, *, signature: str | None, valid_until: str | None = None) -> Path:
     """Leave a cache file claiming gpt-4o-mini costs $99."""
     resolve_price("gpt-4o-mini")

@@ -107,6 +107,78 @@ def test_without_rate_limits_only_concurrency_holds_requests() -> None:
     assert most == 3 and limiter.in_flight == 0
 
 
+async def _enter(limiter: RequestLimiter, entered: asyncio.Event, request: ChatRequest) -> None:
+    async with limiter.slot(request):
+        entered.set()
+        await asyncio.sleep(0.01)
+
+
+def test_a_waiter_cancelled_as_its_place_comes_hands_the_place_on() -> None:
+    # One place in flight: a request holds it, two wait for it. The first waiter is
+    # cancelled just as the holder leaves (the place already handed to it, before it ran):
+    # the place goes on to the second, not left empty with a request waiting for it.
+    async def go() -> None:
+        limiter = RequestLimiter(1)
+        leave = asyncio.Event()
+        first_in, second_in = asyncio.Event(), asyncio.Event()
+
+        async def holder() -> None:
+            async with limiter.slot(ask()):
+                await leave.wait()
+            first.cancel()
+
+        held = asyncio.create_task(holder())
+        await asyncio.sleep(0)
+        first = asyncio.create_task(_enter(limiter, first_in, ask()))
+        await asyncio.sleep(0)
+        second = asyncio.create_task(_enter(limiter, second_in, ask()))
+        await asyncio.sleep(0)
+        assert limiter.in_flight == 1 and len(limiter._places) == 2
+        leave.set()
+        await held
+        try:
+            await asyncio.wait_for(second_in.wait(), 0.5)
+        finally:
+            second.cancel()
+        assert first.cancelled() and not first_in.is_set()
+
+    asyncio.run(go())
+
+
+def test_a_waiter_a_rate_limit_holds_hands_its_place_on() -> None:
+    # One place in flight, 30 requests a minute per model family (one at once, then one
+    # every 2 s). A gpt-4o-mini request holds the place; another gpt-4o-mini and then a
+    # gpt-4o request wait for it. When the holder leaves, the place goes to the second
+    # gpt-4o-mini, which must wait ~2 s for its family's rate: it hands the place on to the
+    # gpt-4o request, which goes at once.
+    async def go() -> None:
+        limiter = RequestLimiter(1, rpm=30)
+        leave = asyncio.Event()
+        first_in, second_in = asyncio.Event(), asyncio.Event()
+
+        async def holder() -> None:
+            async with limiter.slot(ask()):
+                await leave.wait()
+
+        held = asyncio.create_task(holder())
+        await asyncio.sleep(0)
+        first = asyncio.create_task(_enter(limiter, first_in, ask()))
+        await asyncio.sleep(0)
+        second = asyncio.create_task(_enter(limiter, second_in, ask(model="gpt-4o")))
+        await asyncio.sleep(0)
+        assert limiter.in_flight == 1 and len(limiter._places) == 2
+        leave.set()
+        await held
+        try:
+            await asyncio.wait_for(second_in.wait(), 0.5)
+            assert not first_in.is_set()
+        finally:
+            first.cancel()
+            second.cancel()
+
+    asyncio.run(go())
+
+
 def test_until_a_reply_tells_the_limits_at_most_eight_requests_go() -> None:
     # A batch must not open with a burst of 429s: until the first reply (here one that
     # tells no limits, as a local server's) only 8 of 30 go; then every other one at once.
@@ -497,6 +569,25 @@ async def test_a_streamed_request_waits_out_a_429_too(env: pytest.MonkeyPatch) -
     assert (response.text, response.retries, pieces) == ("hello there", 0, ["hello ", "there"])
     assert first.stream and second.stream and first.completed is not None
     assert second.arrived - first.completed >= 0.05
+
+
+async def test_429s_asking_to_wait_a_millisecond_are_waited_out_ever_longer(
+    env: pytest.MonkeyPatch,
+) -> None:
+    # A server that keeps asking for 1 ms gets no hot loop: the n-th 429 of a request is
+    # waited out for at least 25 ms doubling (25, 50, 100, 200 ms; at most 1 s).
+    with FakeOpenAI() as server:
+        server.queue(Fault.rate_limited(retry_after_ms=1), times=4)
+        server.queue(Reply("at last"))
+        provider = OpenAIProvider(base_url=server.base_url, max_retries=0)
+        try:
+            response = await provider.complete(ask(max_tokens=5))
+        finally:
+            await provider.aclose()
+        requests = server.chat_requests
+    assert response.text == "at last" and len(requests) == 5
+    gaps = [b.arrived - (a.completed or b.arrived) for a, b in itertools.pairwise(requests)]
+    assert all(gap >= floor for gap, floor in zip(gaps, (0.025, 0.05, 0.1, 0.2), strict=True))
 
 
 FOR_EACH = """\

@@ -26,6 +26,7 @@ from flowgpt.store import RunStore
 from tests.support.fake_openai import FakeOpenAI, Reply
 
 KEY = "sk-proj-Zq0demoKEYdonotuse0123456789"
+ESCAPED_KEY = KEY.replace("p", "\\x70", 1)  # YAML reads "\x70" in double quotes as "p"
 PRIVATE = (
     "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n"
     "-----END OPENSSH PRIVATE KEY-----\n"
@@ -71,8 +72,13 @@ def _refused_before_any_request(path: Path) -> SpecError:
         (BASE.replace("steps:", f"# the key is {KEY}\nsteps:"), 6),
         # a key in a block scalar that is a prompt
         (BASE.replace('prompt: "About {{ inputs.topic }}"', f"prompt: |\n      use {KEY}"), 9),
+        # a key after \n escapes in a quoted prompt: its line, once (not a line guessed
+        # from the escapes)
+        (BASE.replace('"About {{ inputs.topic }}"', f'"hello\\n\\nkey {KEY}"'), 8),
+        # a key that only YAML's escapes spell out: the line of its value
+        (BASE.replace('"About {{ inputs.topic }}"', f'"use {ESCAPED_KEY}"'), 8),
     ],
-    ids=["mapping-key", "pricing", "comment", "block"],
+    ids=["mapping-key", "pricing", "comment", "block", "escaped-newlines", "escaped-key"],
 )
 def test_a_key_anywhere_in_the_workflow_is_an_error_at_its_line(
     tmp_path: Path, text: str, line: int

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from decimal import Decimal
 from typing import Any
 
@@ -13,6 +14,7 @@ from flowgpt.templating import (
     Reference,
     TemplateRenderProblem,
     TemplateSyntaxProblem,
+    _template,
     evaluate,
     make_context,
     parse_expression,
@@ -114,11 +116,42 @@ def test_plain_text_renders_as_itself(ctx: dict[str, Any]) -> None:
         ("", ""),
     ],
 )
-def test_text_without_tags_is_the_same_whatever_the_context(source: str, text: str) -> None:
+def test_text_without_tags_is_the_same_whatever_the_context(
+    source: str, text: str, jinja_renders: list[str]
+) -> None:
     # Rendered by Jinja once and kept (a system prompt is sent on every call): the next
-    # render, with another context, gives the same Jinja output.
+    # render, with another context, gives the same output without rendering again.
+    source = _fresh(source)
     assert render(source, make_context({"name": "a"}, {})) == text
     assert render(source, make_context({"name": "b"}, {})) == text
+    assert len(jinja_renders) == 1
+
+
+def test_text_with_an_expression_is_rendered_every_time(jinja_renders: list[str]) -> None:
+    source = _fresh("Dear {{ inputs.name }},")
+    assert render(source, make_context({"name": "a"}, {})) == "Dear a,"
+    assert render(source, make_context({"name": "b"}, {})) == "Dear b,"
+    assert jinja_renders == ["Dear a,", "Dear b,"]
+
+
+def _fresh(source: str) -> str:
+    """``source`` with a comment no other template has, so parse_template's cache (and the
+    text a tag-free Template keeps) starts empty for it."""
+    return "{# " + uuid.uuid4().hex + " #}" + source
+
+
+@pytest.fixture
+def jinja_renders(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What every render through Jinja (``_render_bounded``) gave, in order."""
+    renders: list[str] = []
+    real = _template._render_bounded
+
+    def counting(compiled: Any, context: Any) -> str:
+        renders.append(real(compiled, context))
+        return renders[-1]
+
+    monkeypatch.setattr(_template, "_render_bounded", counting)
+    return renders
 
 
 @pytest.mark.parametrize(

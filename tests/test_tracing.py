@@ -266,6 +266,23 @@ def test_retries_429s_and_repairs_are_events(
     assert a["flowgpt.step.status"] == "ok"
 
 
+def test_a_retried_5xx_is_a_retry_event(
+    otel: Otel, fake_openai: FakeOpenAI, openai_provider: OpenAIProvider
+) -> None:
+    fake_openai.queue(
+        Fault.server_error(),
+        Reply('{"sections": ["a"]}'),
+        Reply("item text"),
+        Reply("all done"),
+    )
+    run_traced(otel, openai_provider)
+    (span,) = [s for s in otel.named("chat ") if s.events]
+    # The second attempt of the request, its first error retry, is sent as its first resend.
+    assert [e.name for e in span.events] == ["flowgpt.retry"]
+    assert span.events[0].attributes == {"http.request.resend_count": 1}
+    assert (span.attributes or {})["flowgpt.retries"] == 1
+
+
 def test_errors_carry_their_class(
     otel: Otel, fake_openai: FakeOpenAI, openai_provider: OpenAIProvider
 ) -> None:

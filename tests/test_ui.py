@@ -8,6 +8,7 @@ The pages in a real browser: tests/test_ui_browser.py.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
@@ -19,16 +20,18 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from click.testing import CliRunner
 
 from flowgpt.cli import main
 from flowgpt.money import format_usd, sum_costs
+from flowgpt.results import StepResult
 from flowgpt.store import BatchSummary, RunFilter, RunStore, RunSummary
 from flowgpt.ui._charts import GraphStep, SpendSeries, layout_graph, spend_chart
 from flowgpt.ui._pages import resume_command
@@ -40,6 +43,9 @@ from tests.support.ui_runs import (
     UIProcess,
     fill_store,
 )
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
 
 TODAY = date.today()
 YESTERDAY = TODAY - timedelta(days=1)
@@ -313,12 +319,36 @@ def test_an_unknown_batch_or_bad_filter_is_said_on_the_page(ui: UIProcess) -> No
     assert "until: &#39;31-12-2026&#39; is not a date (YYYY-MM-DD); left out" in body
 
 
+def _fingerprint(path: Path) -> tuple[object, ...]:
+    """What a store holds: the size of its file and of its -wal file (in WAL mode a write
+    lands there first, leaving the main file as it was), then every row of every table."""
+    wal = path.with_name(path.name + "-wal")
+    sizes = [p.stat().st_size if p.exists() else 0 for p in (path, wal)]
+    # Read-only: closing it never checkpoints the -wal file into the main one.
+    conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    try:
+        tables = [
+            name
+            for (name,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
+            )
+        ]
+        rows = {t: conn.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall() for t in tables}
+    finally:
+        conn.close()
+    assert {"runs", "steps", "attempts"} <= rows.keys() and rows["runs"]
+    return sizes, rows
+
+
 def test_the_server_only_reads(ui: UIProcess, filled: FilledStore) -> None:
-    before = filled.path.stat().st_mtime_ns
+    assert _get(ui.port, f"/runs/{filled.triage_run}").status == 200  # the store is open
+    before = _fingerprint(filled.path)
     for method in ("POST", "PUT", "DELETE"):
         assert _get(ui.port, "/", method=method).status == 405
         assert _get(ui.port, f"/runs/{filled.triage_run}", method=method).status == 405
-    assert filled.path.stat().st_mtime_ns == before
+    for path in ("/", f"/runs/{filled.triage_run}", f"/runs/{filled.failed_run}"):
+        assert _get(ui.port, path).status == 200
+    assert _fingerprint(filled.path) == before
 
 
 def test_an_unknown_run_is_a_404_that_shows_the_id_as_text(ui: UIProcess) -> None:
@@ -485,8 +515,77 @@ def test_the_ui_startup_benchmark_runs(
 
 def test_totals_text_never_says_zero_for_unpriced() -> None:
     from flowgpt.store import StatsRow
-    from flowgpt.ui._pages import cost_text
 
-    assert cost_text(StatsRow("t", 1, 10, 10, Decimal(0), 20)) == "unpriced"
-    assert cost_text(StatsRow("t", 2, 10, 10, Decimal("0.5"), 20)) == "$0.50 + unpriced"
-    assert cost_text(StatsRow("t", 1, 10, 10, Decimal(0), 0)) == format_usd(Decimal(0))
+    assert StatsRow("t", 1, 10, 10, Decimal(0), 20).cost_text == "unpriced"
+    assert StatsRow("t", 2, 10, 10, Decimal("0.5"), 20).cost_text == "$0.50 + unpriced"
+    assert StatsRow("t", 1, 10, 10, Decimal(0), 0).cost_text == format_usd(Decimal(0))
+
+
+# -- the app in this process: its error pages -------------------------------------------
+
+
+def _ask(app: Starlette, path: str) -> tuple[int, str]:
+    """GET ``path`` from an ASGI app in this process: the status and the page."""
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def receive() -> MutableMapping[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"127.0.0.1")],
+        "client": ("127.0.0.1", 40000),
+        "server": ("127.0.0.1", 80),
+    }
+    asyncio.run(app(scope, receive, send))
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, body.decode()
+
+
+def test_a_store_that_cannot_be_read_is_a_400_that_says_why(tmp_path: Path) -> None:
+    from flowgpt.ui.app import create_app
+
+    path = tmp_path / "runs.sqlite3"
+    with RunStore(path) as store:
+        store.start_run("r1", workflow_name="w", workflow_text=None, workflow_path=None, inputs={})
+        app = create_app(store)
+        with sqlite3.connect(path) as conn:  # damaged behind the open store's back
+            conn.execute("DROP TABLE steps")
+        conn.close()
+        status, body = _ask(app, "/")
+    assert status == 400
+    assert "<h1>Cannot show this</h1>" in body
+    assert f"run store {path}: could not read the runs: no such table: steps" in body
+
+
+def test_a_stored_workflow_that_no_longer_parses_shows_its_steps_without_arrows(
+    tmp_path: Path,
+) -> None:
+    from flowgpt.ui.app import create_app
+
+    path = tmp_path / "runs.sqlite3"
+    with RunStore(path) as store:
+        store.start_run(
+            "r1",
+            workflow_name="w",
+            workflow_text="name: [unclosed",
+            workflow_path=None,
+            inputs={},
+            steps=[StepResult("first"), StepResult("second")],
+        )
+        status, body = _ask(create_app(store), "/runs/r1")
+    assert status == 200
+    assert "the stored workflow could not be read again: invalid YAML: expected" in body
+    assert 'id="step-first"' in body and 'id="step-second"' in body

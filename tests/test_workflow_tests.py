@@ -20,10 +20,10 @@ from click.testing import CliRunner
 
 from flowgpt.cli import main
 from flowgpt.engine.calls import current_call
-from flowgpt.errors import BadRequestError
+from flowgpt.errors import BadRequestError, SpecError
 from flowgpt.providers.base import ChatRequest, ChatResponse, OnText
 from flowgpt.providers.mock.provider import default_reply
-from flowgpt.store.cassettes import load_cassette
+from flowgpt.store.cassettes import Cassette, load_cassette, save_cassette
 from flowgpt.testing import load_suite, run_suite_sync
 from flowgpt.testing.models import suite_json_schema
 from flowgpt.usage import Usage
@@ -299,11 +299,76 @@ def test_a_provider_failure_while_recording_keeps_the_old_cassette(
     assert KEY not in junit.read_text() and KEY not in out
 
 
+def test_the_cassette_keeps_no_credentials_of_the_endpoint(tmp_path: Path) -> None:
+    workflow = write(tmp_path)
+    with FakeOpenAI(responder=responder) as server, pytest.MonkeyPatch.context() as env:
+        secret_url = server.base_url.replace("http://", "http://user:s3cret@")
+        env.setenv("OPENAI_API_KEY", KEY)
+        env.setenv("OPENAI_BASE_URL", secret_url)
+        code, out = flowgpt("test", str(workflow), "--record")
+        assert code == 0, out
+        assert server.chat_requests
+    assert "s3cret" not in (tmp_path / "tea.cassette.yaml").read_text()
+    assert load_cassette(tmp_path / "tea.cassette.yaml").endpoint == server.base_url
+
+
+@pytest.mark.parametrize(
+    ("url", "written"),
+    [
+        ("http://user:pw@example.com:8443/v1?key=s3cret#top", "http://example.com:8443/v1"),
+        ("http://user:pw@example.com:99999/v1?key=s3cret", "http://example.com/v1"),
+        ("http://[::1/v1", None),  # not a URL: nothing is written
+        ("local:/home/me/models/tiny.gguf", "local"),
+    ],
+)
+def test_the_endpoint_is_written_without_what_is_private(
+    tmp_path: Path, url: str, written: str | None
+) -> None:
+    path = tmp_path / "c.cassette.yaml"
+    save_cassette(Cassette(provider="openai", endpoint=url), path)
+    assert load_cassette(path).endpoint == written
+    assert "s3cret" not in path.read_text() and "pw@" not in path.read_text()
+
+
 def test_no_cassette_is_a_clear_error_that_says_how_to_record(tmp_path: Path) -> None:
     workflow = write(tmp_path)
     code, out = flowgpt("test", str(workflow))
     assert code == 2
     assert "tea.cassette.yaml: error: no cassette to replay" in out
+    assert f"record it first: flowgpt test {tmp_path / 'tea.test.yaml'} --record" in out
+    assert "Traceback" not in out
+
+
+@pytest.mark.parametrize(
+    ("cassette", "message"),
+    [
+        (
+            b"version: 2\ninteractions: []\n",
+            "error: this is not a flowgpt cassette: unsupported cassette version 2",
+        ),
+        (
+            b"version: 1\ninteractions: []\n# caf\xe9\n",
+            "error: cannot read the cassette: it is not UTF-8",
+        ),
+        (
+            b"version: 1\ncases:\n  green: {latency_s: fast}\ninteractions: []\n",
+            "error: this is not a flowgpt cassette: cases.green: latencies must be numbers",
+        ),
+        (
+            b"version: 1\ncases:\n  green: {latency_s: 1, steps: {write: [2]}}\n",
+            "error: this is not a flowgpt cassette: cases.green: latencies must be numbers",
+        ),
+    ],
+    ids=["version", "not-utf8", "latency", "step-latency"],
+)
+def test_a_broken_cassette_is_exit_2_saying_what_is_wrong(
+    tmp_path: Path, cassette: bytes, message: str
+) -> None:
+    workflow = write(tmp_path)
+    (tmp_path / "tea.cassette.yaml").write_bytes(cassette)
+    code, out = flowgpt("test", str(workflow))
+    assert code == 2, out
+    assert f"{tmp_path / 'tea.cassette.yaml'}: {message}" in out, out
     assert f"record it first: flowgpt test {tmp_path / 'tea.test.yaml'} --record" in out
     assert "Traceback" not in out
 
@@ -588,12 +653,42 @@ def test_a_workflow_without_a_test_file_says_how_to_start_one(tmp_path: Path) ->
     assert f"no test file for this workflow: create {tmp_path / 'tea.test.yaml'}" in out
 
 
-def test_command_line_mistakes_are_exit_2(recorded: Path) -> None:
-    for args in (["--record", "--live"], ["--mock"], ["--model", "a", "--model", "b"]):
-        code, out = flowgpt("test", str(recorded), *args)
-        assert code == 2, (args, out)
-    code, out = flowgpt("test", str(recorded), "--case", "gren")
-    assert code == 2 and "no case named `gren`; did you mean `green`?" in out
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--record", "--live"], "--record and --live: give one (--record also runs live)"),
+        (["--mock"], "a replay answers from the cassette; --mock and --local go with --record"),
+        (["--model", "a", "--model", "b"], "comparing models calls each of them: add --live"),
+        (["--case", "gren"], "no case named `gren`; did you mean `green`?"),
+    ],
+)
+def test_command_line_mistakes_are_exit_2(recorded: Path, args: list[str], message: str) -> None:
+    code, out = flowgpt("test", str(recorded), *args)
+    assert code == 2, (args, out)
+    assert message in out, out
+
+
+def test_a_test_file_with_tests_too_is_exit_2(tmp_path: Path) -> None:
+    write(tmp_path)
+    tests = str(tmp_path / "tea.test.yaml")
+    code, out = flowgpt("test", tests, "--tests", tests)
+    assert code == 2, out
+    assert "give a workflow with --tests, or a test file alone" in out
+
+
+def test_a_test_file_that_names_no_workflow_asks_which_it_tests(tmp_path: Path) -> None:
+    write(tmp_path, tests=TESTS.replace("workflow: tea.yaml\n", ""))
+    tests = tmp_path / "tea.test.yaml"
+    tests.rename(tmp_path / "coffee.test.yaml")
+    code, out = flowgpt("test", str(tmp_path / "coffee.test.yaml"))
+    assert code == 2, out
+    assert (
+        f"{tmp_path / 'coffee.test.yaml'}:1:1: error: no `workflow:` and no coffee.yaml beside "
+        "the test file"
+    ) in out, out
+    assert "add `workflow: NAME.yaml` (relative to the test file)" in out
+    with pytest.raises(SpecError, match=r"coffee\.test\.yaml: which workflow does it test\?"):
+        load_suite(tmp_path / "coffee.test.yaml")
 
 
 def test_validate_checks_test_files_and_cassettes_too(recorded: Path) -> None:

@@ -8,11 +8,10 @@ what is in flight never passes the limit: a run cannot exceed its budget.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from decimal import Decimal
 
-from flowgpt.accounting.prices import listed_models
+from flowgpt.accounting.prices import closest_model
 from flowgpt.errors import BudgetExceededError
 from flowgpt.money import format_usd
 
@@ -83,8 +82,8 @@ class Budget:
         self, step: str, model: str, tokens: int, worst_cost: Decimal | None
     ) -> Reservation:
         if self.max_cost_usd is not None and worst_cost is None:
-            close = difflib.get_close_matches(model, listed_models(), n=1, cutoff=0.8)
-            typo = f" (did you mean `{close[0]}`?)" if close else ""
+            close = closest_model(model)
+            typo = f" (did you mean `{close}`?)" if close else ""
             raise BudgetExceededError(
                 f"step `{step}`: model `{model}`{typo} has no known price, so the cost budget "
                 f"({format_usd(self.max_cost_usd)}) cannot be enforced",

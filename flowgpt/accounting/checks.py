@@ -9,10 +9,9 @@ structure (``flowgpt.spec.analysis``) and the cost.
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 
-from flowgpt.accounting.prices import listed_models, resolve_price
+from flowgpt.accounting.prices import closest_model, resolve_price
 from flowgpt.accounting.tokens import context_window, count_text
 from flowgpt.errors import Diagnostic, SpecError
 from flowgpt.spec.analysis import analyze
@@ -80,13 +79,15 @@ def _prices(workflow: Workflow) -> list[Diagnostic]:
         )
         if price is None:
             path = ("steps", index, "model") if step.model else ("defaults", "model")
-            close = difflib.get_close_matches(model, listed_models(), n=1, cutoff=0.8)
-            if close and spec.provider.prices == "openai":
+            # Only OpenAI's list prices make a typo of an OpenAI name likely; other price
+            # lists need not read it (which may import genai-prices and fill the cache).
+            close = closest_model(model) if spec.provider.prices == "openai" else None
+            if close is not None:
                 # A typo is the likelier story than an unpriced model: say that first.
                 found.append(
                     _warning(
                         workflow.locate(path),
-                        f"model `{model}` is not a model OpenAI lists; did you mean `{close[0]}`?",
+                        f"model `{model}` is not a model OpenAI lists; did you mean `{close}`?",
                         f"fix the name; if `{model}` is right (a relay's alias, a "
                         f"fine-tune), give it a price: `pricing: {{{model}: {{input: ..., "
                         "output: ...}}` (USD per million tokens)",

@@ -30,6 +30,7 @@ itself. This is the only module that imports genai_prices.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 import json
 import os
@@ -47,6 +48,7 @@ __all__ = [
     "LOCAL_BASE_URL",
     "LOCAL_PRICE",
     "ModelPrice",
+    "closest_model",
     "cost_of",
     "is_local_url",
     "is_openai_url",
@@ -142,24 +144,16 @@ def is_openai_url(base_url: str | None) -> bool:
 
 @functools.lru_cache(maxsize=256)
 def _from_override(spec: PriceSpec, batch: bool = False) -> ModelPrice:
-    if batch and spec.batch is not None:
-        rates = spec.batch
-        cached = rates.cached_input if rates.cached_input is not None else rates.input
-        return ModelPrice(
-            input=Decimal(rates.input),
-            cached_input=Decimal(cached),
-            output=Decimal(rates.output),
-            source="workflow",
-            batch=True,
-        )
-    cached = spec.cached_input if spec.cached_input is not None else spec.input
+    rates = spec.batch if batch and spec.batch is not None else spec
+    cached = rates.cached_input if rates.cached_input is not None else rates.input
     price = ModelPrice(
-        input=Decimal(spec.input),
+        input=Decimal(rates.input),
         cached_input=Decimal(cached),
-        output=Decimal(spec.output),
+        output=Decimal(rates.output),
         source="workflow",
+        batch=rates is not spec,
     )
-    return price.halved() if batch else price
+    return price.halved() if batch and not price.batch else price
 
 
 # A model run in-process costs nothing per token; a workflow may still set its own price.
@@ -198,6 +192,14 @@ def listed_models() -> list[str]:
     if not cache.entries:
         cache.get("gpt-4o-mini")  # fills the table (every exact name) on first use
     return sorted(name for name, entry in cache.entries.items() if entry is not None)
+
+
+def closest_model(model: str) -> str | None:
+    """The OpenAI model name ``model`` is most likely a typo of, if any: for did-you-mean
+    suggestions. Reads the price list (filling the cache on a miss), so call it only when
+    the suggestion is used."""
+    close = difflib.get_close_matches(model, listed_models(), n=1, cutoff=0.8)
+    return close[0] if close else None
 
 
 def cost_of(

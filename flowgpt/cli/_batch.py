@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
+from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -23,6 +25,10 @@ from flowgpt.cli._common import (
     _trace_option,
     _tracing,
 )
+
+if TYPE_CHECKING:
+    from flowgpt.engine.data import BatchOutput
+    from flowgpt.spec.workflow import Workflow
 
 
 @click.command()
@@ -70,7 +76,7 @@ def batch(
     concurrency: int | None,
     rpm: int | None,
     tpm: int | None,
-    max_cost: float | None,
+    max_cost: Decimal | None,
     model: str | None,
     store_path: str | None,
     no_store: bool,
@@ -100,13 +106,14 @@ def batch(
             cancel=cancel,
             limits=limits,
             provider_options=provider_options,
+            open_output=functools.partial(_open_output, out, data, workflow),
             store_path=store_path,
             no_store=no_store,
             trace=trace,
         )
         return
     from flowgpt.cli._progress import BatchProgress, rate_limit_summary
-    from flowgpt.engine.data import BatchOutput, read_rows, scan_rows, workflow_version
+    from flowgpt.engine.data import read_rows, scan_rows
     from flowgpt.engine.engine import Engine
     from flowgpt.spec.loader import load_workflow
 
@@ -124,19 +131,7 @@ def batch(
     )
     command = _continue_command()
     budget = None if max_cost is None else str(max_cost)
-    # Never the data, the workflow or a prompt file; never another batch's file in use.
-    others: dict[str | Path, str] = {data: "the data file", workflow: "the workflow file"}
-    others.update({wf.base_dir / name: "a prompt file of the workflow" for name in wf.files})
-    output = BatchOutput(
-        out, wf.spec.name, others=others, version=workflow_version(wf), secrets=_secrets(wf)
-    ).open()
-    if output.stale:
-        click.echo(
-            f"note: {len(output.stale)} rows of {out} were done with another version of "
-            "the workflow (its text or prompt files changed since); they are kept as they "
-            "are: delete their lines (or use a new --out) to run them again",
-            err=True,
-        )
+    output = _open_output(out, data, workflow, wf)
     try:
         progress = BatchProgress(max(total - len(output.done), 0), holds=engine.rate_limit_holds)
         engine.on_event = progress.on_event
@@ -193,3 +188,25 @@ def batch(
         )
     if progress.failed or left > 0:
         sys.exit(EXIT_RUN_FAILED)
+
+
+def _open_output(out: str, data: str, workflow: str, wf: Workflow) -> BatchOutput:
+    """``--out`` opened for the batch, with or without --batch-api: never the data, the
+    workflow or a prompt file (nor another batch's file in use); each row tagged with the
+    workflow's version, the rows another version did pointed out; the key in use (and
+    anything shaped like a key) never written."""
+    from flowgpt.engine.data import BatchOutput, workflow_version
+
+    others: dict[str | Path, str] = {data: "the data file", workflow: "the workflow file"}
+    others.update({wf.base_dir / name: "a prompt file of the workflow" for name in wf.files})
+    output = BatchOutput(
+        out, wf.spec.name, others=others, version=workflow_version(wf), secrets=_secrets(wf)
+    ).open()
+    if output.stale:
+        click.echo(
+            f"note: {len(output.stale)} rows of {out} were done with another version of "
+            "the workflow (its text or prompt files changed since); they are kept as they "
+            "are: delete their lines (or use a new --out) to run them again",
+            err=True,
+        )
+    return output

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,8 +32,9 @@ from flowgpt.money import format_usd
 
 if TYPE_CHECKING:
     from flowgpt.engine.batch_api import BatchAPIRun, BatchAPIStatus
-    from flowgpt.engine.data import BatchRowResult
+    from flowgpt.engine.data import BatchOutput, BatchRowResult
     from flowgpt.providers.batches import BatchInfo
+    from flowgpt.spec.workflow import Workflow
 
 # For tests and impatient users: look at batches in flight every this many seconds
 # (default: after 2 s, then 1.5 times longer each time, up to a minute).
@@ -44,17 +46,19 @@ def batch_api_command(
     workflow: str,
     data: str,
     out: str,
-    max_cost: float | None,
+    max_cost: Decimal | None,
     model: str | None,
     no_wait: bool,
     cancel: bool,
     limits: dict[str, Any],
     provider_options: dict[str, Any],
+    open_output: Callable[[Workflow], BatchOutput],
     store_path: str | None = None,
     no_store: bool = False,
     trace: bool = False,
 ) -> None:
-    """The --batch-api side of ``flowgpt batch`` (see docs/batch-api.md)."""
+    """The --batch-api side of ``flowgpt batch`` (see docs/batch-api.md); ``open_output``
+    opens --out as the synchronous side does (``flowgpt.cli._batch._open_output``)."""
     if no_wait and cancel:
         raise click.UsageError("--no-wait and --cancel do different things: give one")
     given = [f"--{name}" for name, value in limits.items() if value is not None]
@@ -68,7 +72,7 @@ def batch_api_command(
             "--batch-api sends the requests through OpenAI's Batch API; --mock and --local "
             "answer at once without one: give one or the other"
         )
-    from flowgpt.engine.data import BatchOutput, read_rows, scan_rows
+    from flowgpt.engine.data import read_rows, scan_rows
     from flowgpt.engine.engine import Engine
     from flowgpt.spec.loader import load_workflow
 
@@ -83,7 +87,7 @@ def batch_api_command(
             return
         total = scan_rows(data, wf)  # every row checked before anything is spent
         command = _continue_command()
-        output = BatchOutput(out, wf.spec.name).open()
+        output = open_output(wf)
         progress = _Progress(wf.spec.name)
 
         async def go() -> BatchAPIRun:
@@ -135,7 +139,7 @@ def _summary(
     out: str,
     skipped: int,
     total: int,
-    max_cost: float | None,
+    max_cost: Decimal | None,
     command: str,
 ) -> None:
     if progress.done or run.outcome == "done":
@@ -277,7 +281,7 @@ class _Progress:
 
     def status(self, status: BatchAPIStatus) -> None:
         self.last = status
-        if self.live is not None and status.event == "trouble":
+        if status.event == "trouble":  # on a terminal too: the table does not show it
             self._line(f"warning: {status.message} (looking again later)")
         if self.live is not None:
             self.live.update(self._table())
@@ -290,8 +294,6 @@ class _Progress:
                 self._line(f"{self._headline()}: {_batch_line(info)}")
         elif status.event in ("results", "rows"):
             self._line(self._rows())
-        elif status.event == "trouble":
-            self._line(f"warning: {status.message} (looking again later)")
 
     def row(self, row: BatchRowResult) -> None:
         self.done += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from decimal import Decimal
 from typing import Any
 
 import click
@@ -71,7 +72,7 @@ def chat(
     temperature: float | None,
     max_tokens: int | None,
     max_history_tokens: int | None,
-    max_cost: float | None,
+    max_cost: Decimal | None,
     store_path: str | None,
     no_store: bool,
     **provider_kwargs: Any,

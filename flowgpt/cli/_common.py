@@ -6,36 +6,52 @@ from __future__ import annotations
 
 import gc
 import json
-import math
 import os
 import shlex
 import sys
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
+from decimal import Decimal
 from functools import wraps
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
 from flowgpt.errors import FlowgptError, InputError, SpecError, redact
+from flowgpt.money import usd_limit
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-class _Dollars(click.FloatRange):
-    """A cost limit: a finite number of dollars, at least 0 (``nan`` and ``inf`` are
-    floats too, and would make every comparison with a cost fail)."""
+if TYPE_CHECKING:
+    DecimalParamType = click.ParamType[Decimal]
+else:  # click 8.1's ParamType takes no type arguments
+    DecimalParamType = click.ParamType
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        amount = super().convert(value, param, ctx)
-        if not math.isfinite(amount):
-            self.fail(f"{value!r} is not an amount of dollars (e.g. 0.50)", param, ctx)
+
+class _Dollars(DecimalParamType):
+    """A cost limit: the exact Decimal dollars :func:`flowgpt.money.usd_limit` reads, a
+    finite amount of at least 0 (``nan`` and ``inf`` would make every comparison with a
+    cost fail)."""
+
+    name = "dollars"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> Decimal:
+        try:
+            amount = usd_limit(value)
+        except InputError:  # said in the command line's words
+            self.fail(
+                f"{str(value)!r} is not an amount of dollars of at least 0 (e.g. 0.50)", param, ctx
+            )
+        assert amount is not None  # click passes no None to convert
         return amount
 
 
-USD = _Dollars(min=0)
+USD = _Dollars()
 
 
 # The command line's own options for a kind of problem (an error's or a diagnostic's

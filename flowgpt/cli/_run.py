@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from decimal import Decimal
 from typing import Any
 
 import click
@@ -67,7 +68,7 @@ def run(
     as_json: bool,
     out_file: str | None,
     model: str | None,
-    max_cost: float | None,
+    max_cost: Decimal | None,
     concurrency: int | None,
     rpm: int | None,
     tpm: int | None,

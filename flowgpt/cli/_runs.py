@@ -12,7 +12,6 @@ import os
 from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import click
 
@@ -20,6 +19,8 @@ from flowgpt.cli._common import _handle_errors, _open_store
 from flowgpt.errors import InputError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from rich.console import Console
 
     from flowgpt.store import BatchSummary, RunSummary, StatsRow
@@ -45,17 +46,6 @@ def _console() -> Console:
     from flowgpt.cli._console import fit_pipes
 
     return fit_pipes(Console(highlight=False))
-
-
-def _via(provider: str | None, endpoint: str | None) -> str:
-    """Who answered: "mock", "local", "openai", or "openai (HOST)" for another endpoint."""
-    from flowgpt.accounting.prices import is_openai_url
-
-    if provider is None:
-        return "-"  # recorded before flowgpt kept it
-    if provider == "openai" and not is_openai_url(endpoint):
-        return f"openai ({urlsplit(str(endpoint)).netloc or endpoint})"
-    return provider
 
 
 def _when(stamp: str | None) -> str:
@@ -174,14 +164,14 @@ def runs_list(store_path: str | None, limit: int, batch: str | None, as_json: bo
     from flowgpt.money import format_usd
     from flowgpt.store import BatchSummary
 
+    summary: BatchSummary | None = None
+    batch_runs: list[RunSummary] = []
     with _open_store(store_path, False) as store:
         if batch is not None:
             summary = store.batch_summary(batch)
-            found: list[RunSummary | BatchSummary] = list(
-                store.list_runs(limit, batch=summary.batch)
-            )
+            batch_runs = store.list_runs(limit, batch=summary.batch)
+            found: Sequence[RunSummary | BatchSummary] = batch_runs
         else:
-            summary = None
             found = store.list_entries(limit)
         where = store.path
     if as_json:
@@ -208,8 +198,7 @@ def runs_list(store_path: str | None, limit: int, batch: str | None, as_json: bo
                 "tokens": f"{r.total_tokens:,}",
                 "cost": format_usd(r.cost_usd),
             }
-            for r in found
-            if not isinstance(r, BatchSummary)
+            for r in batch_runs
         ]
         columns = ["row", "run", "status", "started", "steps", "tokens", "cost"]
         head = ("row", "run", "status", "cost")
@@ -218,31 +207,21 @@ def runs_list(store_path: str | None, limit: int, batch: str | None, as_json: bo
     rows = []
     for e in found:
         if isinstance(e, BatchSummary):
-            rows.append(
-                {
-                    "run": f"batch {_shown_path(e.batch)}",
-                    "workflow": e.workflow,
-                    "status": e.status,
-                    "cost": format_usd(e.cost_usd),
-                    "provider": _via(e.provider, e.endpoint),
-                    "started": _when(e.started_at),
-                    "steps": f"{e.rows_ok}/{e.rows} rows",
-                    "tokens": f"{e.total_tokens:,}",
-                }
-            )
+            run, steps = f"batch {_shown_path(e.batch)}", f"{e.rows_ok}/{e.rows} rows"
         else:
-            rows.append(
-                {
-                    "run": e.run_id,
-                    "workflow": e.workflow,
-                    "status": e.status,
-                    "cost": format_usd(e.cost_usd),
-                    "provider": _via(e.provider, e.endpoint),
-                    "started": _when(e.started_at),
-                    "steps": f"{e.steps_done}/{e.steps_total}",
-                    "tokens": f"{e.total_tokens:,}",
-                }
-            )
+            run, steps = e.run_id, f"{e.steps_done}/{e.steps_total}"
+        rows.append(
+            {
+                "run": run,
+                "workflow": e.workflow,
+                "status": e.status,
+                "cost": format_usd(e.cost_usd),
+                "provider": e.via,
+                "started": _when(e.started_at),
+                "steps": steps,
+                "tokens": f"{e.total_tokens:,}",
+            }
+        )
     # The run id holds its start time, so "started" is the column to drop when narrow.
     columns = ["run", "workflow", "provider", "status", "started", "steps", "tokens", "cost"]
     head = ("run", "workflow", "status", "cost")
@@ -258,7 +237,7 @@ def _batch_heading(b: BatchSummary, *, shown: int) -> str:
     line = (
         f"batch {_shown_path(b.batch)}: {b.workflow} · {b.rows} rows ({counts}) · "
         f"{b.runs} runs · {b.total_tokens:,} tokens · {format_usd(b.cost_usd)} · "
-        f"{_via(b.provider, b.endpoint)}"
+        f"{b.via}"
     )
     if shown < b.runs:
         line += f"\nshowing the first {shown} of its {b.runs} runs (-n N shows more)"
@@ -305,7 +284,7 @@ def runs_show(run_id: str | None, store_path: str | None, as_json: bool) -> None
     facts = [
         f"run {summary.run_id}",
         f"started {_when(summary.started_at)} UTC",
-        _via(summary.provider, summary.endpoint),
+        summary.via,
     ]
     if summary.batch is not None:
         facts.append(f"row {summary.batch_row} of batch {_shown_path(summary.batch)}")
@@ -357,7 +336,7 @@ def runs_stats(store_path: str | None, days: int | None, include_mock: bool, as_
         total = stats.total
         runs = f"{total.runs:,} run{'s' * (total.runs != 1)}"
         console.print(
-            f"{scope}: {runs} · {total.total_tokens:,} tokens · {_cost(total)}", markup=False
+            f"{scope}: {runs} · {total.total_tokens:,} tokens · {total.cost_text}", markup=False
         )
     if stats.mock_runs_left_out:
         n = stats.mock_runs_left_out
@@ -372,15 +351,6 @@ def runs_stats(store_path: str | None, days: int | None, include_mock: bool, as_
             ("by workflow", "workflow", stats.by_workflow),
         ):
             console.print(_stats_table(title, key, rows))
-
-
-def _cost(row: StatsRow) -> str:
-    """Dollars, or "unpriced" for what has no price: never a smaller, wrong amount."""
-    from flowgpt.money import format_usd
-
-    if row.cost_usd is not None:
-        return format_usd(row.cost_usd)
-    return f"{format_usd(row.priced_usd)} + unpriced" if row.priced_usd else "unpriced"
 
 
 def _stats_table(title: str, key: str, rows: list[StatsRow]) -> Any:
@@ -402,11 +372,11 @@ def _stats_table(title: str, key: str, rows: list[StatsRow]) -> Any:
             f"{row.prompt_tokens:,}",
             f"{row.completion_tokens:,}",
         )
-        table.add_row(row.key, runs, prompt, completion, _cost(row))
+        table.add_row(row.key, runs, prompt, completion, row.cost_text)
         lines.append(
             Text(
                 f"  {row.key}: {runs} run{'s' * (row.runs != 1)} · {prompt} → {completion} "
-                f"tokens · {_cost(row)}"
+                f"tokens · {row.cost_text}"
             )
         )
     return FirstFit(table, Group(*lines))

@@ -43,7 +43,7 @@ from flowgpt.engine.plan import Plan
 from flowgpt.engine.run import Run
 from flowgpt.errors import BadRequestError, BudgetExceededError, ProviderError, ServerError
 from flowgpt.providers.base import ChatRequest, ChatResponse, OnText, Provider
-from flowgpt.providers.batches import BatchAPI, BatchInfo, LineResult, split_lines
+from flowgpt.providers.batches import CLOCK_SLACK_S, BatchAPI, BatchInfo, LineResult, split_lines
 from flowgpt.providers.observe import note
 from flowgpt.spec.workflow import Workflow
 from flowgpt.store.batch_journal import BatchJournal, LineRecord, SubmissionRecord
@@ -64,8 +64,6 @@ _STUCK_S = 60.0
 # Waiting for batches: the first look after this long, then 1.5 times longer each time
 # nothing ended, up to the last.
 _POLL_FIRST_S, _POLL_MAX_S = 2.0, 60.0
-# Batches made before the job started (minus this, for clock skew) are not the job's.
-_CLOCK_SLACK_S = 3600.0
 # Rows running at once by default: a row waiting for its batches holds some 20 KB.
 ROWS_AT_ONCE = 50_000
 
@@ -187,9 +185,9 @@ class BatchAPIRun:
 
     Made by ``Engine.run_batch_api``. ``job`` names the job in the run store: running a
     BatchAPIRun with the same job again continues it. At most ``rows_at_once`` rows run
-    at once (a stage holds a request of each); the others start as rows finish. With
-    ``wait=False`` it submits the current stage and stops (``outcome == "waiting"``)
-    instead of waiting for the batches.
+    at once (default ``ROWS_AT_ONCE``; a stage holds a request of each); the others start
+    as rows finish. With ``wait=False`` it submits the current stage and stops
+    (``outcome == "waiting"``) instead of waiting for the batches.
     After the iteration, ``outcome`` says how it ended: "done" (every row finished),
     "waiting" (batches in flight, nothing more to do without waiting) or "budget" (the
     next stage's worst case could pass ``max_cost_usd``: nothing of it was submitted;
@@ -212,11 +210,11 @@ class BatchAPIRun:
         skip: Collection[int] = (),
         inputs_from_cli: bool = False,
         on_status: Callable[[BatchAPIStatus], None] | None = None,
-        rows_at_once: int = ROWS_AT_ONCE,
+        rows_at_once: int | None = None,
         trace: BatchTrace = NO_TRACING,
     ) -> None:
         self.workflow = workflow
-        self.rows_at_once = rows_at_once
+        self.rows_at_once = ROWS_AT_ONCE if rows_at_once is None else rows_at_once
         self.provider = provider
         self.api = api
         self.job_key = job
@@ -248,7 +246,6 @@ class BatchAPIRun:
         self.sync_usd: Decimal | None = Decimal(0)  # the same, at synchronous rates
         self.rows_cost_usd: Decimal | None = Decimal(0)  # rows finished, at batch rates
         self.rows_sync_usd: Decimal | None = Decimal(0)  # rows finished, synchronously
-        self.submitted: list[BatchInfo] = []  # batches this run made
         # -- state
         self._journal: BatchJournal | None = None
         self._created_unix = 0.0
@@ -521,14 +518,14 @@ class BatchAPIRun:
         self.sync_usd = _add(self.sync_usd, sync)
         row.sync_usd = _add(row.sync_usd, sync)
 
-    def _resolve(self, line: _Line, result: LineResult) -> None:
+    def _resolve(self, line: _Line, outcome: ChatResponse | ProviderError) -> None:
         line.request = None
         if line.status == "retired":
             return
-        if result.response is not None:
-            line.status, line.response = "ok", result.response
+        if isinstance(outcome, ChatResponse):
+            line.status, line.response = "ok", outcome
         else:
-            line.status, line.error = "failed", result.error
+            line.status, line.error = "failed", outcome
         if line.future is not None and not line.future.done():
             line.future.set_result(None)
 
@@ -563,9 +560,7 @@ class BatchAPIRun:
         unknown = [s for s in open_submissions if s.batch_id is None]
         found: dict[str, BatchInfo] = {}
         if unknown:
-            for info in await self.api.find(
-                {"flowgpt_job": self.job_id}, self._created_unix - _CLOCK_SLACK_S
-            ):
+            for info in await _job_batches(self.api, self.job_id, self._created_unix):
                 found.setdefault(info.metadata.get("flowgpt_submission", ""), info)
         steps = {
             line.step.split("[")[0]
@@ -637,19 +632,12 @@ class BatchAPIRun:
         try:
             info = await self.api.create(submission.file_id, self._metadata(submission))
         except BadRequestError as exc:
-            lines = self._by_submission.get(submission.submission_id, [])
-            results = [LineResult(line.custom_id, error=exc) for line in lines]
-            self._journal.record_results(
-                submission.submission_id, [(r.custom_id, None, exc) for r in results]
-            )
-            for line, result in zip(lines, results, strict=True):
-                self._resolve(line, result)
+            self._record(submission, {}, missing=exc)
             return
         self._journal.set_batch(submission.submission_id, info.id, info.status)
         submission.batch_id = info.id
         self._infos[submission.submission_id] = info
         self._in_flight[submission.submission_id] = submission
-        self.submitted.append(info)
         self._trace.event(
             "flowgpt.batch_api.submitted",
             {
@@ -697,7 +685,11 @@ class BatchAPIRun:
                     },
                 )
                 results = await self.api.results(info, submission.model)
-                self._record(submission, info, results)
+                missing = info.failure or ServerError(
+                    f"batch {info.id} ended ({info.status}) without answering this request",
+                    hint="it is sent again in the next round",
+                )
+                self._record(submission, results, missing=missing)
                 del self._in_flight[sid]
                 ended = True
         if ended:
@@ -706,28 +698,27 @@ class BatchAPIRun:
         return ended
 
     def _record(
-        self, submission: SubmissionRecord, info: BatchInfo, results: dict[str, LineResult]
+        self,
+        submission: SubmissionRecord,
+        results: Mapping[str, LineResult],
+        *,
+        missing: ProviderError,
     ) -> None:
+        """Record the outcome of every line of a submission, in the journal and for the
+        steps waiting for them: its result, or ``missing`` for a line with none."""
         assert self._journal is not None
         lines = self._by_submission.get(submission.submission_id, [])
-        outcomes = []
+        outcomes: list[ChatResponse | ProviderError] = []
         for line in lines:
             result = results.get(line.custom_id)
-            if result is None or (result.response is None and result.error is None):
-                result = LineResult(
-                    line.custom_id,
-                    error=info.failure
-                    or ServerError(
-                        f"batch {info.id} ended ({info.status}) without answering this request",
-                        hint="it is sent again in the next round",
-                    ),
-                )
-            outcomes.append(result)
+            outcome = None if result is None else result.response or result.error
+            outcomes.append(outcome or missing)
         self._journal.record_results(
-            submission.submission_id, [(r.custom_id, r.response, r.error) for r in outcomes]
+            submission.submission_id,
+            [(line.custom_id, outcome) for line, outcome in zip(lines, outcomes, strict=True)],
         )
-        for line, result in zip(lines, outcomes, strict=True):
-            self._resolve(line, result)
+        for line, outcome in zip(lines, outcomes, strict=True):
+            self._resolve(line, outcome)
 
     def _next_poll_s(self) -> float:
         if self.poll_interval_s is not None:
@@ -747,7 +738,7 @@ class BatchAPIRun:
                 stage=max((self._levels.get(s, 0) for s in steps), default=0),
                 stages=self.stages,
                 steps=steps,
-                batches=tuple(self._infos[s] for s in self._infos if s in self._in_flight),
+                batches=tuple(self.in_flight),
                 rows=len(self._row_state) + self.done,
                 done=self.done,
                 failed=self.failed,
@@ -770,9 +761,7 @@ async def cancel_batches(api: BatchAPI, store_path: str | Path, job: str) -> lis
         ids = {s.batch_id for s in submissions if s.batch_id is not None}
         if any(s.batch_id is None for s in submissions):
             wanted = {s.submission_id for s in submissions}
-            for info in await api.find(
-                {"flowgpt_job": found.job_id}, found.created_unix - _CLOCK_SLACK_S
-            ):
+            for info in await _job_batches(api, found.job_id, found.created_unix):
                 if info.metadata.get("flowgpt_submission") in wanted:
                     ids.add(info.id)
         by_id = {s.batch_id: s for s in submissions if s.batch_id is not None}
@@ -785,6 +774,13 @@ async def cancel_batches(api: BatchAPI, store_path: str | Path, job: str) -> lis
                 journal.set_status(by_id[batch_id].submission_id, info.status)
             cancelled.append(info)
         return cancelled
+
+
+async def _job_batches(api: BatchAPI, job_id: str, created_unix: float) -> list[BatchInfo]:
+    """The job's batches as the API lists them (newest first), found by the job in their
+    metadata: how a batch whose id was never recorded (a crash while it was created) is
+    found again."""
+    return await api.find({"flowgpt_job": job_id}, created_unix - CLOCK_SLACK_S)
 
 
 async def _listed(

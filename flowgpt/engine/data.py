@@ -37,9 +37,8 @@ __all__ = [
 
 # How many bad rows one error message lists before saying "and N more".
 _MAX_LISTED = 10
-# The longest CSV value, and the deepest nesting of a JSON row.
+# The longest CSV value (a JSON row nests at most MAX_NESTING deep).
 _MAX_FIELD = 10_000_000
-_MAX_DEPTH = MAX_NESTING
 _TOO_DEEP = object()
 # json.dumps(doc, ensure_ascii=False, default=str), without building an encoder per line.
 _LINE_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
@@ -162,9 +161,9 @@ def _jsonl_rows(path: Path, f: io.TextIOBase) -> Iterator[DataRow]:
             ) from None
         except RecursionError:
             value = _TOO_DEEP  # nested deeper than Python's stack: refused just below
-        if value is _TOO_DEEP or _depth_over(line, value, _MAX_DEPTH):
+        if value is _TOO_DEEP or _depth_over(line, value, MAX_NESTING):
             raise InputError(
-                f"{path}:{line_no}: the row nests more than {_MAX_DEPTH} levels of lists "
+                f"{path}:{line_no}: the row nests more than {MAX_NESTING} levels of lists "
                 "and objects",
                 hint="flatten the row's values; inputs are data for prompts",
             )

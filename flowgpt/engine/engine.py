@@ -29,12 +29,11 @@ from collections.abc import (
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flowgpt.accounting.budget import Budget
 from flowgpt.accounting.prices import is_local_url
 from flowgpt.engine.batch import run_rows
-from flowgpt.engine.batch_api import ROWS_AT_ONCE, BatchAPIRun, BatchAPIStatus, cancel_batches
 from flowgpt.engine.data import BatchRowResult, DataRow
 from flowgpt.engine.events import EngineEvent
 from flowgpt.engine.plan import Plan
@@ -42,7 +41,6 @@ from flowgpt.engine.run import Run, RunSettings
 from flowgpt.errors import SpecError
 from flowgpt.money import usd_limit
 from flowgpt.providers.base import Provider
-from flowgpt.providers.batches import BatchInfo
 from flowgpt.providers.factory import batch_api_of, make_provider
 from flowgpt.providers.limiter import RequestLimiter
 from flowgpt.providers.rate_limits import RateLimitHold, RateLimitStats
@@ -55,6 +53,11 @@ from flowgpt.spec.workflow import Workflow
 from flowgpt.store.run_store import RunStore, new_run_id
 from flowgpt.tracing.base import BatchTrace, Tracing
 from flowgpt.tracing.setup import make_tracing
+
+if TYPE_CHECKING:
+    # The Batch API runner is loaded by the calls that use it, not by every run.
+    from flowgpt.engine.batch_api import BatchAPIRun, BatchAPIStatus
+    from flowgpt.providers.batches import BatchInfo
 
 __all__ = ["Engine"]
 
@@ -256,9 +259,7 @@ class Engine:
                 )
         # Rate limits belong to the account: configurations that differ only in, say,
         # timeout_s share one limiter.
-        account = (
-            None if self.provider is not None else (provider.resolved_base_url(), spec.api_key_env)
-        )
+        account = None if self.provider is not None else (where, spec.api_key_env)
         settings = RunSettings(
             provider=provider,
             limiter=self.limiter(provider, spec.concurrency, account),
@@ -389,7 +390,7 @@ class Engine:
         inputs_from_cli: bool = False,
         poll_interval_s: float | None = None,
         on_status: Callable[[BatchAPIStatus], None] | None = None,
-        rows_at_once: int = ROWS_AT_ONCE,
+        rows_at_once: int | None = None,
     ) -> BatchAPIRun:
         """Run a workflow once per row through the provider's Batch API (OpenAI's: half
         the price, answers within 24 h), stage by stage; ``async for`` the result gives
@@ -405,8 +406,10 @@ class Engine:
         ``poll_interval_s``: how often to look at batches in flight (default: after 2 s,
         then 1.5 times longer each time, up to a minute).
         ``rows_at_once`` bounds memory: rows beyond it start as others finish (in later
-        rounds, so with more waiting).
+        rounds, so with more waiting); default 50,000 (``batch_api.ROWS_AT_ONCE``).
         """
+        from flowgpt.engine.batch_api import BatchAPIRun
+
         wf = _as_workflow(workflow)
         Plan.of(wf)  # static errors before anything runs
         if self.store is None:
@@ -460,7 +463,7 @@ class Engine:
             job=job,
             wait=wait,
             poll_interval_s=poll_interval_s,
-            max_cost_usd=None if max_cost_usd is None else Decimal(str(max_cost_usd)),
+            max_cost_usd=usd_limit(max_cost_usd),
             skip=skip,
             inputs_from_cli=inputs_from_cli,
             on_status=on_status,
@@ -474,6 +477,8 @@ class Engine:
         """Cancel the batches in flight of a ``run_batch_api`` job; what each is now.
         Answers received before the cancel are kept (and paid); running the job again
         continues it, sending the cancelled requests again."""
+        from flowgpt.engine.batch_api import cancel_batches
+
         wf = _as_workflow(workflow)
         if self.store is None:
             raise SpecError("cancelling Batch API batches needs the run store")

@@ -31,7 +31,7 @@ from flowgpt.errors import (
     redact,
 )
 from flowgpt.providers.base import ChatRequest, endpoint_of
-from flowgpt.providers.rate_limits import AccountLimits, WaitCapReached
+from flowgpt.providers.rate_limits import AccountLimits, WaitCapReached, limit_kind
 from flowgpt.usage import Usage
 
 # o1, o3-mini, o4-mini, gpt-5, gpt-5-mini, ... (optionally "ft:" fine-tunes of them).
@@ -173,7 +173,7 @@ def _rate_limit_wait(headers: Mapping[str, str], message: str) -> _RateLimited:
         wait = None  # "now" is no directive (the SDK treats it so too)
     retry_after = wait is not None
     if wait is None:
-        kinds = ["tokens"] if limit and limit[0] == "T" else ["requests"] if limit else []
+        kinds = [limit_kind(limit)] if limit else []
         resets = [
             parse_duration(headers.get(f"x-ratelimit-reset-{k}", ""))
             for k in kinds or ["requests", "tokens"]
@@ -228,6 +228,34 @@ def _scrub(text: str, key: str | None) -> str:
     if key:
         text = text.replace(key, "[redacted key]")
     return redact(_KEYISH_RE.sub("[redacted key]", text))
+
+
+def _body_message(body: object) -> str | None:
+    """The API's own message in an error body (``{"error": {"message": ...}}``, the error
+    object itself, or text), as a call's error or a batch's error line holds it; None when
+    it holds none."""
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        message = error.get("message") if isinstance(error, dict) else None
+        if isinstance(message, str):
+            return message.strip()
+    if isinstance(body, str):
+        return body.strip()[:300]
+    return None
+
+
+def _body_is_quota(body: object) -> bool:
+    """Whether an error body is OpenAI's ``insufficient_quota`` (as its code or type)."""
+    error = body.get("error", body) if isinstance(body, dict) else None
+    return isinstance(error, dict) and "insufficient_quota" in (
+        error.get("code"),
+        error.get("type"),
+    )
+
+
+def _api_said(message: str, key: str | None) -> str:
+    """The API's message as error messages quote it (scrubbed of the key); "" for none."""
+    return f" The API said: {_scrub(message, key)}" if message else ""
 
 
 def _unreadable_error(exc: _Unreadable, call: _Call, endpoint: str) -> ProviderError:

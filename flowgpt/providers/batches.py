@@ -22,6 +22,7 @@ from flowgpt.providers.base import ChatRequest, ChatResponse
 
 __all__ = [
     "BATCH_ENDED",
+    "CLOCK_SLACK_S",
     "BatchAPI",
     "BatchCapable",
     "BatchInfo",
@@ -31,6 +32,9 @@ __all__ = [
 
 # A batch in one of these states will not change any more: its results can be read.
 BATCH_ENDED = frozenset({"completed", "failed", "expired", "cancelled"})
+# Looking for a job's batches by their metadata (``BatchAPI.find``): those created before
+# the job started, less this for clock skew, are not the job's.
+CLOCK_SLACK_S = 3600.0
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flowgpt.errors import SpecError
 from flowgpt.providers.base import Provider
-from flowgpt.providers.batches import BatchAPI, BatchCapable
 from flowgpt.spec.models import ProviderSpec
+
+if TYPE_CHECKING:
+    from flowgpt.providers.batches import BatchAPI
 
 __all__ = ["PROVIDER_TYPES", "batch_api_of", "make_provider"]
 
@@ -51,6 +54,9 @@ def make_provider(spec: ProviderSpec, base_dir: Path | None = None) -> Provider:
 
 def batch_api_of(provider: Provider) -> BatchAPI:
     """The Batch API behind ``provider``; SpecError (exit 2) when it has none."""
+    # Imported here: only the Batch API path needs it, not every run.
+    from flowgpt.providers.batches import BatchCapable
+
     if isinstance(provider, BatchCapable):
         return provider.batch_api()
     if provider.name == "openai":

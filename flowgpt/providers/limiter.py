@@ -45,6 +45,7 @@ from flowgpt.providers.rate_limits import (
     RateLimitStats,
     TokenBucket,
     WaitCapReached,
+    limit_kind,
     model_family,
     request_tokens,
 )
@@ -114,7 +115,7 @@ class _Family:
         """The value of ``limit`` ("TPM", "RPM", ...) when known."""
         if not limit:
             return None
-        kind = "tokens" if limit.startswith("T") else "requests"
+        kind = limit_kind(limit)
         learned = self.learned.get(kind) or self.named.get(limit)
         if learned is not None:
             return float(learned)
@@ -298,35 +299,65 @@ class RequestLimiter:
         changed = fam.known is not True
         fam.known = True
         now = time.monotonic()
-        for i, (kind, limit, remaining, cap) in enumerate(
-            (
-                ("requests", limits.requests, limits.remaining_requests, self.rpm),
-                ("tokens", limits.tokens, limits.remaining_tokens, self.tpm),
-            )
-        ):
-            if not limit or limit <= 0:
-                continue
-            bucket = fam.tokens if i else fam.requests
-            if fam.learned.get(kind) != limit:
-                fam.learned[kind] = limit
-                rate = limit * _MARGIN if cap is None else min(cap, limit * _MARGIN)
-                if bucket is None:
-                    bucket = TokenBucket(rate)
-                    if i:
-                        fam.tokens = bucket
-                    else:
-                        fam.requests = bucket
-                else:
-                    bucket.set(rate)
-                changed = True
-            if remaining is not None and bucket is not None and slot.taken is not None:
-                # What the API had used when it counted this request (sent at sent_at),
-                # less what it has refilled since, plus what was sent after it: what it
-                # has in use now.
-                used = max(0.0, limit - remaining - limit / 60 * (now - slot.sent_at))
-                bucket.correct(used + fam.sent[i] - slot.taken[i], now)
-        if changed:
+        taken = slot.taken
+        fam.requests, new_requests = self._learn_limit(
+            slot,
+            "requests",
+            fam.requests,
+            limits.requests,
+            limits.remaining_requests,
+            cap=self.rpm,
+            sent_after=None if taken is None else fam.sent[0] - taken[0],
+            now=now,
+        )
+        fam.tokens, new_tokens = self._learn_limit(
+            slot,
+            "tokens",
+            fam.tokens,
+            limits.tokens,
+            limits.remaining_tokens,
+            cap=self.tpm,
+            sent_after=None if taken is None else fam.sent[1] - taken[1],
+            now=now,
+        )
+        if changed or new_requests or new_tokens:
             self._limits_changed()
+
+    def _learn_limit(
+        self,
+        slot: _Slot,
+        kind: str,
+        bucket: TokenBucket | None,
+        limit: int | None,
+        remaining: int | None,
+        *,
+        cap: float | None,
+        sent_after: int | None,
+        now: float,
+    ) -> tuple[TokenBucket | None, bool]:
+        """One limit a reply told (``kind``: "requests" or "tokens") and what is left of it:
+        ``bucket`` made, or set, to pace it (at the margin, under ``cap``) when the limit is
+        new, then corrected down to what the account has left. ``sent_after``: what the
+        family sent after this request (None: it was never taken). Returns the bucket and
+        whether the limit was new."""
+        if not limit or limit <= 0:
+            return bucket, False
+        fam = slot.family
+        new = fam.learned.get(kind) != limit
+        if new:
+            fam.learned[kind] = limit
+            rate = limit * _MARGIN if cap is None else min(cap, limit * _MARGIN)
+            if bucket is None:
+                bucket = TokenBucket(rate)
+            else:
+                bucket.set(rate)
+        if remaining is not None and bucket is not None and sent_after is not None:
+            # What the API had used when it counted this request (sent at sent_at), less
+            # what it has refilled since, plus what was sent after it: what it has in use
+            # now.
+            used = max(0.0, limit - remaining - limit / 60 * (now - slot.sent_at))
+            bucket.correct(used + sent_after, now)
+        return bucket, new
 
     async def _hold(
         self,
@@ -343,9 +374,7 @@ class RequestLimiter:
         now = time.monotonic()
         if fam.streak_since is None:
             fam.streak_since = min(first_at, now)
-        wait = _DEFAULT_WAIT_S if wait_s is None else max(wait_s, 0.0)
-        if now + wait > fam.streak_since + cap_s:
-            raise WaitCapReached(wait, now - fam.streak_since, cap_s)
+        wait = _capped_wait(wait_s, now, fam.streak_since, cap_s)
         if limit and per_minute:
             fam.named[limit] = per_minute
         until = now + wait
@@ -365,7 +394,7 @@ class RequestLimiter:
             self.on_hold(RateLimitHold(fam.name, limit, fam.per_minute(limit), wait, True))
         fam.waiting += 1
         try:
-            await asyncio.sleep(wait * (1 + _JITTER * random.random()))
+            await _sleep_out(wait)
         finally:
             fam.waiting -= 1
         # Its place in flight is still held; its place in the rate buckets is taken again.
@@ -491,10 +520,22 @@ async def wait_out_rate_limit(
             cap_s=cap_s,
             first_at=first_at,
         )
-    now = time.monotonic()
+    return await _sleep_out(_capped_wait(wait_s, time.monotonic(), first_at, cap_s))
+
+
+def _capped_wait(wait_s: float | None, now: float, since: float, cap_s: float) -> float:
+    """The wait for a 429 that asked for ``wait_s`` (None: it did not say), at ``now``.
+    Raises ``WaitCapReached`` when it would end more than ``cap_s`` after ``since`` (when
+    the model family, or the request, was first refused)."""
     wait = _DEFAULT_WAIT_S if wait_s is None else max(wait_s, 0.0)
-    if now + wait > first_at + cap_s:
-        raise WaitCapReached(wait, now - first_at, cap_s)
+    if now + wait > since + cap_s:
+        raise WaitCapReached(wait, now - since, cap_s)
+    return wait
+
+
+async def _sleep_out(wait: float) -> float:
+    """Sleep ``wait`` and up to 10 % more (so that the requests it held do not all go
+    again at once); returns the seconds slept."""
     wait *= 1 + _JITTER * random.random()
     await asyncio.sleep(wait)
     return wait

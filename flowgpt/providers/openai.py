@@ -65,6 +65,9 @@ from flowgpt.providers._openai_rules import (
     _REQUEST_INVALID_RE,
     _account_limits,
     _after,
+    _api_said,
+    _body_is_quota,
+    _body_message,
     _Call,
     _cause,
     _endpoint,
@@ -400,7 +403,7 @@ class OpenAIProvider:
             )
         except WaitCapReached as capped:
             call.rate_limited -= 1  # the last attempt was not waited out
-            said = f" The API said: {_scrub(message, key)}" if message else ""
+            said = _api_said(message, key)
             endpoint = _endpoint(self.resolved_base_url())
             raise _rate_limit_capped(asked, capped, endpoint, model, said, call.retries) from None
 
@@ -412,8 +415,7 @@ class OpenAIProvider:
         after = _after(retries)
 
         def said(err: openai.APIError) -> str:
-            message = _api_message(err)
-            return f" The API said: {_scrub(message, key)}" if message else ""
+            return _api_said(_api_message(err), key)
 
         if isinstance(exc, openai.APIStatusError):
             status = exc.status_code
@@ -464,14 +466,9 @@ def _messages(request: ChatRequest) -> list[ChatCompletionMessageParam]:
 
 def _api_message(exc: openai.APIError) -> str:
     """The API's own error message (not the SDK's 'Error code: ...' wrapper)."""
-    body = exc.body
-    if isinstance(body, dict):
-        error = body.get("error", body)
-        message = error.get("message") if isinstance(error, dict) else None
-        if isinstance(message, str):
-            return message.strip()
-    if isinstance(body, str):
-        return body.strip()[:300]
+    message = _body_message(exc.body)
+    if message is not None:
+        return message
     if isinstance(exc, openai.APIStatusError):
         return ""
     return exc.message
@@ -480,9 +477,4 @@ def _api_message(exc: openai.APIError) -> str:
 def _is_quota(exc: openai.APIStatusError) -> bool:
     if exc.code == "insufficient_quota" or exc.type == "insufficient_quota":
         return True
-    body = exc.body
-    error = body.get("error", body) if isinstance(body, dict) else None
-    return isinstance(error, dict) and "insufficient_quota" in (
-        error.get("code"),
-        error.get("type"),
-    )
+    return _body_is_quota(exc.body)

@@ -24,6 +24,10 @@ from openai.types.chat import ChatCompletion
 
 from flowgpt.errors import BadRequestError, MalformedResponseError, ProviderError, ServerError
 from flowgpt.providers._openai_rules import (
+    _FIRST_BACKOFF_S,
+    _api_said,
+    _body_is_quota,
+    _body_message,
     _Call,
     _endpoint,
     _reply_of,
@@ -33,7 +37,7 @@ from flowgpt.providers._openai_rules import (
     _Unreadable,
 )
 from flowgpt.providers.base import ChatRequest, ChatResponse
-from flowgpt.providers.batches import BatchInfo, LineResult
+from flowgpt.providers.batches import CLOCK_SLACK_S, BatchInfo, LineResult
 from flowgpt.providers.openai import OpenAIProvider
 
 __all__ = ["ENDPOINT", "OpenAIBatches"]
@@ -43,10 +47,9 @@ ENDPOINT: Final = "/v1/chat/completions"
 _RETRYABLE_CODES = frozenset({"batch_expired", "batch_cancelled"})
 # A whole batch refused for a reason that passes (the queue of enqueued tokens is full).
 _RETRYABLE_BATCH_CODES = frozenset({"token_limit_exceeded", "rate_limit_exceeded"})
-# Looking for a batch whose creation may have happened: no older than this (clock skew).
-_CLOCK_SLACK_S = 3600.0
-# Between creates after a lost answer: the SDK's own backoff (0.5 s doubling, up to 8 s).
-_FIRST_BACKOFF_S = 0.5
+# Between creates after a lost answer: the SDK's own backoff (_FIRST_BACKOFF_S, 0.5 s,
+# doubling up to this).
+_MAX_BACKOFF_S = 8.0
 
 
 class OpenAIBatches:
@@ -78,7 +81,7 @@ class OpenAIBatches:
         except openai.NotFoundError as exc:
             raise BadRequestError(
                 f"{self.endpoint} has no Batch API: it answered 404 to {doing}."
-                f"{_said(exc, client.api_key)}",
+                f"{_api_said(_body_message(exc.body) or '', client.api_key)}",
                 hint="--batch-api needs OpenAI's API (or a server with /v1/files and "
                 "/v1/batches); run without --batch-api for this endpoint",
                 status=404,
@@ -98,7 +101,7 @@ class OpenAIBatches:
         SDK's blind retries, a create whose answer was lost (a timeout, a dropped
         connection, a 5xx) first looks for the batch by its metadata, and only when the
         API has none is it sent again (within ``max_retries``)."""
-        since = time.time() - _CLOCK_SLACK_S
+        since = time.time() - CLOCK_SLACK_S
         wait = _FIRST_BACKOFF_S
         for attempt in range(self.provider.max_retries + 1):
             try:
@@ -117,7 +120,7 @@ class OpenAIBatches:
             if made:
                 return made[0]
             await asyncio.sleep(wait)
-            wait = min(wait * 2, 8.0)
+            wait = min(wait * 2, _MAX_BACKOFF_S)
         raise AssertionError("unreachable")  # the loop returns or raises
 
     async def retrieve(self, batch_id: str) -> BatchInfo:
@@ -203,11 +206,8 @@ class OpenAIBatches:
         if isinstance(response, dict) and response.get("status_code") == 200:
             return self._answer(custom_id, response.get("body"), batch)
         if isinstance(response, dict) and isinstance(response.get("status_code"), int):
+            # What the same call's error would have said (OpenAIProvider._translate).
             body = response.get("body")
-            error_doc = body.get("error") if isinstance(body, dict) else None
-            detail: dict[str, Any] = error_doc if isinstance(error_doc, dict) else {}
-            message = _scrub(str(detail.get("message") or ""), key)
-            code = detail.get("code") or detail.get("type")
             return LineResult(
                 custom_id,
                 error=_status_error(
@@ -216,9 +216,9 @@ class OpenAIBatches:
                     endpoint=self.endpoint,
                     model=model,
                     retries=0,
-                    said=f" The API said: {message}" if message else "",
+                    said=_api_said(_body_message(body) or "", key),
                     headers={},
-                    quota=code == "insufficient_quota",
+                    quota=_body_is_quota(body),
                     refused=False,
                 ),
             )
@@ -278,10 +278,3 @@ def _namespace(value: Any) -> Any:
     if isinstance(value, list):
         return [_namespace(v) for v in value]
     return value
-
-
-def _said(exc: openai.APIStatusError, key: str) -> str:
-    body = exc.body
-    error = body.get("error", body) if isinstance(body, dict) else None
-    message = error.get("message") if isinstance(error, dict) else None
-    return f" The API said: {_scrub(message, key)}" if isinstance(message, str) else ""

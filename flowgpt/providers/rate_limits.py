@@ -1,9 +1,9 @@
 """What rate limits are made of, shared by the request limiter, the providers that report
 to it and the displays that show it: how a request counts against a model's limits
-(``model_family``, ``request_tokens``), what a reply's headers tell (``AccountLimits``),
-what holds requests back (``RateLimitHold``), the counts for a summary
-(``RateLimitStats``), the end of waiting (``WaitCapReached``), and the bucket that paces
-requests to a rate (``TokenBucket``)."""
+(``model_family``, ``request_tokens``), what a limit's name counts (``limit_kind``), what
+a reply's headers tell (``AccountLimits``), what holds requests back (``RateLimitHold``),
+the counts for a summary (``RateLimitStats``), the end of waiting (``WaitCapReached``),
+and the bucket that paces requests to a rate (``TokenBucket``)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import json
 import re
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 from flowgpt.providers.base import ChatRequest
 
@@ -20,6 +21,7 @@ __all__ = [
     "RateLimitStats",
     "TokenBucket",
     "WaitCapReached",
+    "limit_kind",
     "model_family",
     "request_tokens",
 ]
@@ -34,6 +36,12 @@ def model_family(model: str) -> str:
     if model.startswith("ft:"):
         model = model[3:].split(":", 1)[0]
     return _DATED_RE.sub("", model)
+
+
+def limit_kind(limit: str) -> Literal["tokens", "requests"]:
+    """What a limit, as the API names it ("TPM", "RPM", ...), counts: "tokens" for a
+    tokens limit, else "requests"."""
+    return "tokens" if limit.startswith("T") else "requests"
 
 
 def request_tokens(request: ChatRequest) -> int:
@@ -77,7 +85,7 @@ class RateLimitHold:
     def __str__(self) -> str:
         limit = f"the {self.limit} limit" if self.limit else "a rate limit"
         if self.per_minute is not None:
-            unit = "tokens" if (self.limit or "").startswith("T") else "requests"
+            unit = limit_kind(self.limit or "")
             limit += f" ({self.per_minute:,.0f} {unit}/min)"
         if self.rate_limited:
             return f"{self.model}: {limit} reached (429), held {self.wait_s:.1f} s"

@@ -17,11 +17,10 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from flowgpt.errors import Diagnostic
+from flowgpt.errors import API_KEY_RE, Diagnostic
 from flowgpt.spec.models import CHECK_KINDS, ENV_NAME, IDENT, CheckSpec, WorkflowSpec
 from flowgpt.spec.workflow import SourceMap
 
-_KEY_LITERAL = re.compile(r"sk-[A-Za-z0-9_\-]{16,}")
 _KEY_FIELD = re.compile(r"^(openai[_-]?)?api[_-]?key$|^(secret|token|password)$", re.I)
 
 
@@ -42,14 +41,14 @@ def _walk(data: Any, path: _DocPath = ()) -> Iterator[tuple[_DocPath, Any]]:
             yield from _walk(v, (*path, i))
 
 
-def _secret_diagnostics(data: Any, smap: SourceMap) -> list[Diagnostic]:
-    """API keys pasted into the file. The key itself is never echoed."""
+def _secret_diagnostics(data: Any, smap: SourceMap, text: str) -> list[Diagnostic]:
+    """API keys pasted into the file, by where they are: a key field, ``api_key_env``, or a
+    value whose key only shows once YAML has read it (escapes); ``scan_text`` reports the
+    others at their own line. The key itself is never echoed."""
     found: list[Diagnostic] = []
 
-    def add(path: _DocPath, message: str, hint: str, line_in_value: int = 0) -> None:
+    def add(path: _DocPath, message: str, hint: str) -> None:
         loc = smap.locate(path, key=path[-1:] != ("api_key_env",))
-        if line_in_value:  # the line of a multi-line value that holds it
-            loc = smap.template_line(path, line_in_value)
         found.append(Diagnostic(message, loc.file, loc.line, loc.col, hint=hint, code="secret"))
 
     for path, value in _walk(data):
@@ -60,7 +59,7 @@ def _secret_diagnostics(data: Any, smap: SourceMap) -> list[Diagnostic]:
                 "keep keys in environment variables: remove this line and set "
                 "`provider.api_key_env` to the variable's NAME (default OPENAI_API_KEY)",
             )
-        elif isinstance(value, str) and (literal := _KEY_LITERAL.search(value)):
+        elif isinstance(value, str) and (literal := API_KEY_RE.search(value)):
             if path[-1:] == ("api_key_env",):
                 add(
                     path,
@@ -68,14 +67,12 @@ def _secret_diagnostics(data: Any, smap: SourceMap) -> list[Diagnostic]:
                     "set it to the NAME of the variable, e.g. `api_key_env: OPENAI_API_KEY`, "
                     "and export the key in your shell; revoke the key if the file was shared",
                 )
-            else:
+            elif literal.group() not in text:
                 add(
                     path,
                     "an API key (sk-...) is written in the workflow file",
                     "remove it and keep it in an environment variable; revoke the key if this "
                     "file was shared or committed",
-                    # a multi-line value: the line that holds the key
-                    value[: literal.start()].count("\n") + 1 if "\n" in value else 0,
                 )
     return found
 
@@ -122,7 +119,8 @@ def _allowed_keys(model: type[BaseModel]) -> list[str]:
     return [info.alias or name for name, info in model.model_fields.items()]
 
 
-def _did_you_mean(word: str, options: Sequence[str]) -> str:
+def did_you_mean(word: str, options: Sequence[str]) -> str:
+    """``"; did you mean `X`?"`` for the option closest to ``word``, or "" when none is close."""
     close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
     return f"; did you mean `{close[0]}`?" if close else ""
 
@@ -226,7 +224,7 @@ def _wording(err: Any, path: Sequence[str | int], data: Any) -> tuple[str, str |
     if kind == "literal_error":
         options = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
         value = err.get("input")
-        guess = _did_you_mean(value, options) if isinstance(value, str) else ""
+        guess = did_you_mean(value, options) if isinstance(value, str) else ""
         if not guess and isinstance(value, str) and _TYPE_NAMES.get(value) in options:
             guess = f"; did you mean `{_TYPE_NAMES[value]}`?"
         listed = ", ".join(f"`{o}`" for o in options)
@@ -275,11 +273,11 @@ def _validation_diagnostics(
             model = _model_at(loc[:-1], root)
             allowed = _allowed_keys(model) if model else []
             if model is CheckSpec:
-                message = f"unknown check `{key}`{_did_you_mean(key, CHECK_KINDS)}"
+                message = f"unknown check `{key}`{did_you_mean(key, CHECK_KINDS)}"
                 hint = f"checks are: {', '.join(CHECK_KINDS)}"
             else:
                 parent = _dotted(path[:-1]) or "the top level"
-                message = f"unknown key `{key}` in {parent}{_did_you_mean(key, allowed)}"
+                message = f"unknown key `{key}` in {parent}{did_you_mean(key, allowed)}"
                 hint = f"allowed keys: {', '.join(allowed)}" if allowed else None
         elif kind == "missing":
             key = str(loc[-1])

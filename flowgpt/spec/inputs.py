@@ -22,8 +22,9 @@ __all__ = [
     "resolve_inputs",
 ]
 
-# Lists and objects in an input nest at most this deep (deeper ones break JSON, the store
-# and templates on Python's stack, and are no prompt's data).
+# Lists and objects nest at most this deep in an input, a data row or a workflow (deeper
+# ones break JSON, the store, templates and YAML composing on Python's stack, and are no
+# prompt's data).
 MAX_NESTING = 100
 
 _TRUE = {"true", "yes", "1", "on"}

@@ -28,6 +28,7 @@ from flowgpt.spec.diagnostics import (
     _secret_diagnostics,
     _validation_diagnostics,
 )
+from flowgpt.spec.inputs import MAX_NESTING
 from flowgpt.spec.models import WorkflowSpec
 from flowgpt.spec.secrets import credentials_in_base_url, scan_text
 from flowgpt.spec.workflow import Location, SourceMap, Workflow, _Mark
@@ -52,8 +53,6 @@ _WORKFLOW_START = "start with `version: 1`, `name: ...` and `steps:`"
 MAX_EXPANDED_NODES = 100_000
 MAX_EXPANDED_CHARS = 10_000_000
 MAX_FILE_BYTES = 2_000_000
-# Lists and mappings nested deeper than this are refused (composing recurses per level).
-MAX_NESTING = 100
 # A prompt file holds at most this much: about a million tokens, more than any model's
 # context window takes.
 MAX_PROMPT_FILE_BYTES = 4_000_000
@@ -80,7 +79,8 @@ class _Loader(yaml.SafeLoader):
         self.depth = 0
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
-        # PyYAML composes recursively: refuse deep nesting before Python's stack runs out.
+        # PyYAML composes recursively: refuse deep nesting (deeper than MAX_NESTING) before
+        # Python's stack runs out.
         self.depth += 1
         try:
             if self.depth > MAX_NESTING:
@@ -477,7 +477,7 @@ def parse_workflow(
     """
     file = str(path) if path is not None else "<workflow>"
     data, smap = _compose(text, file)
-    diagnostics = _secret_diagnostics(data, smap)
+    diagnostics = _secret_diagnostics(data, smap, text)
     # The whole text too: keys in mapping keys and comments, private keys.
     flagged = {d.line for d in diagnostics if d.line is not None}
     diagnostics += scan_text(text, file, skip_lines=flagged)

@@ -11,14 +11,12 @@ import re
 from collections.abc import Collection
 from typing import Any
 
-from flowgpt.errors import Diagnostic
+from flowgpt.errors import API_KEY_RE, Diagnostic
 from flowgpt.spec.urls import url_has_credentials
 from flowgpt.spec.workflow import SourceMap
 
 __all__ = ["credentials_in_base_url", "scan_text"]
 
-# The shapes flowgpt.errors.redact removes from messages, and private keys.
-_API_KEY = re.compile(r"sk-[A-Za-z0-9_\-]{16,}")
 _PRIVATE_KEY = re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----")
 
 
@@ -32,7 +30,7 @@ def scan_text(
     for number, line in enumerate(text.splitlines(), start=1):
         if number in skip_lines:
             continue
-        key = _API_KEY.search(line)
+        key = API_KEY_RE.search(line)
         private = _PRIVATE_KEY.search(line)
         if key is not None:
             found.append(

@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, cast
+from urllib.parse import urlsplit
 
 from flowgpt.errors import redact
 from flowgpt.money import sum_costs
@@ -228,6 +229,27 @@ def _run_status(run: sqlite3.Row) -> _RunStatus:
 _DONE = ("ok", "reused", "cached", "skipped")
 
 
+def other_host(provider: str | None, endpoint: str | None) -> str | None:
+    """Where "openai" requests went when that is not OpenAI's own API (a relay, a local
+    server): the endpoint's host; None for any other provider, or for OpenAI's API."""
+    # Imported here: the prices module loads the workflow models (pydantic), which the
+    # store does not otherwise need.
+    from flowgpt.accounting.prices import is_openai_url
+
+    if provider != "openai" or is_openai_url(endpoint):
+        return None
+    return urlsplit(str(endpoint)).netloc or str(endpoint)
+
+
+def via_text(provider: str | None, endpoint: str | None) -> str:
+    """Who answered: "mock", "local", "openai", or "openai (HOST)" for another endpoint;
+    "-" when the store did not keep it (runs recorded before it did)."""
+    if provider is None:
+        return "-"
+    host = other_host(provider, endpoint)
+    return provider if host is None else f"{provider} ({host})"
+
+
 @dataclass(frozen=True)
 class RunSummary:
     """One line of ``flowgpt runs list``.
@@ -252,6 +274,16 @@ class RunSummary:
     endpoint: str | None = None  # where its requests went
     batch: str | None = None  # the batch it is a row of (its output file)
     batch_row: int | None = None
+
+    @property
+    def host(self) -> str | None:
+        """The host of its endpoint when that is not OpenAI's own API (see :func:`other_host`)."""
+        return other_host(self.provider, self.endpoint)
+
+    @property
+    def via(self) -> str:
+        """Who answered it, as ``flowgpt runs`` says it (see :func:`via_text`)."""
+        return via_text(self.provider, self.endpoint)
 
 
 def _totals(run: sqlite3.Row, steps: list[sqlite3.Row]) -> tuple[Decimal | None, int]:
@@ -319,6 +351,16 @@ class BatchSummary:
     @property
     def rows_ok(self) -> int:
         return self.rows_by_status.get("ok", 0)
+
+    @property
+    def host(self) -> str | None:
+        """The host of its latest run's endpoint when that is not OpenAI's own API."""
+        return other_host(self.provider, self.endpoint)
+
+    @property
+    def via(self) -> str:
+        """Who answered its runs, as ``flowgpt runs`` says it (see :func:`via_text`)."""
+        return via_text(self.provider, self.endpoint)
 
 
 def _batch_summary(

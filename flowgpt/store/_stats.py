@@ -9,6 +9,8 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
+from flowgpt.money import format_spend
+
 __all__ = ["RunStats", "StatsRow"]
 
 
@@ -36,6 +38,11 @@ class StatsRow:
     def cost_usd(self) -> Decimal | None:
         """The dollars, or None ("unpriced") when some of its tokens have no price."""
         return None if self.unpriced_tokens else self.priced_usd
+
+    @property
+    def cost_text(self) -> str:
+        """Its dollars for people to read: "$1.20", "$0.50 + unpriced" or "unpriced"."""
+        return format_spend(self.priced_usd, unpriced=self.cost_usd is None)
 
     def to_dict(self) -> dict[str, Any]:
         cost = self.cost_usd

@@ -272,16 +272,16 @@ class BatchJournal(StoreDatabase):
     def record_results(
         self,
         submission_id: str,
-        outcomes: Iterable[tuple[str, ChatResponse | None, ProviderError | None]],
+        outcomes: Iterable[tuple[str, ChatResponse | ProviderError]],
     ) -> None:
         """Record every line's outcome (custom_id, reply or error) and mark the submission
         done, in one transaction: a crash leaves all of it to do again, or none."""
         ok, failed = [], []
-        for custom_id, response, error in outcomes:
-            if response is not None:
-                ok.append((_response_doc(response), submission_id, custom_id))
+        for custom_id, outcome in outcomes:
+            if isinstance(outcome, ChatResponse):
+                ok.append((_response_doc(outcome), submission_id, custom_id))
             else:
-                failed.append((_error_doc(error), submission_id, custom_id))
+                failed.append((_error_doc(outcome), submission_id, custom_id))
         with self._guard("record a batch's results"), self._tx() as conn:
             conn.executemany(
                 "UPDATE batch_lines SET status = 'ok', response = ?"
@@ -360,14 +360,13 @@ def _response_from(text: str | None) -> ChatResponse | None:
     doc = json.loads(text)
     return ChatResponse(
         text=doc["text"],
-        usage=Usage(**doc["usage"]),
+        usage=Usage.from_dict(doc["usage"]),
         finish_reason=doc.get("finish_reason"),
         model=doc.get("model"),
     )
 
 
-def _error_doc(error: ProviderError | None) -> str:
-    error = error or ProviderError("no answer")
+def _error_doc(error: ProviderError) -> str:
     doc: dict[str, Any] = {
         "type": type(error).__name__,
         "message": error.message,

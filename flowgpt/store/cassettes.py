@@ -17,10 +17,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import urlsplit, urlunsplit
 
 from flowgpt.errors import Diagnostic, SpecError, redact
-from flowgpt.providers.base import REQUEST_SETTINGS, ChatRequest, ChatResponse, Message
+from flowgpt.providers.base import (
+    REQUEST_SETTINGS,
+    ChatRequest,
+    ChatResponse,
+    Message,
+    endpoint_of,
+)
 from flowgpt.spec.loader import dump_data, load_data
 from flowgpt.store.fingerprint import request_fingerprint
 from flowgpt.usage import Usage
@@ -38,9 +43,6 @@ __all__ = [
 ]
 
 CASSETTE_VERSION = 1
-
-# The settings of a request, in the order they are written.
-_PARAMS = REQUEST_SETTINGS
 
 
 def cassette_key(request: ChatRequest) -> str:
@@ -112,19 +114,14 @@ def _public_endpoint(url: str | None) -> str | None:
     if url == "local" or url.startswith("local:"):
         return "local"
     try:
-        parts = urlsplit(url)
-    except ValueError:
+        return endpoint_of(url)
+    except ValueError:  # not a URL at all (e.g. a broken IPv6 host): nothing to show
         return None
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def _request_data(request: ChatRequest) -> dict[str, Any]:
     data: dict[str, Any] = {"model": request.model}
-    params = request.params()
-    data.update({key: params[key] for key in _PARAMS if key in params})
+    data.update(request.params())
     messages = []
     for message in request.messages:
         entry: dict[str, Any] = {"role": message["role"]}
@@ -210,7 +207,7 @@ def _text(value: Any, what: str) -> str:
 
 
 def _request_of(data: Mapping[str, Any], what: str) -> ChatRequest:
-    unknown = set(data) - {"model", "messages", *_PARAMS}
+    unknown = set(data) - {"model", "messages", *REQUEST_SETTINGS}
     if unknown:
         raise _Bad(f"{what} has unknown keys: {', '.join(sorted(map(str, unknown)))}")
     messages_data = data.get("messages")
@@ -226,7 +223,7 @@ def _request_of(data: Mapping[str, Any], what: str) -> ChatRequest:
         if "name" in entry:
             message["name"] = _text(entry["name"], f"{what}.messages[{i}].name")
         messages.append(message)
-    params = {key: data[key] for key in _PARAMS if data.get(key) is not None}
+    params = {key: data[key] for key in REQUEST_SETTINGS if data.get(key) is not None}
     return ChatRequest(model=_text(data.get("model"), f"{what}.model"), messages=messages, **params)
 
 

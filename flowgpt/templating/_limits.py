@@ -63,6 +63,7 @@ def check_size(size: int, what: str) -> None:
 
 
 def check_bits(bits: int, what: str) -> None:
+    """Refuse a number of ``bits`` bits before it is built."""
     if bits > MAX_POWER_BITS:
         raise RenderLimitError(
             f"{what} is too large for a template (about {bits:,} bits; a number may have "
@@ -105,9 +106,13 @@ def tick() -> None:
     every 16th tick: each step between is bounded by the size limits)."""
     render = _CURRENT.get()
     if render is not None:
-        render.ticks += 1
-        if render.ticks & 15 == 0:
-            _check_clock(render)
+        _tick(render)
+
+
+def _tick(render: _Render) -> None:
+    render.ticks += 1
+    if render.ticks & 15 == 0:
+        _check_clock(render)
 
 
 def _check_clock(render: _Render) -> None:
@@ -128,9 +133,7 @@ def iterate(iterable: Iterable[_T]) -> Iterator[_T]:
         yield from iterable
         return
     for item in iterable:
-        render.ticks += 1
-        if render.ticks & 15 == 0:
-            _check_clock(render)
+        _tick(render)
         yield item
 
 
@@ -191,17 +194,11 @@ def _small(root: Any) -> tuple[int, int, int] | None:
     stack: list[tuple[Any, int]] = [(root, 0)]
     while stack:
         value, depth = stack.pop()
-        kind = type(value)
-        if kind is dict:
-            children: Any = [x for pair in value.items() for x in pair]
-        elif kind is list or kind is tuple:
-            children = value
-        elif isinstance(value, _CONTAINERS):
-            children = _children(value)
-        else:
+        if not isinstance(value, _CONTAINERS):
             size += _leaf(value) + 2
             items += 1
             continue
+        children = _children(value)
         budget -= len(children) + 1
         if budget < 0 or depth > 16:
             return None

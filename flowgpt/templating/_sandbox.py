@@ -299,6 +299,12 @@ def _make_env() -> _Environment:
 def _render_bounded(compiled: JinjaTemplate, context: Mapping[str, Any]) -> str:
     """Render under the render limits, refusing output longer than the limit before it
     is all built."""
+    return _run_bounded(compiled, context)[0]
+
+
+def _run_bounded(compiled: JinjaTemplate, context: Mapping[str, Any]) -> tuple[str, Context]:
+    """Run ``compiled`` under the render limits: (its output, the context it ran in, whose
+    ``vars`` hold what it assigned)."""
     parts: list[str] = []
     size = 0
     token = _limits.start_render()
@@ -315,7 +321,7 @@ def _render_bounded(compiled: JinjaTemplate, context: Mapping[str, Any]) -> str:
         _ENV.handle_exception()
     finally:
         _limits.end_render(token)
-    return "".join(parts)
+    return "".join(parts), ctx
 
 
 _ENV = _make_env()

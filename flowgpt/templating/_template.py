@@ -8,7 +8,7 @@ import difflib
 import functools
 import re
 from collections.abc import Collection, Mapping
-from typing import Any, cast
+from typing import Any
 
 from jinja2 import meta, nodes
 from jinja2.environment import Template as _JinjaTemplate
@@ -16,11 +16,10 @@ from jinja2.exceptions import TemplateSyntaxError
 from jinja2.parser import Parser
 from jinja2.runtime import Undefined
 
-from flowgpt.templating import _limits
 from flowgpt.templating._errors import TemplateRenderProblem, TemplateSyntaxProblem
 from flowgpt.templating._explain import _explain, _template_line
 from flowgpt.templating._references import Reference, References, _Use, _walk
-from flowgpt.templating._sandbox import _ENV, _finalize, _render_bounded
+from flowgpt.templating._sandbox import _ENV, _finalize, _render_bounded, _run_bounded
 
 _RESULT_NAME = "flowgpt_expression_result_"
 
@@ -159,17 +158,8 @@ class Template:
     def _run(self, context: Mapping[str, Any]) -> Any:
         if not self.expression:
             return _render_bounded(self._compiled, context)
-        token = _limits.start_render()
-        try:
-            ctx = self._compiled.new_context(cast("dict[str, Any]", context))  # copied there
-            for _ in self._compiled.root_render_func(ctx):
-                pass
-        except Exception:
-            # Rewrites the traceback so its frames carry template line numbers.
-            _ENV.handle_exception()
-        finally:
-            _limits.end_render(token)
-        return ctx.vars[_RESULT_NAME]
+        # An expression prints nothing: it assigns its value to _RESULT_NAME.
+        return _run_bounded(self._compiled, context)[1].vars[_RESULT_NAME]
 
     # -- errors
 

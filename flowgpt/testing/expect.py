@@ -17,7 +17,7 @@ from flowgpt.money import format_usd
 from flowgpt.results import RunResult
 from flowgpt.spec.output import schema_failures
 from flowgpt.testing.judge import Judge
-from flowgpt.testing.models import ExpectSpec
+from flowgpt.testing.models import ExpectSpec, LimitSpec
 from flowgpt.testing.results import ExpectationResult
 
 __all__ = ["CaseRun", "check", "show"]
@@ -90,9 +90,7 @@ def _number(value: Decimal) -> str:
     return f"{value.normalize():f}"
 
 
-def _limit_text(expect: ExpectSpec, unit: str) -> str:
-    limit = expect.cost_usd or expect.tokens or expect.latency_s
-    assert limit is not None
+def _limit_text(limit: LimitSpec, unit: str) -> str:
     parts = []
     if limit.min is not None:
         parts.append(f"at least {unit}{_number(limit.min)}")
@@ -174,26 +172,22 @@ async def check(
 
 def _check_limit(expect: ExpectSpec, case: CaseRun, result: ExpectationResult) -> ExpectationResult:
     kind = expect.kind
-    limit = expect.cost_usd or expect.tokens or expect.latency_s
-    assert limit is not None
+    limit: LimitSpec = expect.value
     run = case.run
     step = run.steps[expect.step] if expect.step is not None else None
     actual: Decimal | None
     if kind == "cost_usd":
-        result.description = f"cost {_limit_text(expect, '$')}"
+        result.description = f"cost {_limit_text(limit, '$')}"
         cost = step.cost_usd if step is not None else run.cost_usd
         actual, shown = cost, format_usd(cost)
     elif kind == "tokens":
-        result.description = f"use {_limit_text(expect, '')} tokens"
+        result.description = f"use {_limit_text(limit, '')} tokens"
         usage = step.usage if step is not None else run.usage
         actual, shown = Decimal(usage.total_tokens), f"{usage.total_tokens:,} tokens"
     else:
-        result.description = f"take {_limit_text(expect, '')} seconds"
-        seconds = (
-            case.step_latency.get(expect.step, step.latency_s if step else 0.0)
-            if expect.step is not None
-            else case.latency_s
-        )
+        result.description = f"take {_limit_text(limit, '')} seconds"
+        # A step that was skipped is not in step_latency: its result says how long it took.
+        seconds = case.latency_s if step is None else case.step_latency.get(step.id, step.latency_s)
         actual, shown = Decimal(str(round(seconds, 3))), f"{seconds:.2f}s"
     if actual is None:
         result.detail = (

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from flowgpt.errors import SpecError
+from flowgpt.store.cassettes import Cassette
 from flowgpt.testing.paths import is_test_file
 from flowgpt.testing.runner import run_suite_sync
 from flowgpt.testing.suite import Suite, load_suite
@@ -43,6 +44,13 @@ class TestFile(pytest.File):
     """A test file: one item per case."""
 
     __test__ = False  # a pytest node, not a test class of someone's module
+    _cassette: Cassette | None = None
+
+    def cassette(self, suite: Suite) -> Cassette:
+        """The suite's cassette, read once for all its cases (SpecError if it cannot be)."""
+        if self._cassette is None:
+            self._cassette = suite.load_cassette()
+        return self._cassette
 
     def collect(self) -> Iterator[pytest.Item]:
         try:
@@ -61,7 +69,9 @@ class CaseItem(pytest.Item):
         self.suite = suite
 
     def runtest(self) -> None:
-        result = run_suite_sync(self.suite, cases=[self.name])
+        file = self.getparent(TestFile)
+        cassette = file.cassette(self.suite) if file is not None else None
+        result = run_suite_sync(self.suite, cases=[self.name], cassette=cassette)
         if not result.ok:
             raise CaseFailed(result.explain())
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flowgpt.accounting.prices import cost_of
 from flowgpt.accounting.tokens import count_text
@@ -20,6 +20,7 @@ from flowgpt.errors import FlowgptError, ProviderError, SpecError
 from flowgpt.providers.base import Provider
 from flowgpt.providers.factory import make_provider
 from flowgpt.results import RunResult
+from flowgpt.spec.diagnostics import did_you_mean
 from flowgpt.spec.output import schema_failures
 from flowgpt.store.cassettes import (
     CaseTiming,
@@ -33,7 +34,7 @@ from flowgpt.testing.expect import CaseRun, check
 from flowgpt.testing.judge import Judge
 from flowgpt.testing.models import CaseSpec
 from flowgpt.testing.results import CaseResult, Mode, SuiteResult
-from flowgpt.testing.suite import Suite, _did_you_mean
+from flowgpt.testing.suite import Suite
 from flowgpt.usage import Usage
 
 __all__ = ["run_suite", "run_suite_sync"]
@@ -46,19 +47,21 @@ class _Case:
     run: RunResult | None
     failure: FlowgptError | None
     latency_s: float
+    # Seconds each step that ran took (skipped steps are left out).
+    steps: dict[str, float] = field(default_factory=dict)
 
 
-def _select(suite: Suite, cases: Collection[str] | None) -> list[CaseSpec]:
-    if cases is None:
-        return list(suite.spec.cases)
-    names = [c.name for c in suite.spec.cases]
-    unknown = [n for n in cases if n not in names]
-    if unknown:
-        raise SpecError(
-            f"{suite.path}: no case named `{unknown[0]}`{_did_you_mean(unknown[0], names)}",
-            hint=f"the cases: {', '.join(names)}",
-        )
-    return [c for c in suite.spec.cases if c.name in cases]
+def _select(suite: Suite, cases: Collection[str] | None) -> list[tuple[int, CaseSpec]]:
+    """The cases to run, each with its index in the test file."""
+    if cases is not None:
+        names = [c.name for c in suite.spec.cases]
+        unknown = [n for n in cases if n not in names]
+        if unknown:
+            raise SpecError(
+                f"{suite.path}: no case named `{unknown[0]}`{did_you_mean(unknown[0], names)}",
+                hint=f"the cases: {', '.join(names)}",
+            )
+    return [(i, c) for i, c in enumerate(suite.spec.cases) if cases is None or c.name in cases]
 
 
 async def _run_case(engine: Engine, suite: Suite, case: CaseSpec) -> _Case:
@@ -69,7 +72,8 @@ async def _run_case(engine: Engine, suite: Suite, case: CaseSpec) -> _Case:
         except FlowgptError as exc:
             result = exc.result if isinstance(exc.result, RunResult) else None
             return _Case(result, exc, time.perf_counter() - started)
-    return _Case(run, None, run.latency_s)
+    steps = {sid: s.latency_s for sid, s in run.steps.items() if s.status != "skipped"}
+    return _Case(run, None, run.latency_s, steps)
 
 
 async def _finish_case(
@@ -95,7 +99,7 @@ async def _finish_case(
         result.error = outcome.failure.format()
         return result
     assert outcome.run is not None
-    steps = {sid: s.latency_s for sid, s in outcome.run.steps.items()}
+    steps = outcome.steps  # a skipped step's latency is its result's (see expect.py)
     if recorded is not None:
         # A replay takes no time: latency is what the case took when it was recorded.
         result.latency_s, steps = recorded.latency_s, {**steps, **recorded.steps}
@@ -144,6 +148,7 @@ async def run_suite(
     provider: Provider | None = None,
     models: Sequence[str] = (),
     cases: Collection[str] | None = None,
+    cassette: Cassette | None = None,
 ) -> SuiteResult:
     """Run a test file's cases and check their expectations.
 
@@ -153,6 +158,8 @@ async def run_suite(
     (default: the workflow's ``provider:``, made here and closed at the end). ``models``
     runs every case once per model, each replacing every step's model (the judge keeps
     its own); comparing more than one is live only. ``cases`` picks cases by name.
+    ``cassette``: what a replay answers from, loaded already (default: the suite's, read
+    here), so that runs of one case each read it once.
     """
     if len(models) > 1 and mode != "live":
         raise SpecError(
@@ -161,15 +168,15 @@ async def run_suite(
         )
     if mode == "replay" and provider is not None:
         raise SpecError("a replay answers from the cassette; a provider is for record or live")
+    if mode != "replay" and cassette is not None:
+        raise SpecError("a cassette is for a replay; record and live call the provider")
     selected = _select(suite, cases)
     wf = suite.workflow
-    cassette: Cassette | None = None
     own: Provider | None = None
     calls: Provider
     if mode == "replay":
-        cassette = load_cassette(
-            suite.cassette_path, record_hint=f"record it first: {suite.record_command()}"
-        )
+        if cassette is None:
+            cassette = suite.load_cassette()
         calls = ReplayProvider(
             cassette, source=str(suite.cassette_path), record_hint=suite.record_command()
         )
@@ -195,18 +202,10 @@ async def run_suite(
     try:
         for model in result.models:
             engine = Engine(provider=calls, model=model)
-            for case in selected:
-                index = suite.spec.cases.index(case)
+            for index, case in selected:
                 outcome = await _run_case(engine, suite, case)
                 if outcome.run is not None and outcome.failure is None:
-                    timings[case.name] = CaseTiming(
-                        outcome.latency_s,
-                        {
-                            sid: s.latency_s
-                            for sid, s in outcome.run.steps.items()
-                            if s.status != "skipped"
-                        },
-                    )
+                    timings[case.name] = CaseTiming(outcome.latency_s, outcome.steps)
                 recorded = None
                 if cassette is not None and outcome.failure is None:
                     recorded = cassette.timings.get(case.name)
@@ -241,7 +240,7 @@ def _write_cassette(
     suite: Suite,
     recorder: RecordingProvider,
     result: SuiteResult,
-    selected: list[CaseSpec],
+    selected: list[tuple[int, CaseSpec]],
     timings: dict[str, CaseTiming],
 ) -> None:
     """Write what was recorded, unless the provider failed (the old cassette stays)."""
@@ -259,7 +258,7 @@ def _write_cassette(
     if len(selected) < len(suite.spec.cases) and suite.cassette_path.exists():
         # Some cases were recorded again: keep what the others recorded before.
         old = load_cassette(suite.cassette_path, record_hint=suite.record_command())
-        again = {c.name for c in selected}
+        again = {c.name for _, c in selected}
         kept = [x for x in old.interactions if x.case not in again]
         cassette.interactions = sorted(
             merge_interactions(cassette.interactions, kept),
@@ -286,6 +285,11 @@ def run_suite_sync(
     provider: Provider | None = None,
     models: Sequence[str] = (),
     cases: Collection[str] | None = None,
+    cassette: Cassette | None = None,
 ) -> SuiteResult:
     """``run_suite`` for code that is not async."""
-    return asyncio.run(run_suite(suite, mode=mode, provider=provider, models=models, cases=cases))
+    return asyncio.run(
+        run_suite(
+            suite, mode=mode, provider=provider, models=models, cases=cases, cassette=cassette
+        )
+    )

@@ -7,7 +7,6 @@ default they are the files beside it named as ``flowgpt.testing.paths`` says.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from collections.abc import Sequence
@@ -16,10 +15,12 @@ from pathlib import Path
 
 from flowgpt import templating
 from flowgpt.errors import Diagnostic, InputError, SpecError
+from flowgpt.spec.diagnostics import did_you_mean
 from flowgpt.spec.inputs import resolve_inputs
 from flowgpt.spec.loader import load_workflow, read_document, validate_document
 from flowgpt.spec.output import check_schema
 from flowgpt.spec.workflow import SourceMap, Workflow
+from flowgpt.store.cassettes import Cassette, load_cassette
 from flowgpt.testing.models import SuiteSpec
 from flowgpt.testing.paths import cassette_path_for, stem
 
@@ -58,15 +59,33 @@ class Suite:
         """The command that records this suite's cassette."""
         return f"flowgpt test {self.path} --record"
 
+    def load_cassette(self) -> Cassette:
+        """The cassette a replay answers from; SpecError (saying how to record it) when it
+        is missing or not a cassette."""
+        return load_cassette(
+            self.cassette_path, record_hint=f"record it first: {self.record_command()}"
+        )
+
 
 def _located(smap: SourceMap, path: Sequence[str | int], message: str, hint: str) -> Diagnostic:
     loc = smap.locate(path)
     return Diagnostic(message, loc.file, loc.line, loc.col, hint=hint, code="test")
 
 
-def _did_you_mean(word: str, options: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f"; did you mean `{close[0]}`?" if close else ""
+def _unknown(
+    smap: SourceMap,
+    at: Sequence[str | int],
+    what: str,
+    name: str | None,
+    known: Sequence[str],
+    hint: str,
+) -> list[Diagnostic]:
+    """An expectation's ``step:`` or ``output:`` (``what``) that the workflow does not have."""
+    if name is None or name in known:
+        return []
+    return [
+        _located(smap, (*at, what), f"unknown {what} `{name}`{did_you_mean(name, known)}", hint)
+    ]
 
 
 def _check(suite: Suite, smap: SourceMap) -> list[Diagnostic]:
@@ -102,26 +121,19 @@ def _check(suite: Suite, smap: SourceMap) -> list[Diagnostic]:
                 )
         for j, expect in enumerate(case.expect):
             at = ("cases", i, "expect", j)
-            if expect.step is not None and expect.step not in steps:
-                found.append(
-                    _located(
-                        smap,
-                        (*at, "step"),
-                        f"unknown step `{expect.step}`{_did_you_mean(expect.step, steps)}",
-                        f"the workflow's steps: {', '.join(steps)}",
-                    )
-                )
-            if expect.output is not None and expect.output not in outputs:
-                found.append(
-                    _located(
-                        smap,
-                        (*at, "output"),
-                        f"unknown output `{expect.output}`{_did_you_mean(expect.output, outputs)}",
-                        f"the workflow's outputs: {', '.join(outputs)}"
-                        if outputs
-                        else "the workflow has no `outputs:`; check a step with `step:`",
-                    )
-                )
+            found += _unknown(
+                smap, at, "step", expect.step, steps, f"the workflow's steps: {', '.join(steps)}"
+            )
+            found += _unknown(
+                smap,
+                at,
+                "output",
+                expect.output,
+                outputs,
+                f"the workflow's outputs: {', '.join(outputs)}"
+                if outputs
+                else "the workflow has no `outputs:`; check a step with `step:`",
+            )
             kind = expect.kind
             if kind == "schema":
                 for where, problem in check_schema(expect.schema_ or {}):
@@ -181,37 +193,20 @@ def load_suite(path: str | Path, *, workflow: str | Path | None = None) -> Suite
         raise SpecError(f"{tests}: the test file is not valid", diagnostics=diagnostics)
     if workflow is not None:
         workflow_path = Path(workflow)
-    elif spec.workflow is not None:
-        workflow_path = _beside(tests, spec.workflow)
-        if not workflow_path.is_file():
-            loc = smap.locate(("workflow",))
-            raise SpecError(
-                f"{tests}: the workflow {spec.workflow} is not there",
-                diagnostics=[
-                    Diagnostic(
-                        f"workflow file not found: {workflow_path}",
-                        loc.file,
-                        loc.line,
-                        loc.col,
-                        hint="`workflow:` is relative to the test file",
-                    )
-                ],
-            )
     else:
-        workflow_path = tests.with_name(stem(tests) + ".yaml")
+        if spec.workflow is not None:
+            workflow_path = _beside(tests, spec.workflow)
+            title = f"the workflow {spec.workflow} is not there"
+            at: tuple[str, ...] = ("workflow",)
+            message = f"workflow file not found: {workflow_path}"
+            hint = "`workflow:` is relative to the test file"
+        else:
+            workflow_path = tests.with_name(stem(tests) + ".yaml")
+            title, at = "which workflow does it test?", ()
+            message = f"no `workflow:` and no {workflow_path.name} beside the test file"
+            hint = "add `workflow: NAME.yaml` (relative to the test file)"
         if not workflow_path.is_file():
-            raise SpecError(
-                f"{tests}: which workflow does it test?",
-                diagnostics=[
-                    Diagnostic(
-                        f"no `workflow:` and no {workflow_path.name} beside the test file",
-                        str(tests),
-                        1,
-                        1,
-                        hint="add `workflow: NAME.yaml` (relative to the test file)",
-                    )
-                ],
-            )
+            raise SpecError(f"{tests}: {title}", diagnostics=[_located(smap, at, message, hint)])
     cassette = _beside(tests, spec.cassette) if spec.cassette else cassette_path_for(tests)
     suite = Suite(
         spec=spec,

@@ -31,22 +31,17 @@ __all__ = [
 
 
 def request_settings(request: ChatRequest) -> dict[str, Any]:
+    """The request's settings that are set, as gen_ai.request.* (``stop`` as a list of
+    sequences; ``response_format`` as the output type)."""
     attributes: dict[str, Any] = {}
-    for name, value in (
-        ("max_tokens", request.max_tokens),
-        ("temperature", request.temperature),
-        ("top_p", request.top_p),
-        ("seed", request.seed),
-        ("presence_penalty", request.presence_penalty),
-        ("frequency_penalty", request.frequency_penalty),
-    ):
-        if value is not None:
+    for name, value in request.params().items():
+        if name == "stop":
+            stop = [value] if isinstance(value, str) else list(value)
+            attributes["gen_ai.request.stop_sequences"] = stop
+        elif name == "response_format":
+            attributes["gen_ai.output.type"] = "json"
+        else:
             attributes[f"gen_ai.request.{name}"] = value
-    if request.stop is not None:
-        stop = [request.stop] if isinstance(request.stop, str) else list(request.stop)
-        attributes["gen_ai.request.stop_sequences"] = stop
-    if request.response_format is not None:
-        attributes["gen_ai.output.type"] = "json"
     return attributes
 
 

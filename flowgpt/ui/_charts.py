@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 from decimal import Decimal
 
-from flowgpt.money import format_usd
+from flowgpt.money import format_spend, format_usd
 
 __all__ = [
     "BarChart",
@@ -372,9 +372,7 @@ def spend_chart(series: Sequence[SpendSeries], *, most_days: int = 62) -> SpendC
                     )
                 )
         unpriced = any(s.unpriced_tokens for s in today)
-        total = format_usd(totals[day])
-        if unpriced:  # what has no price is said, never added in as $0
-            total = f"{total} + unpriced" if totals[day] else "unpriced"
+        total = format_spend(totals[day], unpriced)  # what has no price is said, never $0
         labels.append(
             DayLabel(x + bar / 2, day[5:] if n % every == 0 else "", f"{day}: {total}", unpriced)
         )

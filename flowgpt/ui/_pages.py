@@ -9,7 +9,6 @@ The store is only read, through :class:`flowgpt.store.RunStore`'s public methods
 
 from __future__ import annotations
 
-import json
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -17,11 +16,11 @@ from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 from flowgpt.errors import FlowgptError
 from flowgpt.money import format_usd
-from flowgpt.results import AttemptResult, RunResult, StepResult
+from flowgpt.results import STATUS_WORDS, AttemptResult, RunResult, StepResult, pretty
 from flowgpt.store import (
     BatchSummary,
     RunFacets,
@@ -29,7 +28,6 @@ from flowgpt.store import (
     RunStore,
     RunSummary,
     Spending,
-    StatsRow,
     default_store_path,
 )
 from flowgpt.ui._charts import (
@@ -64,37 +62,18 @@ def local_time(stamp: str | None) -> str:
         return stamp
 
 
-def cost_text(row: StatsRow) -> str:
-    """Dollars of a total: "unpriced" parts said, never a smaller, wrong amount."""
-    if row.cost_usd is not None:
-        return format_usd(row.cost_usd)
-    return f"{format_usd(row.priced_usd)} + unpriced" if row.priced_usd else "unpriced"
-
-
 @dataclass(frozen=True)
 class Via:
-    """Who answered a run: ``provider`` ("openai", "mock", "local") and, for an endpoint
-    other than OpenAI's own API (a relay, a local server), its host."""
+    """Who answered a run: ``provider`` ("openai", "mock", "local"; a batch may name
+    several) and, for an endpoint other than OpenAI's own API (a relay, a local server),
+    its host."""
 
     provider: str | None
     host: str | None = None
 
-    @property
-    def text(self) -> str:
-        if self.provider is None:
-            return "-"  # recorded before flowgpt kept it
-        return f"{self.provider} ({self.host})" if self.host else self.provider
 
-
-def via(provider: str | None, endpoint: str | None) -> Via:
-    if provider is None or "," in provider:  # a batch may name several
-        return Via(provider)
-    if provider == "openai":
-        from flowgpt.accounting.prices import is_openai_url
-
-        if not is_openai_url(endpoint):
-            return Via(provider, urlsplit(str(endpoint)).netloc or endpoint)
-    return Via(provider)
+def via(summary: RunSummary | BatchSummary) -> Via:
+    return Via(summary.provider, summary.host)
 
 
 # -- the runs page ----------------------------------------------------------------------
@@ -198,22 +177,21 @@ class RunsPage:
     chart: SpendChart
     more: bool  # more entries match than are shown
     batch: BatchGroup | None = None  # the batch when the page is one batch's rows
-    missing_batch: str | None = None
 
     def query(self, **changes: str | None) -> str:
         return filter_query(self.where, **changes)
 
 
 def _row(summary: RunSummary) -> RunRow:
-    return RunRow(summary, via(summary.provider, summary.endpoint), local_time(summary.started_at))
+    return RunRow(summary, via(summary), local_time(summary.started_at))
 
 
 def _totals(spent: Spending) -> Totals:
     return Totals(
         runs=spent.runs,
         tokens=spent.total.total_tokens,
-        cost=cost_text(spent.total),
-        mock_cost=cost_text(spent.mock) if spent.mock.runs else None,
+        cost=spent.total.cost_text,
+        mock_cost=spent.mock.cost_text if spent.mock.runs else None,
         mock_runs=spent.mock.runs,
         unpriced_tokens=spent.total.unpriced_tokens,
     )
@@ -237,27 +215,19 @@ def runs_page(store: RunStore, query: Mapping[str, str]) -> RunsPage:
         try:
             where = replace(where, batch=store.resolve_batch(where.batch))
         except FlowgptError as exc:
-            missing = where.batch
             where = replace(where, batch=None)
             problems.append(exc.message)
-            return _page(store, where, problems, facets, missing_batch=missing)
     return _page(store, where, problems, facets)
 
 
-def _page(
-    store: RunStore,
-    where: RunFilter,
-    problems: list[str],
-    facets: RunFacets,
-    missing_batch: str | None = None,
-) -> RunsPage:
+def _page(store: RunStore, where: RunFilter, problems: list[str], facets: RunFacets) -> RunsPage:
     spent = store.spending(where)
     if where.batch is not None:
         summary = store.batch_summary(where.batch)
         rows = store.list_runs(BATCH_PAGE_ROWS + 1, where=where)
         group = BatchGroup(
             summary,
-            via(summary.provider, summary.endpoint),
+            via(summary),
             local_time(summary.started_at),
             [_row(r) for r in rows[:BATCH_PAGE_ROWS]],
             len(rows) > BATCH_PAGE_ROWS,
@@ -283,7 +253,7 @@ def _page(
             entries.append(
                 BatchGroup(
                     entry,
-                    via(entry.provider, entry.endpoint),
+                    via(entry),
                     local_time(entry.started_at),
                     [_row(r) for r in rows[:BATCH_ROWS]],
                     len(rows) > BATCH_ROWS,
@@ -301,25 +271,10 @@ def _page(
         _totals(spent),
         _chart(spent),
         len(found) > ENTRIES,
-        missing_batch=missing_batch,
     )
 
 
 # -- the run page -----------------------------------------------------------------------
-
-
-def pretty(value: Any) -> tuple[str, bool]:
-    """Text to show and whether it is JSON: JSON text (or data) pretty-printed, any other
-    text as it is."""
-    if not isinstance(value, str):
-        return json.dumps(value, indent=2, ensure_ascii=False, default=str), True
-    stripped = value.strip()
-    if stripped[:1] in ("{", "["):
-        try:
-            return json.dumps(json.loads(stripped), indent=2, ensure_ascii=False), True
-        except ValueError:
-            pass
-    return value, False
 
 
 @dataclass(frozen=True)
@@ -351,16 +306,6 @@ class AttemptView:
         return format_usd(self.attempt.cost_usd)
 
 
-_STATUS_WORDS = {
-    "ok": "ok",
-    "failed": "failed",
-    "skipped": "skipped (its when: was false)",
-    "reused": "reused from the run it resumed",
-    "cached": "answered from the response cache",
-    "pending": "not run",
-}
-
-
 @dataclass
 class StepView:
     step: StepResult
@@ -374,7 +319,7 @@ class StepView:
 
     @property
     def status_text(self) -> str:
-        return _STATUS_WORDS.get(self.step.status, self.step.status)
+        return STATUS_WORDS.get(self.step.status, self.step.status)
 
     @property
     def ran(self) -> bool:
@@ -505,7 +450,7 @@ def _graph(
     drawn with its arrows."""
     boxes = []
     for step in result.steps.values():
-        detail = _STATUS_WORDS.get(step.status, step.status).split(" (")[0]
+        detail = STATUS_WORDS.get(step.status, step.status).split(" (")[0]
         if step.items:
             ok = sum(1 for i in step.items if i.status in ("ok", "reused", "cached"))
             detail += f" · {len(step.items)} items ({ok} ok)"
@@ -565,7 +510,7 @@ def run_page(store: RunStore, run_id: str) -> RunPage:
     return RunPage(
         summary=summary,
         result=result,
-        via=via(summary.provider, summary.endpoint),
+        via=via(summary),
         started=local_time(summary.started_at),
         finished=local_time(summary.finished_at),
         steps=steps,

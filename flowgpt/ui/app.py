@@ -104,15 +104,19 @@ def create_app(store: RunStore | str | os.PathLike[str] | None = None) -> Starle
             return _error_page(runs, 404, "No such run", exc.message)
         return HTMLResponse(render("run.html", store_path=str(runs.path), page=page))
 
+    # Each handler is registered for one type of exception (Starlette's signature names
+    # any Exception).
     async def not_found(request: Request, exc: Exception) -> Response:
-        status = exc.status_code if isinstance(exc, HTTPException) else 500
-        if status == 404:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
             return _error_page(runs, 404, "Not found", f"nothing at {request.url.path}")
-        return _error_page(runs, status, "Cannot do that", "this page only reads the store")
+        return _error_page(
+            runs, exc.status_code, "Cannot do that", "this page only reads the store"
+        )
 
     async def flowgpt_error(request: Request, exc: Exception) -> Response:
-        message = exc.message if isinstance(exc, FlowgptError) else str(exc)
-        return _error_page(runs, 400, "Cannot show this", message)
+        assert isinstance(exc, FlowgptError)
+        return _error_page(runs, 400, "Cannot show this", exc.message)
 
     return Starlette(
         routes=[
