@@ -27,6 +27,7 @@ Messages never contain an API key: ``redact`` is applied to every message built 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -64,8 +65,11 @@ _KEY_RE = re.compile(rf"({API_KEY_RE.pattern}|Bearer\s+[A-Za-z0-9_\-\.]{{16,}})"
 _URL_CREDENTIALS_RE = re.compile(r"(?<=://)[^/\s:@]+:[^/\s@]*@")
 
 
-def redact(text: str) -> str:
-    """Replace anything that looks like an API key, and a URL's password, with a marker."""
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """Replace anything that looks like an API key, and a URL's password, with a marker;
+    ``secrets`` (the keys in use, whatever their shape) too."""
+    for secret in secrets:
+        text = text.replace(secret, "[redacted key]")
     text = _KEY_RE.sub("[redacted key]", text)
     if "@" in text:
         text = _URL_CREDENTIALS_RE.sub("[redacted]@", text)

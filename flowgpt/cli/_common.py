@@ -206,11 +206,11 @@ def _print_outputs(outputs: dict[str, Any], secrets: Sequence[str] = ()) -> None
     if len(outputs) == 1:
         (value,) = outputs.values()
         text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-        click.echo(_scrub(text, secrets))
+        click.echo(redact(text, secrets))
         return
     for name, value in outputs.items():
         text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-        click.echo(_scrub(f"== {name} ==\n{text}\n", secrets))
+        click.echo(redact(f"== {name} ==\n{text}\n", secrets))
 
 
 # A key shorter than this is a placeholder (local servers take any key), not a secret.
@@ -222,14 +222,6 @@ def _secrets(workflow: Any) -> list[str]:
     so that a reply echoing it is scrubbed from what is printed or written."""
     key = (os.environ.get(workflow.spec.provider.api_key_env) or "").strip()
     return [key] if len(key) >= _MIN_SECRET else []
-
-
-def _scrub(text: str, secrets: Sequence[str]) -> str:
-    """Replies printed or written: the key in use, and anything shaped like a key, become
-    ``[redacted key]``, as in error messages."""
-    for secret in secrets:
-        text = text.replace(secret, "[redacted key]")
-    return redact(text)
 
 
 def _provider_options(func: F) -> F:

@@ -20,13 +20,12 @@ from flowgpt.cli._common import (
     _print_outputs,
     _provider_options,
     _read_inputs_file,
-    _scrub,
     _secrets,
     _store_options,
     _trace_option,
     _tracing,
 )
-from flowgpt.errors import FlowgptError, InputError
+from flowgpt.errors import FlowgptError, InputError, redact
 
 
 @click.command()
@@ -144,9 +143,9 @@ def run(
     secrets = _secrets(wf)  # a reply echoing the key is scrubbed, as in errors
     if out_file:
         with open(out_file, "w", encoding="utf-8") as f:
-            f.write(_scrub(json.dumps(result.to_dict(), indent=2, ensure_ascii=False), secrets))
+            f.write(redact(json.dumps(result.to_dict(), indent=2, ensure_ascii=False), secrets))
     if as_json:
-        click.echo(_scrub(json.dumps(result.to_dict(), indent=2, ensure_ascii=False), secrets))
+        click.echo(redact(json.dumps(result.to_dict(), indent=2, ensure_ascii=False), secrets))
     elif error is None:
         if result.outputs:
             _print_outputs(result.outputs, secrets)

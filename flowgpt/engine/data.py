@@ -411,9 +411,7 @@ class BatchOutput:
         doc = result.to_dict(self.workflow)
         if self.version:
             doc["workflow_version"] = self.version
-        line = redact(_LINE_ENCODER.encode(doc))
-        for secret in self.secrets:
-            line = line.replace(secret, "[redacted key]")
+        line = redact(_LINE_ENCODER.encode(doc), self.secrets)
         # Flushed per row: a crash loses at most the rows still in flight.
         self._file.write(line + "\n")
         self._file.flush()
